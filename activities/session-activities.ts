@@ -1,0 +1,182 @@
+/**
+ * Session activities: every one idempotent, so Temporal may retry any of them after a worker,
+ * database or agent fault without a second container or a lost command.
+ */
+import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+import type { Pool } from 'pg';
+import { ensureCommand, getCommand, requeueCommand, withdrawPending } from '../db/commands';
+import type { CommandResult, CommandType, Platform, StartSessionData } from '../protocol/messages';
+import { FailureType, SessionState } from '../workflows/session-api';
+import type { CommandWaiter } from './command-waiter';
+import { InvalidTemplateError, TemplateManifest, templateToSpec } from './templates';
+
+export interface SessionActivityDeps {
+  pool: Pool;
+  waiter: CommandWaiter;
+  /** An agent whose last heartbeat is older than this is not placed on (AGENT_HEARTBEAT_TIMEOUT). */
+  heartbeatTimeoutMs: number;
+  /** How often a waiting activity re-reads the command row and heartbeats. */
+  pollIntervalMs?: number;
+}
+
+export interface PlaceInput {
+  sessionId: string;
+  platform: Platform;
+}
+export interface Placement {
+  agentDbId: string;
+  agentId: string;
+}
+export interface DispatchInput {
+  sessionId: string;
+  agentDbId: string;
+  commandType: CommandType;
+  idempotencyKey: string;
+}
+export interface RecordStateInput {
+  sessionId: string;
+  state: SessionState;
+  agentDbId: string | null;
+  platformMetadata?: Record<string, unknown>;
+  error: string | null;
+}
+
+export type SessionActivities = ReturnType<typeof createSessionActivities>;
+
+export function createSessionActivities(deps: SessionActivityDeps) {
+  const { pool, waiter } = deps;
+  const pollMs = deps.pollIntervalMs ?? 1000;
+
+  async function loadStartData(sessionId: string): Promise<StartSessionData> {
+    const r = await pool.query<{ user_id: string; template_name: string; persistent_home: boolean | null; manifest: TemplateManifest | null }>(
+      `SELECT s.user_id, s.template_name, s.persistent_home, t.manifest
+         FROM sessions s LEFT JOIN templates t ON t.name = s.template_name
+        WHERE s.id = $1`,
+      [sessionId],
+    );
+    const row = r.rows[0];
+    if (!row) throw ApplicationFailure.nonRetryable(`session ${sessionId} does not exist`, FailureType.InvalidTemplate);
+    if (!row.manifest) throw ApplicationFailure.nonRetryable(`template "${row.template_name}" does not exist`, FailureType.InvalidTemplate);
+    try {
+      return { user: row.user_id, template: templateToSpec(row.template_name, row.manifest), persistent_home: row.persistent_home !== false };
+    } catch (err) {
+      if (err instanceof InvalidTemplateError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidTemplate);
+      throw err;
+    }
+  }
+
+  return {
+    /**
+     * Chooses an online agent of the platform with free capacity and records it on the session,
+     * under a row lock so concurrent placements cannot overfill an agent. Idempotent: a session
+     * already placed on an online agent keeps it.
+     */
+    async placeSession({ sessionId, platform }: PlaceInput): Promise<Placement> {
+      await loadStartData(sessionId); // a bad template fails now, before any agent acts
+      const client = await pool.connect();
+      try {
+        await client.query('BEGIN');
+        const fresh = `a.status = 'online' AND a.last_heartbeat > NOW() - ($2::int * INTERVAL '1 millisecond')`;
+        const current = await client.query<{ id: string; agent_id: string }>(
+          `SELECT a.id, a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id
+            WHERE s.id = $1 AND a.platform = $3 AND ${fresh}`,
+          [sessionId, deps.heartbeatTimeoutMs, platform],
+        );
+        if (current.rows[0]) {
+          await client.query('COMMIT');
+          return { agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id };
+        }
+        const candidates = await client.query<{ id: string; agent_id: string; max: number; used: number }>(
+          `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
+                  (SELECT count(*)::int FROM sessions s
+                    WHERE s.agent_id = a.id AND s.state IN ('pending', 'running', 'terminating')) AS used
+             FROM agents a
+            WHERE a.platform = $1 AND ${fresh}
+            ORDER BY a.id
+              FOR UPDATE OF a`,
+          [platform, deps.heartbeatTimeoutMs],
+        );
+        const free = candidates.rows.filter((c) => c.used < c.max).sort((a, b) => a.used / a.max - b.used / b.max);
+        if (!free.length) {
+          await client.query('ROLLBACK');
+          const why = candidates.rowCount
+            ? `all ${candidates.rowCount} online ${platform} agent(s) are at capacity`
+            : `no ${platform} agent is online`;
+          Context.current().heartbeat({ waiting: why });
+          // Retryable: the workflow keeps trying until an agent appears or the start times out.
+          throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
+        }
+        const chosen = free[0];
+        await client.query('UPDATE sessions SET agent_id = $2, updated_at = NOW() WHERE id = $1', [sessionId, chosen.id]);
+        await client.query('COMMIT');
+        return { agentDbId: chosen.id, agentId: chosen.agent_id };
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      } finally {
+        client.release();
+      }
+    },
+
+    /**
+     * Issues one command (once, by idempotency key) and waits for the agent's outcome,
+     * heartbeating its progress. A later attempt re-queues an unfinished command instead of
+     * creating another; the agent de-duplicates by command id.
+     */
+    async dispatchCommand(input: DispatchInput): Promise<CommandResult> {
+      const ctx = Context.current();
+      const data = input.commandType === 'start_session' ? await loadStartData(input.sessionId) : {};
+      const { row, created } = await ensureCommand(pool, {
+        agentDbId: input.agentDbId,
+        sessionId: input.sessionId,
+        type: input.commandType,
+        data: data as unknown as Record<string, unknown>,
+        idempotencyKey: input.idempotencyKey,
+      });
+      if (!created && row.status !== 'completed') {
+        if (row.status === 'failed' && row.result?.retryable === false) throw commandFailed(input, row.error_message);
+        // An earlier attempt died or timed out: deliver again rather than wait on a lost frame.
+        await requeueCommand(pool, row.id, input.agentDbId, row.status === 'failed');
+      }
+      for (;;) {
+        const cur = await getCommand(pool, row.id);
+        if (!cur) throw ApplicationFailure.nonRetryable(`command ${row.id} vanished`, FailureType.CommandFailed);
+        if (cur.status === 'completed') return cur.result as CommandResult;
+        if (cur.status === 'failed') {
+          if (cur.result?.retryable === false || cur.error_message === WITHDRAWN) throw commandFailed(input, cur.error_message);
+          throw ApplicationFailure.retryable(`agent failed ${input.commandType}: ${cur.error_message}`, 'CommandRetryable');
+        }
+        ctx.heartbeat({ commandId: cur.id, status: cur.status, progress: cur.progress });
+        try {
+          await Promise.race([waiter.wait(cur.id, pollMs), ctx.cancelled]);
+        } catch (err) {
+          if (err instanceof CancelledFailure) await withdrawPending(pool, cur.id, WITHDRAWN);
+          throw err;
+        }
+      }
+    },
+
+    async recordSessionState(input: RecordStateInput): Promise<void> {
+      await pool.query(
+        `UPDATE sessions
+            SET state = $2,
+                agent_id = COALESCE($3, agent_id),
+                platform_metadata = COALESCE(platform_metadata, '{}'::jsonb) || COALESCE($4::jsonb, '{}'::jsonb),
+                error_message = $5,
+                updated_at = NOW()
+          WHERE id = $1`,
+        [input.sessionId, input.state, input.agentDbId, input.platformMetadata ?? null, input.error],
+      );
+    },
+  };
+}
+
+const WITHDRAWN = 'withdrawn: the workflow no longer waits for this command (start cancelled or timed out)';
+
+function commandFailed(input: DispatchInput, reason: string | null): ApplicationFailure {
+  return ApplicationFailure.create({
+    message: `agent failed ${input.commandType}: ${reason ?? 'no reason given'}`,
+    type: FailureType.CommandFailed,
+    nonRetryable: true,
+  });
+}

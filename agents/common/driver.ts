@@ -1,0 +1,39 @@
+/**
+ * The platform driver interface (after JupyterHub's spawner: start / stop / poll). One
+ * implementation per platform lives in agents/<platform>/. Every method is idempotent: a command
+ * may be delivered again after an agent or control-plane restart, and must converge on the same
+ * outcome without creating a second container or pod.
+ */
+import type { CommandResult, Platform, ReportedSession, StartSessionData, VncEndpoint } from '../../protocol/messages';
+
+export type Progress = (message: string) => void;
+
+export interface SessionDriver {
+  readonly platform: Platform;
+  /** Connects to the platform (Docker daemon, API server); throws if unreachable. */
+  init(): Promise<void>;
+  /** Creates (if absent) and starts the session; resolves once its VNC server accepts connections. */
+  start(sessionId: string, data: StartSessionData, progress: Progress): Promise<CommandResult>;
+  /** Releases compute but keeps the home volume. Already hibernated is success. */
+  hibernate(sessionId: string, progress: Progress): Promise<CommandResult>;
+  /** Starts a hibernated session again; resolves once VNC accepts connections. */
+  wake(sessionId: string, progress: Progress): Promise<CommandResult>;
+  /** Removes the session's compute (container/pod); keeps the home volume. Already gone is success. */
+  stop(sessionId: string, progress: Progress): Promise<CommandResult>;
+  /** What this agent actually runs, for reconciliation on (re)connect. */
+  list(): Promise<ReportedSession[]>;
+  /** Where the agent reaches the session's VNC server, for the tunnel. */
+  vncEndpoint(sessionId: string): Promise<VncEndpoint>;
+  close(): Promise<void>;
+}
+
+/** A failure the driver can classify: retryable=false means retrying the command cannot help. */
+export class DriverError extends Error {
+  constructor(
+    message: string,
+    readonly retryable: boolean,
+  ) {
+    super(message);
+    this.name = 'DriverError';
+  }
+}

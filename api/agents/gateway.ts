@@ -1,0 +1,334 @@
+/**
+ * The agents' side of the gateway: authenticates agent sockets, registers agents, records
+ * heartbeats, relays commands from the command log to the agent and the agent's answers back.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Pool } from 'pg';
+import WebSocket, { WebSocketServer } from 'ws';
+import type { Logger } from '../../config/log';
+import {
+  CHANNEL_COMMAND_PENDING,
+  claimForDelivery,
+  CommandRow,
+  markAcked,
+  markFinished,
+  markProgress,
+} from '../../db/commands';
+import { PgListener } from '../../db/listener';
+import {
+  AgentMessage,
+  CloseCode,
+  ControlPlaneMessage,
+  encode,
+  MAX_CONTROL_FRAME_BYTES,
+  parseAgentMessage,
+  RegisterMessage,
+  ReportedSession,
+} from '../../protocol/messages';
+import { bearer, TokenError, TokenService } from '../auth/tokens';
+import type { Metrics } from '../metrics';
+import type { AgentConnection, AgentHub } from './hub';
+
+/** Malformed frames tolerated (each answered with a reason) before the socket is closed. */
+const MAX_BAD_FRAMES = 10;
+
+export interface AgentGatewayOptions {
+  pool: Pool;
+  databaseUrl: string;
+  hub: AgentHub;
+  tokens: TokenService;
+  heartbeatTimeoutMs: number;
+  sweepIntervalMs: number;
+  podId: string;
+  log: Logger;
+  metrics: Metrics;
+}
+
+export class AgentGateway {
+  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: MAX_CONTROL_FRAME_BYTES });
+  private readonly listener: PgListener;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private readonly flushing = new Map<string, Promise<void>>();
+
+  constructor(private readonly o: AgentGatewayOptions) {
+    this.listener = new PgListener(o.databaseUrl, [CHANNEL_COMMAND_PENDING], o.log);
+    this.listener.on('notification', (channel: string, agentDbId: string) => {
+      if (channel === CHANNEL_COMMAND_PENDING && o.hub.local(agentDbId)) this.flush(agentDbId, false);
+    });
+    // After a lost LISTEN connection, catch up on whatever was queued meanwhile.
+    this.listener.on('reconnected', () => this.flushAll());
+  }
+
+  async start(): Promise<void> {
+    await this.listener.start();
+    this.sweepTimer = setInterval(() => void this.sweep(), this.o.sweepIntervalMs);
+    this.sweepTimer.unref();
+  }
+
+  async close(): Promise<void> {
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    for (const conn of this.o.hub.localConnections()) conn.close(CloseCode.ShuttingDown, 'control plane shutting down');
+    await this.listener.close();
+  }
+
+  /** Called for upgrade requests on the agent path: authenticate before any frame is read. */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const token = bearer(req.headers.authorization);
+    let agentId: string;
+    try {
+      if (!token) throw new TokenError('missing agent token (Authorization: Bearer <AGENT_TOKEN>)');
+      agentId = this.o.tokens.verifyAgent(token).sub;
+    } catch (err) {
+      this.o.metrics.agentAuthFailures.inc();
+      rejectUpgrade(socket, 401, `agent authentication failed: ${(err as Error).message}`);
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.onSocket(ws, agentId));
+  }
+
+  private onSocket(ws: WebSocket, tokenAgentId: string): void {
+    const connId = randomUUID();
+    const log = this.o.log;
+    let conn: AgentConnection | null = null;
+    let badFrames = 0;
+
+    const send = (msg: ControlPlaneMessage): boolean => {
+      if (ws.readyState !== WebSocket.OPEN) return false;
+      ws.send(encode(msg));
+      return true;
+    };
+    const refuse = (reason: string, fatal: boolean, code: number = CloseCode.ProtocolError) => {
+      send({ type: 'error', reason, fatal });
+      if (fatal) ws.close(code, reason.slice(0, 120));
+    };
+
+    // Until the agent registers, nothing else it says is accepted.
+    const registerTimer = setTimeout(() => refuse('no register message within 10s', true), 10_000);
+
+    ws.on('message', (data, isBinary) => {
+      const parsed = isBinary ? { ok: false as const, reason: 'binary frames are not allowed on the control socket' } : parseAgentMessage(data);
+      if (!parsed.ok) {
+        this.o.metrics.agentProtocolErrors.inc();
+        log.warn('malformed agent frame', { agent: tokenAgentId, reason: parsed.reason });
+        refuse(parsed.reason, ++badFrames >= MAX_BAD_FRAMES);
+        return;
+      }
+      const msg = parsed.value;
+      if (!conn) {
+        if (msg.type !== 'register') return refuse(`send register before ${msg.type}`, true);
+        if (msg.agent_id !== tokenAgentId)
+          return refuse(`token is for agent "${tokenAgentId}", not "${msg.agent_id}"`, true, CloseCode.Unauthorized);
+        clearTimeout(registerTimer);
+        ws.pause();
+        this.register(msg, connId, send, ws)
+          .then((c) => {
+            conn = c;
+            ws.resume();
+          })
+          .catch((err) => {
+            log.error('agent registration failed', { agent: msg.agent_id, error: (err as Error).message });
+            refuse('registration failed, retry later', true, 1011);
+          });
+        return;
+      }
+      this.onAgentMessage(conn, msg).catch((err) =>
+        log.error('handling agent message failed', { agent: conn?.agentId, type: msg.type, error: (err as Error).message }),
+      );
+    });
+
+    ws.on('close', () => {
+      clearTimeout(registerTimer);
+      if (conn) void this.unregister(conn);
+    });
+    ws.on('error', (err) => log.warn('agent socket error', { agent: tokenAgentId, error: err.message }));
+  }
+
+  private async register(msg: RegisterMessage, connId: string, send: (m: ControlPlaneMessage) => boolean, ws: WebSocket): Promise<AgentConnection> {
+    const capacity = { ...msg.capacity };
+    const r = await this.o.pool.query<{ id: string }>(
+      `INSERT INTO agents (agent_id, platform, region, status, capacity, metadata, websocket_conn_id, last_heartbeat, cluster_id, active_sessions)
+       VALUES ($1, $2, $3, 'online', $4, $5, $6, NOW(), $7, $8)
+       ON CONFLICT (agent_id) DO UPDATE
+         SET platform = EXCLUDED.platform, region = EXCLUDED.region, status = 'online', capacity = EXCLUDED.capacity,
+             metadata = EXCLUDED.metadata, websocket_conn_id = EXCLUDED.websocket_conn_id, last_heartbeat = NOW(),
+             cluster_id = EXCLUDED.cluster_id, active_sessions = EXCLUDED.active_sessions
+       RETURNING id`,
+      [
+        msg.agent_id,
+        msg.platform,
+        msg.region ?? null,
+        capacity,
+        { ...(msg.metadata ?? {}), pod_id: this.o.podId, protocol_version: msg.protocol_version },
+        connId,
+        msg.cluster_id ?? null,
+        msg.sessions.filter((s) => s.state === 'running' || s.state === 'starting').length,
+      ],
+    );
+    const agentDbId = r.rows[0].id;
+    await this.o.pool.query(
+      `INSERT INTO redis_agent_connections (agent_id, pod_id, websocket_conn_id) VALUES ($1, $2, $3)
+       ON CONFLICT (agent_id, websocket_conn_id) DO NOTHING`,
+      [msg.agent_id, this.o.podId, connId],
+    );
+    const conn: AgentConnection = {
+      agentId: msg.agent_id,
+      agentDbId,
+      connId,
+      send,
+      close: (code, reason) => ws.close(code, reason),
+    };
+    const replaced = await this.o.hub.attach(conn);
+    replaced?.close(CloseCode.Replaced, 'replaced by a newer connection of the same agent');
+    send({ type: 'registered', conn_id: connId, heartbeat_interval_ms: Math.max(100, Math.floor(this.o.heartbeatTimeoutMs / 3)) });
+    this.o.log.info('Agent registered', { agent: msg.agent_id, platform: msg.platform, sessions: msg.sessions.length, conn: connId });
+    await this.reconcile(agentDbId, msg.agent_id, msg.sessions);
+    // Everything not yet finished is (re)delivered: the agent de-duplicates by command id.
+    this.flush(agentDbId, true);
+    return conn;
+  }
+
+  /**
+   * Compares what the agent really runs with what the database believes, and records the
+   * differences where operators see them (agent metadata, session platform_metadata). Sessions
+   * are never destroyed on a report alone: their workflows stay in charge.
+   */
+  private async reconcile(agentDbId: string, agentId: string, reported: ReportedSession[]): Promise<void> {
+    const known = await this.o.pool.query<{ id: string; state: string }>(
+      `SELECT id, state FROM sessions WHERE agent_id = $1 AND state NOT IN ('terminated')`,
+      [agentDbId],
+    );
+    const byId = new Map(reported.map((s) => [s.session_id, s]));
+    const missing: string[] = [];
+    for (const s of known.rows) {
+      const seen = byId.get(s.id);
+      byId.delete(s.id);
+      if (!seen && (s.state === 'running' || s.state === 'hibernated')) missing.push(s.id);
+      await this.o.pool.query(
+        `UPDATE sessions SET platform_metadata = COALESCE(platform_metadata, '{}'::jsonb) || jsonb_build_object('observed_state', $2::text, 'observed_at', NOW())
+          WHERE id = $1`,
+        [s.id, seen?.state ?? 'missing'],
+      );
+    }
+    const orphans = [...byId.keys()];
+    await this.o.pool.query(
+      `UPDATE agents SET metadata = COALESCE(metadata, '{}'::jsonb) || jsonb_build_object('missing_sessions', $2::jsonb, 'orphan_sessions', $3::jsonb)
+        WHERE id = $1`,
+      [agentDbId, JSON.stringify(missing), JSON.stringify(orphans)],
+    );
+    if (missing.length || orphans.length) this.o.log.warn('agent report differs from database', { agent: agentId, missing, orphans });
+  }
+
+  private async unregister(conn: AgentConnection): Promise<void> {
+    const wasCurrent = await this.o.hub.detach(conn);
+    await this.o.pool
+      .query('DELETE FROM redis_agent_connections WHERE agent_id = $1 AND websocket_conn_id = $2', [conn.agentId, conn.connId])
+      .catch(() => undefined);
+    if (!wasCurrent) return;
+    await this.o.pool
+      .query(`UPDATE agents SET status = 'offline', websocket_conn_id = NULL WHERE id = $1 AND websocket_conn_id = $2`, [
+        conn.agentDbId,
+        conn.connId,
+      ])
+      .catch((err) => this.o.log.warn('cannot mark agent offline', { error: (err as Error).message }));
+    this.o.log.info('Agent disconnected', { agent: conn.agentId, conn: conn.connId });
+  }
+
+  private async onAgentMessage(conn: AgentConnection, msg: AgentMessage): Promise<void> {
+    const pool = this.o.pool;
+    switch (msg.type) {
+      case 'heartbeat':
+        await pool.query(
+          `UPDATE agents SET last_heartbeat = NOW(), status = 'online', active_sessions = $3
+            WHERE id = $1 AND websocket_conn_id = $2`,
+          [conn.agentDbId, conn.connId, msg.active_sessions],
+        );
+        return;
+      case 'ack':
+        await markAcked(pool, msg.command_id, conn.agentDbId);
+        return;
+      case 'progress':
+        await markProgress(pool, msg.command_id, conn.agentDbId, msg.message);
+        return;
+      case 'completed':
+        await markFinished(pool, msg.command_id, conn.agentDbId, { ok: true, result: msg.result });
+        this.o.metrics.commandsFinished.inc({ outcome: 'completed' });
+        return;
+      case 'failed':
+        await markFinished(pool, msg.command_id, conn.agentDbId, { ok: false, error: msg.error, retryable: msg.retryable });
+        this.o.metrics.commandsFinished.inc({ outcome: 'failed' });
+        return;
+      case 'stream_error':
+        this.streamErrorHandler?.(msg.stream_id, msg.error);
+        return;
+      case 'register':
+        conn.send({ type: 'error', reason: 'already registered', fatal: false });
+        return;
+    }
+  }
+
+  /** Set by the VNC tunnel to learn that an agent could not open a stream. */
+  streamErrorHandler: ((streamId: string, error: string) => void) | null = null;
+
+  /** Sends the agent its queued commands; one flush per agent at a time, re-run if asked again. */
+  private flush(agentDbId: string, redeliver: boolean): void {
+    const prev = this.flushing.get(agentDbId) ?? Promise.resolve();
+    const next = prev
+      .then(async () => {
+        const conn = this.o.hub.local(agentDbId);
+        if (!conn) return;
+        const rows = await claimForDelivery(this.o.pool, agentDbId, redeliver);
+        for (const row of rows) this.deliver(conn, row);
+      })
+      .catch((err) => this.o.log.warn('command delivery failed; will retry', { error: (err as Error).message }))
+      .finally(() => {
+        if (this.flushing.get(agentDbId) === next) this.flushing.delete(agentDbId);
+      });
+    this.flushing.set(agentDbId, next);
+  }
+
+  private deliver(conn: AgentConnection, row: CommandRow): void {
+    const ok = conn.send({
+      type: 'command',
+      command_id: row.id,
+      command_type: row.command_type,
+      session_id: row.session_id,
+      data: row.command_data ?? {},
+    });
+    if (ok) this.o.metrics.commandsSent.inc({ type: row.command_type });
+  }
+
+  private flushAll(): void {
+    for (const c of this.o.hub.localConnections()) this.flush(c.agentDbId, false);
+  }
+
+  /** Safety net: deliver anything a missed NOTIFY left queued, and retire silent agents. */
+  private async sweep(): Promise<void> {
+    try {
+      this.flushAll();
+      const stale = await this.o.pool.query<{ id: string; agent_id: string }>(
+        `UPDATE agents SET status = 'offline', websocket_conn_id = NULL
+          WHERE status = 'online' AND last_heartbeat < NOW() - ($1::int * INTERVAL '1 millisecond')
+          RETURNING id, agent_id`,
+        [this.o.heartbeatTimeoutMs],
+      );
+      for (const a of stale.rows) {
+        this.o.log.warn('agent missed its heartbeats; marked offline', { agent: a.agent_id });
+        this.o.hub.local(a.id)?.close(CloseCode.HeartbeatTimeout, 'heartbeat timeout');
+      }
+    } catch (err) {
+      this.o.log.warn('agent sweep failed', { error: (err as Error).message });
+    }
+  }
+}
+
+/** Answers an upgrade request with a plain HTTP error and a JSON reason, then closes it. */
+export function rejectUpgrade(socket: Duplex, status: number, reason: string): void {
+  const body = JSON.stringify({ statusCode: status, error: status === 401 ? 'Unauthorized' : status === 403 ? 'Forbidden' : 'Bad Request', message: reason });
+  socket.end(
+    `HTTP/1.1 ${status} ${status === 401 ? 'Unauthorized' : status === 403 ? 'Forbidden' : status === 404 ? 'Not Found' : 'Bad Request'}\r\n` +
+      'Content-Type: application/json\r\nConnection: close\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}

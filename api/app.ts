@@ -1,0 +1,102 @@
+/**
+ * Builds the Fastify gateway: one plugin per concern, JSON schema on every route, OpenAPI at
+ * /openapi.json. Long-running work is never done here: it is started as a Temporal workflow.
+ */
+import swagger from '@fastify/swagger';
+import type { Client } from '@temporalio/client';
+import Fastify, { FastifyInstance } from 'fastify';
+import type { Pool } from 'pg';
+import type { Logger } from '../config/log';
+import type { AgentGateway } from './agents/gateway';
+import type { AgentHub } from './agents/hub';
+import { authPlugin } from './auth/plugin';
+import type { TokenService } from './auth/tokens';
+import type { GatewayConfig } from './config';
+import type { Metrics } from './metrics';
+import { agentRoutes } from './routes/agents';
+import { authRoutes } from './routes/auth';
+import { healthRoutes } from './routes/health';
+import { sessionRoutes } from './routes/sessions';
+import { templateRoutes } from './routes/templates';
+import { userRoutes } from './routes/users';
+
+export interface AppDeps {
+  config: GatewayConfig;
+  pool: Pool;
+  temporal: Client;
+  tokens: TokenService;
+  metrics: Metrics;
+  hub: AgentHub;
+  agentGateway: AgentGateway;
+  log: Logger;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    deps: AppDeps;
+  }
+}
+
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: false,
+    bodyLimit: deps.config.bodyLimit,
+    // Unknown fields are refused with a reason instead of silently dropped.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+  });
+  app.decorate('deps', deps);
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'StreamSpace v2 control plane', version: '2.0.0' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } } },
+    },
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    deps.metrics.httpRequests.inc({ route: req.routeOptions.url ?? 'unknown', method: req.method, status: String(reply.statusCode) });
+  });
+  app.setErrorHandler((err: Error & { statusCode?: number; validation?: unknown; code?: string }, req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+    if (status >= 500) deps.log.error('request failed', { url: req.url, error: err.message });
+    const message = err.validation ? `invalid request: ${err.message}` : status >= 500 ? 'internal error' : err.message;
+    void reply.status(status).send({ statusCode: status, error: httpReason(status), message });
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ statusCode: 404, error: 'Not Found', message: `no route ${req.method} ${req.url.split('?')[0]}` });
+  });
+  await app.register(healthRoutes);
+  await app.register(authPlugin);
+  await app.register(authRoutes);
+  await app.register(userRoutes);
+  await app.register(templateRoutes);
+  await app.register(sessionRoutes);
+  await app.register(agentRoutes);
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}
+
+export function httpReason(status: number): string {
+  const reasons: Record<number, string> = {
+    400: 'Bad Request',
+    401: 'Unauthorized',
+    403: 'Forbidden',
+    404: 'Not Found',
+    409: 'Conflict',
+    413: 'Payload Too Large',
+    415: 'Unsupported Media Type',
+    422: 'Unprocessable Entity',
+    502: 'Bad Gateway',
+    503: 'Service Unavailable',
+    504: 'Gateway Timeout',
+  };
+  return reasons[status] ?? (status >= 500 ? 'Internal Server Error' : 'Error');
+}
+
+/** An error with an HTTP status and a reason the client can act on. */
+export class HttpError extends Error {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}

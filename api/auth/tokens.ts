@@ -1,0 +1,86 @@
+/**
+ * Credentials. Users get short-lived HS256 JWTs (typ "user"); agents present long-lived tokens
+ * (typ "agent", signed with a separate secret) bound to one agent_id. Each side checks typ, so a
+ * browser token never opens an agent socket and an agent token never calls the user API.
+ */
+import { randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
+import { promisify } from 'node:util';
+import jwt from 'jsonwebtoken';
+
+const scrypt = promisify(scryptCb) as (pw: string, salt: Buffer, keylen: number) => Promise<Buffer>;
+
+export type Role = 'admin' | 'user';
+export interface UserClaims {
+  sub: string;
+  role: Role;
+  typ: 'user';
+}
+export interface AgentClaims {
+  sub: string;
+  typ: 'agent';
+}
+
+export class TokenError extends Error {}
+
+export class TokenService {
+  constructor(
+    private readonly userSecret: string,
+    private readonly agentSecret: string,
+    private readonly userTtlSeconds: number,
+  ) {}
+
+  signUser(username: string, role: Role, ttlSeconds = this.userTtlSeconds): string {
+    return jwt.sign({ role, typ: 'user' }, this.userSecret, { algorithm: 'HS256', subject: username, expiresIn: ttlSeconds });
+  }
+
+  verifyUser(token: string): UserClaims {
+    const claims = this.verify(token, this.userSecret);
+    if (claims.typ !== 'user' || (claims.role !== 'admin' && claims.role !== 'user') || typeof claims.sub !== 'string')
+      throw new TokenError('not a user token');
+    return claims as unknown as UserClaims;
+  }
+
+  signAgent(agentId: string): string {
+    return jwt.sign({ typ: 'agent' }, this.agentSecret, { algorithm: 'HS256', subject: agentId });
+  }
+
+  verifyAgent(token: string): AgentClaims {
+    const claims = this.verify(token, this.agentSecret);
+    if (claims.typ !== 'agent' || typeof claims.sub !== 'string') throw new TokenError('not an agent token');
+    return claims as unknown as AgentClaims;
+  }
+
+  private verify(token: string, secret: string): Record<string, unknown> {
+    try {
+      const decoded = jwt.verify(token, secret, { algorithms: ['HS256'] });
+      if (typeof decoded !== 'object' || decoded === null) throw new TokenError('malformed token');
+      return decoded as Record<string, unknown>;
+    } catch (err) {
+      if (err instanceof TokenError) throw err;
+      if (err instanceof jwt.TokenExpiredError) throw new TokenError('token expired');
+      throw new TokenError('invalid token');
+    }
+  }
+}
+
+/** scrypt with a random salt: "scrypt$<salt b64>$<hash b64>". */
+export async function hashPassword(password: string): Promise<string> {
+  const salt = randomBytes(16);
+  const hash = await scrypt(password, salt, 32);
+  return `scrypt$${salt.toString('base64')}$${hash.toString('base64')}`;
+}
+
+export async function verifyPassword(password: string, stored: string | null): Promise<boolean> {
+  if (!stored) return false;
+  const [scheme, saltB64, hashB64] = stored.split('$');
+  if (scheme !== 'scrypt' || !saltB64 || !hashB64) return false;
+  const expected = Buffer.from(hashB64, 'base64');
+  const actual = await scrypt(password, Buffer.from(saltB64, 'base64'), expected.length);
+  return timingSafeEqual(actual, expected);
+}
+
+export function bearer(header: string | undefined): string | null {
+  if (!header) return null;
+  const m = /^Bearer\s+(\S+)$/i.exec(header);
+  return m ? m[1] : null;
+}

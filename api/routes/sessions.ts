@@ -1,0 +1,249 @@
+/**
+ * Sessions: database rows owned by one Temporal workflow each (`session/<id>`). Creating starts
+ * the workflow; hibernate, wake and stop are Updates, so concurrent requests are serialised by
+ * the workflow and never run twice. Users see their own sessions; admins see all.
+ */
+import { Type } from '@sinclair/typebox';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { randomUUID } from 'node:crypto';
+import { SA } from '../../workflows/search-attributes';
+import {
+  FailureType,
+  hibernateUpdate,
+  SESSION_WORKFLOW_TYPE,
+  sessionWorkflowId,
+  SessionStatus,
+  SessionWorkflowInput,
+  statusQuery,
+  stopUpdate,
+  wakeUpdate,
+} from '../../workflows/session-api';
+import { HttpError } from '../app';
+import type { UserClaims } from '../auth/tokens';
+import { USERNAME_PATTERN } from './users';
+
+const CreateSession = Type.Object(
+  {
+    user: Type.Optional(Type.String({ pattern: USERNAME_PATTERN })),
+    template: Type.String({ minLength: 1, maxLength: 255 }),
+    platform: Type.Union([Type.Literal('docker'), Type.Literal('kubernetes')]),
+    state: Type.Optional(Type.Literal('running', { description: 'desired state; sessions are created running' })),
+    tags: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 63 }), { maxItems: 20 })),
+    persistent_home: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+type CreateSession = { user?: string; template: string; platform: 'docker' | 'kubernetes'; state?: 'running'; tags?: string[]; persistent_home?: boolean };
+
+const ListQuery = Type.Object(
+  {
+    state: Type.Optional(Type.String()),
+    platform: Type.Optional(Type.String()),
+    user: Type.Optional(Type.String()),
+    tag: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+
+const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 255 }) });
+
+interface SessionRow {
+  id: string;
+  user_id: string;
+  template_name: string;
+  state: string;
+  platform: string | null;
+  agent_id: string | null;
+  agent_name: string | null;
+  cluster_id: string | null;
+  tags: string[] | null;
+  platform_metadata: Record<string, unknown> | null;
+  error_message: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+const SELECT_SESSION = `
+  SELECT s.id, s.user_id, s.template_name, s.state, s.platform, s.agent_id, a.agent_id AS agent_name,
+         s.cluster_id, s.tags, s.platform_metadata, s.error_message, s.created_at, s.updated_at
+    FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id`;
+
+function present(row: SessionRow, admin: boolean) {
+  const meta = { ...(row.platform_metadata ?? {}) };
+  delete meta.vnc; // the session's internal address is the agent's business, not the browser's
+  return {
+    id: row.id,
+    user: row.user_id,
+    template: row.template_name,
+    state: row.state,
+    platform: row.platform,
+    agent_id: row.agent_name,
+    cluster_id: row.cluster_id,
+    tags: row.tags ?? [],
+    error: row.error_message,
+    url: `/vnc-viewer/${encodeURIComponent(row.id)}`,
+    created_at: row.created_at,
+    updated_at: row.updated_at,
+    ...(admin ? { platform_metadata: meta } : {}),
+  };
+}
+
+export async function sessionRoutes(app: FastifyInstance): Promise<void> {
+  const auth = { onRequest: app.authenticate };
+  const secured = { security: [{ bearer: [] }], tags: ['sessions'] };
+
+  async function loadOwned(req: FastifyRequest, id: string): Promise<SessionRow> {
+    const r = await app.deps.pool.query<SessionRow>(`${SELECT_SESSION} WHERE s.id = $1`, [id]);
+    const row = r.rows[0];
+    // Another user's session is reported exactly like a missing one: ids are not disclosed.
+    if (!row || (req.user!.role !== 'admin' && row.user_id !== req.user!.sub)) throw new HttpError(404, `session "${id}" not found`);
+    return row;
+  }
+
+  app.post<{ Body: CreateSession }>('/api/v1/sessions', { ...auth, schema: { ...secured, body: CreateSession } }, async (req, reply) => {
+    const { pool, temporal, config } = app.deps;
+    const claims = req.user!;
+    const owner = req.body.user ?? claims.sub;
+    if (owner !== claims.sub && claims.role !== 'admin') throw new HttpError(403, 'only admins create sessions for other users');
+    const tpl = await pool.query('SELECT 1 FROM templates WHERE name = $1', [req.body.template]);
+    if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
+    // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
+    await pool.query(`INSERT INTO users (username, role) VALUES ($1, 'user') ON CONFLICT (username) DO NOTHING`, [owner]);
+
+    const id = randomUUID();
+    const workflowId = sessionWorkflowId(id);
+    const r = await pool.query<SessionRow>(
+      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace)
+       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL) RETURNING id`,
+      [id, owner, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
+    );
+    const input: SessionWorkflowInput = {
+      sessionId: id,
+      user: owner,
+      template: req.body.template,
+      platform: req.body.platform,
+      startTimeoutMs: config.sessionStartTimeoutMs,
+    };
+    try {
+      await temporal.workflow.start(SESSION_WORKFLOW_TYPE, {
+        workflowId,
+        taskQueue: config.taskQueue,
+        args: [input],
+        memo: { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
+        typedSearchAttributes: [
+          { key: SA.sessionId, value: id },
+          { key: SA.user, value: owner },
+          { key: SA.platform, value: req.body.platform },
+          { key: SA.state, value: 'pending' },
+        ],
+      });
+    } catch (err) {
+      await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2 WHERE id = $1`, [id, `workflow not started: ${(err as Error).message}`]);
+      throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
+    }
+    void r;
+    return reply.status(201).send(present(await loadOwned(req, id), claims.role === 'admin'));
+  });
+
+  app.get<{ Querystring: { state?: string; platform?: string; user?: string; tag?: string } }>(
+    '/api/v1/sessions',
+    { ...auth, schema: { ...secured, querystring: ListQuery } },
+    async (req) => {
+      const claims = req.user!;
+      const where: string[] = [];
+      const args: unknown[] = [];
+      const add = (sql: string, v: unknown) => {
+        args.push(v);
+        where.push(sql.replace('?', `$${args.length}`));
+      };
+      if (claims.role !== 'admin') add('s.user_id = ?', claims.sub);
+      else if (req.query.user) add('s.user_id = ?', req.query.user);
+      if (req.query.state) add('s.state = ?', req.query.state);
+      if (req.query.platform) add('s.platform = ?', req.query.platform);
+      if (req.query.tag) add('s.tags @> ?::jsonb', JSON.stringify([req.query.tag]));
+      const r = await app.deps.pool.query<SessionRow>(
+        `${SELECT_SESSION} ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY s.created_at DESC LIMIT 5000`,
+        args,
+      );
+      return r.rows.map((row) => present(row, claims.role === 'admin'));
+    },
+  );
+
+  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
+    const row = await loadOwned(req, req.params.id);
+    const out: Record<string, unknown> = present(row, req.user!.role === 'admin');
+    // Live progress from the workflow (which step, which agent) when it is still running.
+    try {
+      const st = await app.deps.temporal.workflow.getHandle(sessionWorkflowId(row.id)).query(statusQuery);
+      out.transition = st.transition;
+      out.progress = st.progress;
+    } catch {
+      out.transition = null;
+      out.progress = null;
+    }
+    return out;
+  });
+
+  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/commands', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
+    await loadOwned(req, req.params.id);
+    const r = await app.deps.pool.query(
+      `SELECT c.id, c.command_type, c.status, c.error_message, c.retry_count, c.progress,
+              c.created_at, c.sent_at, c.acked_at, c.completed_at, a.agent_id
+         FROM agent_commands c LEFT JOIN agents a ON a.id = c.agent_id
+        WHERE c.session_id = $1 ORDER BY c.created_at`,
+      [req.params.id],
+    );
+    return r.rows;
+  });
+
+  type Op = 'hibernate' | 'wake' | 'stop';
+  const updates = { hibernate: hibernateUpdate, wake: wakeUpdate, stop: stopUpdate };
+
+  async function lifecycle(req: FastifyRequest<{ Params: { id: string } }>, op: Op) {
+    const row = await loadOwned(req, req.params.id);
+    if (op === 'stop' && (row.state === 'terminated' || row.state === 'failed')) {
+      // Nothing runs any more: a failed session's workflow already cleaned up after itself.
+      if (row.state === 'failed')
+        await app.deps.pool.query(`UPDATE sessions SET state = 'terminated', updated_at = NOW() WHERE id = $1 AND state = 'failed'`, [row.id]);
+      return present(await loadOwned(req, row.id), req.user!.role === 'admin');
+    }
+    const handle = app.deps.temporal.workflow.getHandle(sessionWorkflowId(row.id));
+    let status: SessionStatus;
+    try {
+      status = await handle.executeUpdate(updates[op]);
+    } catch (err) {
+      throw toHttpError(err, op, row.state);
+    }
+    void status;
+    return present(await loadOwned(req, row.id), req.user!.role === 'admin');
+  }
+
+  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/hibernate', { ...auth, schema: { ...secured, params: IdParams } }, (req) =>
+    lifecycle(req, 'hibernate'),
+  );
+  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/wake', { ...auth, schema: { ...secured, params: IdParams } }, (req) =>
+    lifecycle(req, 'wake'),
+  );
+  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams } }, (req) =>
+    lifecycle(req, 'stop'),
+  );
+}
+
+function toHttpError(err: unknown, op: string, state: string): HttpError {
+  if (err instanceof WorkflowNotFoundError) return new HttpError(409, `cannot ${op}: the session is ${state} and no longer managed`);
+  if (err instanceof WorkflowUpdateFailedError) {
+    const cause = err.cause;
+    if (cause instanceof ApplicationFailure) {
+      if (cause.type === FailureType.InvalidTransition) return new HttpError(409, cause.message);
+      return new HttpError(502, cause.message);
+    }
+    let inner: unknown = cause;
+    while (inner && typeof inner === 'object' && 'cause' in inner && (inner as { cause?: unknown }).cause) inner = (inner as { cause: unknown }).cause;
+    return new HttpError(502, `${op} failed: ${inner instanceof Error ? inner.message : String(inner)}`);
+  }
+  if (err instanceof Error && /workflow execution already completed/i.test(err.message))
+    return new HttpError(409, `cannot ${op}: the session is ${state} and no longer managed`);
+  return new HttpError(503, `${op} could not reach the session workflow: ${err instanceof Error ? err.message : String(err)}`);
+}

@@ -1,0 +1,160 @@
+/**
+ * Wires the gateway together: database, Temporal client, AgentHub, the HTTP app and the
+ * WebSocket upgrade routing (agent control sockets; VNC streams). Used by main.ts and tests.
+ */
+import { Client, Connection } from '@temporalio/client';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import type { Pool } from 'pg';
+import { createLogger, Logger } from '../config/log';
+import { createPool } from '../db/pool';
+import { AGENT_CONNECT_PATH } from '../protocol/messages';
+import { AgentGateway, rejectUpgrade } from './agents/gateway';
+import { AgentHub, MemoryAgentHub } from './agents/hub';
+import { buildApp } from './app';
+import { hashPassword } from './auth/tokens';
+import { TokenService } from './auth/tokens';
+import type { GatewayConfig } from './config';
+import { createMetrics } from './metrics';
+
+export interface RunningGateway {
+  app: FastifyInstance;
+  url: string;
+  agentUrl: string | null;
+  tokens: TokenService;
+  pool: Pool;
+  close(): Promise<void>;
+}
+
+export type UpgradeHandler = (req: http.IncomingMessage, socket: Duplex, head: Buffer) => boolean;
+
+export async function startGateway(config: GatewayConfig, log: Logger = createLogger('api')): Promise<RunningGateway> {
+  const pool = createPool(config.databaseUrl);
+  await pool.query('SELECT 1');
+  log.info('Connected to database');
+  await bootstrap(pool, config, log);
+
+  // Lazy: the gateway starts (and /ready says why it is not ready) even while Temporal is down.
+  const connection = Connection.lazy({ address: config.temporalAddress });
+  const temporal = new Client({ connection, namespace: config.temporalNamespace });
+  const tokens = new TokenService(config.jwtSecret, config.agentTokenSecret, config.jwtTtlSeconds);
+  const metrics = createMetrics();
+  const hub: AgentHub = await createHub(config, log, metrics);
+  const agentGateway = new AgentGateway({
+    pool,
+    databaseUrl: config.databaseUrl,
+    hub,
+    tokens,
+    heartbeatTimeoutMs: config.heartbeatTimeoutMs,
+    sweepIntervalMs: config.sweepIntervalMs,
+    podId: config.podId,
+    log,
+    metrics,
+  });
+  await agentGateway.start();
+
+  const app = await buildApp({ config, pool, temporal, tokens, metrics, hub, agentGateway, log });
+  const upgradeHandlers: UpgradeHandler[] = [
+    (req, socket, head) => {
+      if (pathOf(req) !== AGENT_CONNECT_PATH) return false;
+      agentGateway.handleUpgrade(req, socket, head);
+      return true;
+    },
+  ];
+  const onUpgrade = (agentsOnly: boolean) => (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => undefined);
+    // The dedicated agent port accepts the control socket on any path (CONTROL_PLANE_URL may have none).
+    if (agentsOnly && pathOf(req) !== AGENT_CONNECT_PATH && !pathOf(req).startsWith('/api/v1/agents/')) {
+      agentGateway.handleUpgrade(req, socket, head);
+      return;
+    }
+    for (const h of upgradeHandlers) if (h(req, socket, head)) return;
+    rejectUpgrade(socket, 404, `no WebSocket endpoint at ${pathOf(req)}`);
+  };
+  app.server.on('upgrade', onUpgrade(false));
+  await app.listen({ host: config.host, port: config.port });
+  const addr = app.server.address() as AddressInfo;
+  const url = `http://${config.host}:${addr.port}`;
+  log.info(`Server started on :${addr.port}`, { url });
+
+  let agentServer: http.Server | null = null;
+  let agentUrl: string | null = null;
+  if (config.agentWsPort > 0) {
+    agentServer = http.createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'application/json' }).end(JSON.stringify({ message: 'agents connect here with a WebSocket upgrade' }));
+    });
+    agentServer.on('upgrade', onUpgrade(true));
+    await new Promise<void>((resolve, reject) => {
+      agentServer!.once('error', reject);
+      agentServer!.listen(config.agentWsPort, config.host, () => resolve());
+    });
+    agentUrl = `ws://${config.host}:${(agentServer.address() as AddressInfo).port}`;
+    log.info(`Agent WebSocket listener on ${agentUrl}`);
+  }
+  log.info(hub.backend === 'redis' ? 'Redis AgentHub initialized (multi-pod mode)' : 'In-memory AgentHub initialized (single-pod mode)');
+
+  return {
+    app,
+    url,
+    agentUrl,
+    tokens,
+    pool,
+    async close() {
+      await agentGateway.close();
+      if (agentServer) await new Promise<void>((r) => agentServer!.close(() => r()));
+      await app.close();
+      await hub.close();
+      await connection.close().catch(() => undefined);
+      await pool.end();
+    },
+  };
+}
+
+async function createHub(config: GatewayConfig, log: Logger, _metrics: ReturnType<typeof createMetrics>): Promise<AgentHub> {
+  if (config.hubBackend === 'redis') {
+    log.warn('AGENT_HUB_BACKEND=redis: Redis hub not available in this build; using the in-memory hub');
+  }
+  return new MemoryAgentHub();
+}
+
+function pathOf(req: http.IncomingMessage): string {
+  return (req.url ?? '/').split('?')[0];
+}
+
+/** First start: create the admin from ADMIN_USERNAME/ADMIN_PASSWORD and the default templates. */
+async function bootstrap(pool: Pool, config: GatewayConfig, log: Logger): Promise<void> {
+  const admins = await pool.query(`SELECT 1 FROM users WHERE role = 'admin' LIMIT 1`);
+  if (!admins.rowCount) {
+    await pool.query(
+      `INSERT INTO users (username, role, password_hash) VALUES ($1, 'admin', $2)
+       ON CONFLICT (username) DO UPDATE SET role = 'admin', password_hash = EXCLUDED.password_hash`,
+      [config.adminUsername, await hashPassword(config.adminPassword)],
+    );
+    log.info('Bootstrapped admin user', { username: config.adminUsername });
+    if (config.adminPassword === 'admin') log.warn('ADMIN_PASSWORD is the default "admin": set it before exposing this gateway');
+  }
+  const manifest = (displayName: string, description: string, category: string) => ({
+    displayName,
+    description,
+    category,
+    baseImage: config.defaultSessionImage,
+    defaultResources: { memory: '2Gi', cpu: '1000m' },
+    ports: [{ name: 'vnc', containerPort: 5900 }],
+    volumeMounts: [{ name: 'user-home', mountPath: '/config' }],
+    vnc: { enabled: true, port: 5900, protocol: 'rfb' },
+    tags: [category],
+  });
+  const defaults = [
+    ['firefox-browser', manifest('Firefox Web Browser', 'Desktop session with a browser', 'browsers')],
+    ['terminal', manifest('Terminal', 'Desktop session with a terminal', 'development')],
+  ] as const;
+  for (const [name, m] of defaults) {
+    await pool.query(
+      `INSERT INTO templates (name, display_name, description, category, manifest) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (name) DO NOTHING`,
+      [name, m.displayName, m.description, m.category, m],
+    );
+  }
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# One-shot machine setup for StreamSpace v2 development and CI (Debian/Ubuntu, as root).
+#
+# Idempotent: every step checks before it acts, so a second run takes seconds. Steps:
+#   1. apt packages (only the missing ones; one `apt-get update` at most)
+#   2. Temporal CLI built from source into /var/cache/streamspace/bin (its dev server is our Temporal)
+#   3. npm ci when node_modules is missing or older than package-lock.json
+#   4. scripts/services.sh start   (PostgreSQL, Redis, Docker engine, Temporal — all on 127.0.0.1)
+#   5. scripts/build-session-image.sh  (streamspace/session:local, built locally: no registry here)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+T0=$SECONDS
+
+export DEBIAN_FRONTEND=noninteractive
+# Go may live outside root's default PATH (e.g. /usr/local/go); CI runs with a plain environment.
+export PATH="$PATH:/usr/local/go/bin:/usr/lib/go/bin:/root/go/bin"
+
+CACHE=/var/cache/streamspace
+TEMPORAL_BIN=$CACHE/bin/temporal
+TEMPORAL_VERSION=v1.5.1 # v1.6+ carry a replace directive: `go install` refuses them (DESIGN.md)
+
+say() { printf '[provision] %s\n' "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "run as root (installs packages, starts daemons)"
+
+# ---------------------------------------------------------------- 1. apt packages
+# debian-archive-keyring: debootstrap verifies bookworm with it (already there on Debian).
+# python3-yaml: lets .ci/run-like checks validate docker-compose.yml without a compose binary.
+APT_PACKAGES=(postgresql redis-server docker.io debootstrap debian-archive-keyring chromium
+  iproute2 procps curl ca-certificates git python3-yaml)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+missing=()
+for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+if ((${#missing[@]})); then
+  say "apt-get install ${missing[*]}"
+  # Debian's postinst would try to start the packaged postgres/redis/docker; we run our own
+  # instances (scripts/services.sh), so forbid service starts during the install.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0
+  [[ -e $policy ]] && had_policy=1
+  ((had_policy)) || { printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"; }
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  ((had_policy)) || rm -f "$policy"
+fi
+
+# Node 20+ is the runtime (Temporal SDK needs >= 20.3). We do not install it: say so clearly.
+command -v node >/dev/null || die "node (>= 20.3) is not installed"
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=3)?0:1)' ||
+  die "node $(node -v) is too old: need >= 20.3"
+
+# ---------------------------------------------------------------- 2. Temporal CLI
+if [[ ! -x $TEMPORAL_BIN ]]; then
+  if ! command -v go >/dev/null; then
+    say "go not found; installing golang-go from apt as a fallback"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends golang-go >/dev/null ||
+      die "go is required to build the Temporal CLI and could not be installed"
+  fi
+  say "building temporal CLI $TEMPORAL_VERSION with $(go version) (one-off, a few minutes)"
+  mkdir -p "$CACHE/bin"
+  GOBIN=$CACHE/bin CGO_ENABLED=0 go install "github.com/temporalio/cli/cmd/temporal@$TEMPORAL_VERSION" ||
+    die "go install of the Temporal CLI failed"
+fi
+
+# ---------------------------------------------------------------- 3. node modules
+if [[ ! -d node_modules || ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# ---------------------------------------------------------------- 4-5. services and session image
+bash scripts/services.sh start
+bash scripts/build-session-image.sh
+
+# ---------------------------------------------------------------- summary
+say "done in $((SECONDS - T0))s"
+cat >&2 <<EOF
+StreamSpace local stack (all on 127.0.0.1; state /var/lib/streamspace, logs /var/log/streamspace):
+$(bash scripts/services.sh status 2>&1)
+  image     $(docker image inspect -f '{{index .RepoTags 0}} {{.Id}}' streamspace/session:local 2>/dev/null | cut -c1-40)
+  browser   $(command -v chromium || echo 'chromium MISSING')
+  temporal  $TEMPORAL_BIN
+  repo      $REPO
+EOF

@@ -1,0 +1,45 @@
+/** Worker process: runs session workflows and their activities. Stateless; run as many as you like. */
+import { NativeConnection } from '@temporalio/worker';
+import { Connection } from '@temporalio/client';
+import os from 'node:os';
+import { databaseUrl, envDuration, taskQueue, temporalAddress, temporalNamespace } from '../config/env';
+import { createLogger } from '../config/log';
+import { createPool } from '../db/pool';
+import { ensureSearchAttributes } from './search-attributes';
+import { createSessionWorker } from './worker';
+
+async function main() {
+  const log = createLogger('worker');
+  const address = temporalAddress();
+  const namespace = temporalNamespace();
+  const url = databaseUrl();
+  const pool = createPool(url);
+  const client = await Connection.connect({ address });
+  await ensureSearchAttributes(client, namespace);
+  await client.close();
+  const connection = await NativeConnection.connect({ address });
+  const { worker, close } = await createSessionWorker({
+    connection,
+    namespace,
+    taskQueue: taskQueue(),
+    pool,
+    databaseUrl: url,
+    heartbeatTimeoutMs: envDuration('AGENT_HEARTBEAT_TIMEOUT', '30s'),
+    log,
+    identity: `worker-${os.hostname()}-${process.pid}`,
+  });
+  log.info('Worker started', { address, namespace, taskQueue: taskQueue() });
+  const stop = () => worker.shutdown();
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  await worker.run();
+  await close();
+  await pool.end();
+  await connection.close();
+  log.info('Worker stopped');
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

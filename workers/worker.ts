@@ -1,0 +1,44 @@
+/** Builds a Temporal worker for the session task queue with its activities' dependencies. */
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { existsSync } from 'node:fs';
+import type { Pool } from 'pg';
+import { CommandWaiter } from '../activities/command-waiter';
+import { createSessionActivities } from '../activities/session-activities';
+import { CHANNEL_COMMAND_DONE } from '../db/commands';
+import { PgListener } from '../db/listener';
+import type { Logger } from '../config/log';
+import { WORKFLOW_BUNDLE_PATH, WORKFLOWS_PATH } from './bundle';
+
+export interface SessionWorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  taskQueue: string;
+  pool: Pool;
+  databaseUrl: string;
+  heartbeatTimeoutMs: number;
+  log: Logger;
+  identity?: string;
+}
+
+export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
+  const listener = new PgListener(opts.databaseUrl, [CHANNEL_COMMAND_DONE], opts.log);
+  await listener.start();
+  const activities = createSessionActivities({
+    pool: opts.pool,
+    waiter: new CommandWaiter(listener),
+    heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+  });
+  const worker = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: opts.taskQueue,
+    identity: opts.identity,
+    activities,
+    ...(existsSync(WORKFLOW_BUNDLE_PATH)
+      ? { workflowBundle: { codePath: WORKFLOW_BUNDLE_PATH } }
+      : { workflowsPath: WORKFLOWS_PATH }),
+    maxConcurrentActivityTaskExecutions: 500,
+    shutdownGraceTime: '5s',
+  });
+  return { worker, close: () => listener.close() };
+}

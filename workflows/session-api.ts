@@ -1,0 +1,60 @@
+/**
+ * The session workflow's public surface: input, status, queries and updates. Imported by the
+ * workflow itself (bundled for the worker) and by the gateway's Temporal client, so both agree.
+ * Only @temporalio/workflow definitions and plain types here: no Node APIs.
+ */
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { Platform } from '../protocol/messages';
+
+export type SessionState = 'pending' | 'running' | 'hibernated' | 'terminating' | 'terminated' | 'failed';
+export type Transition = 'starting' | 'hibernating' | 'waking' | 'stopping' | null;
+
+export const SESSION_WORKFLOW_TYPE = 'sessionWorkflow';
+export const sessionWorkflowId = (sessionId: string): string => `session/${sessionId}`;
+
+export interface SessionWorkflowInput {
+  sessionId: string;
+  user: string;
+  template: string;
+  platform: Platform;
+  /** A start that has not reached running by then fails with a clear reason. */
+  startTimeoutMs: number;
+  /** Continue-as-new once history passes this many events (Temporal's own suggestion also counts). */
+  maxHistoryEvents?: number;
+  /** Carried across continue-as-new; absent on the first run. */
+  carried?: CarriedState;
+}
+
+export interface CarriedState {
+  state: SessionState;
+  agentDbId: string | null;
+  agentId: string | null;
+  /** Sequence of commands issued so far; makes each command's idempotency key unique and stable. */
+  commandSeq: number;
+  runs: number;
+}
+
+export interface SessionStatus {
+  sessionId: string;
+  state: SessionState;
+  transition: Transition;
+  agentId: string | null;
+  progress: string | null;
+  lastError: string | null;
+  /** How many times this session's workflow has continued as new. */
+  runs: number;
+}
+
+export const statusQuery = defineQuery<SessionStatus>('status');
+export const hibernateUpdate = defineUpdate<SessionStatus>('hibernate');
+export const wakeUpdate = defineUpdate<SessionStatus>('wake');
+export const stopUpdate = defineUpdate<SessionStatus>('stop');
+
+/** Failure types the gateway maps to HTTP statuses. */
+export const FailureType = {
+  InvalidTransition: 'InvalidTransition',
+  NoAgentAvailable: 'NoAgentAvailable',
+  CommandFailed: 'CommandFailed',
+  InvalidTemplate: 'InvalidTemplate',
+  StartTimedOut: 'StartTimedOut',
+} as const;
