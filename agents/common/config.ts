@@ -1,0 +1,45 @@
+/** Settings every agent reads (names as in the spec's agent environment). */
+import os from 'node:os';
+import { envDuration, envInt, envOptional, envRequired, envString } from '../../config/env';
+import type { Capacity, Platform } from '../../protocol/messages';
+
+export interface AgentConfig {
+  agentId: string;
+  controlPlaneUrl: string;
+  token: string;
+  platform: Platform;
+  region: string | null;
+  clusterId: string | null;
+  capacity: Capacity;
+  reconnectInitialDelayMs: number;
+  reconnectMaxDelayMs: number;
+  healthPort: number;
+  healthHost: string;
+  /** This replica's identity for leader election and logs. */
+  identity: string;
+}
+
+export function loadAgentConfig(platform: Platform, env: NodeJS.ProcessEnv = process.env): AgentConfig {
+  const declared = envString('PLATFORM', platform, env);
+  if (declared !== platform) throw new Error(`PLATFORM=${declared} but this is the ${platform} agent`);
+  const maxCpu = envOptional('MAX_CPU', env);
+  const maxMemory = envOptional('MAX_MEMORY', env);
+  return {
+    agentId: envRequired('AGENT_ID', env),
+    controlPlaneUrl: envRequired('CONTROL_PLANE_URL', env),
+    token: envRequired('AGENT_TOKEN', env),
+    platform,
+    region: envOptional('REGION', env) ?? null,
+    clusterId: envOptional('CLUSTER_ID', env) ?? null,
+    capacity: {
+      max_sessions: envInt('MAX_SESSIONS', platform === 'docker' ? 50 : 100, env),
+      ...(maxCpu ? { max_cpu: Number(maxCpu) } : {}),
+      ...(maxMemory ? { max_memory: Number(maxMemory) } : {}),
+    },
+    reconnectInitialDelayMs: envDuration('RECONNECT_INITIAL_DELAY', '100ms', env),
+    reconnectMaxDelayMs: envDuration('RECONNECT_MAX_DELAY', '5s', env),
+    healthPort: envInt('HEALTH_PORT', 8082, env),
+    healthHost: envString('HEALTH_HOST', '127.0.0.1', env),
+    identity: envString('POD_NAME', `${os.hostname()}_${process.pid}`, env),
+  };
+}

@@ -1,0 +1,285 @@
+/**
+ * The agent's connection to the control plane (after Coder's agent): it dials out, registers
+ * with what it really runs, heartbeats, executes commands through its platform driver and
+ * reconnects forever with capped jittered backoff. Commands are de-duplicated by id, and those
+ * for one session run one at a time, so a re-delivered command never runs twice concurrently.
+ */
+import http from 'node:http';
+import WebSocket from 'ws';
+import type { Logger } from '../../config/log';
+import {
+  AGENT_CONNECT_PATH,
+  AgentMessage,
+  CloseCode,
+  CommandMessage,
+  CommandResult,
+  encode,
+  MAX_CONTROL_FRAME_BYTES,
+  OpenStreamMessage,
+  parseControlPlaneMessage,
+  parseStartSessionData,
+  PROTOCOL_VERSION,
+} from '../../protocol/messages';
+import { backoffDelay } from './backoff';
+import type { AgentConfig } from './config';
+import { DriverError, SessionDriver } from './driver';
+
+type Outcome = { ok: true; result: CommandResult } | { ok: false; error: string; retryable: boolean };
+
+/** How many finished command outcomes are remembered for re-delivered commands. */
+const OUTCOME_MEMORY = 2000;
+
+export class AgentRuntime {
+  private ws: WebSocket | null = null;
+  private attempt = 0;
+  private stopped = true;
+  private registered = false;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private healthServer: http.Server | null = null;
+  private readonly inflight = new Map<string, Promise<Outcome>>();
+  private readonly outcomes = new Map<string, Outcome>();
+  private readonly sessionQueues = new Map<string, Promise<unknown>>();
+  /** Set by the VNC tunnel module to serve open_stream requests. */
+  onOpenStream: ((msg: OpenStreamMessage) => void) | null = null;
+  /** Called on every successful registration (tests and benchmarks measure reconnects with it). */
+  onRegistered: (() => void) | null = null;
+
+  constructor(
+    readonly config: AgentConfig,
+    readonly driver: SessionDriver,
+    private readonly log: Logger,
+  ) {}
+
+  get url(): string {
+    const u = new URL(this.config.controlPlaneUrl);
+    if (u.pathname === '/' || u.pathname === '') u.pathname = AGENT_CONNECT_PATH;
+    return u.toString();
+  }
+
+  get isRegistered(): boolean {
+    return this.registered;
+  }
+
+  /** Starts the /health and /ready endpoints (port HEALTH_PORT, default 8082). */
+  async startHealthServer(extra: () => Record<string, unknown> = () => ({})): Promise<void> {
+    if (this.config.healthPort === 0 && this.healthServer) return;
+    this.healthServer = http.createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (path === '/health') return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+      if (path === '/ready') {
+        const body = JSON.stringify({ status: this.registered ? 'ready' : 'not ready', registered: this.registered, ...extra() });
+        return void res.writeHead(this.registered ? 200 : 503, { 'content-type': 'application/json' }).end(body);
+      }
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.healthServer!.once('error', reject);
+      this.healthServer!.listen(this.config.healthPort, this.config.healthHost, () => resolve());
+    });
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.connect();
+  }
+
+  /** Closes the control connection; with `forever` it does not reconnect. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.clearHeartbeat();
+    const ws = this.ws;
+    this.ws = null;
+    this.registered = false;
+    if (ws && ws.readyState !== WebSocket.CLOSED) {
+      await new Promise<void>((resolve) => {
+        ws.once('close', () => resolve());
+        ws.close(CloseCode.ShuttingDown, 'agent stopping');
+        setTimeout(() => (ws.terminate(), resolve()), 2000).unref();
+      });
+    }
+    if (this.healthServer) await new Promise<void>((r) => this.healthServer!.close(() => r()));
+    this.healthServer = null;
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    const ws = new WebSocket(this.url, {
+      headers: { authorization: `Bearer ${this.config.token}` },
+      handshakeTimeout: 10_000,
+      maxPayload: MAX_CONTROL_FRAME_BYTES,
+    });
+    this.ws = ws;
+    ws.on('open', () => void this.register(ws));
+    ws.on('message', (data, isBinary) => this.onMessage(ws, data, isBinary));
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => this.log.error('control plane refused the agent', { status: res.statusCode, body: body.slice(0, 300) }));
+    });
+    ws.on('error', (err) => this.log.debug('control connection error', { error: err.message }));
+    ws.on('close', (code, reason) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      const wasRegistered = this.registered;
+      this.registered = false;
+      this.clearHeartbeat();
+      if (this.stopped) return;
+      const delay = backoffDelay(this.attempt++, this.config.reconnectInitialDelayMs, this.config.reconnectMaxDelayMs);
+      (wasRegistered ? this.log.warn : this.log.debug)('control connection closed; reconnecting', {
+        code,
+        reason: reason.toString(),
+        in_ms: delay,
+      });
+      this.reconnectTimer = setTimeout(() => this.connect(), delay);
+    });
+  }
+
+  private async register(ws: WebSocket): Promise<void> {
+    try {
+      const sessions = await this.driver.list();
+      this.send(ws, {
+        type: 'register',
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: this.config.agentId,
+        platform: this.config.platform,
+        region: this.config.region,
+        cluster_id: this.config.clusterId,
+        capacity: this.config.capacity,
+        sessions,
+        metadata: { identity: this.config.identity },
+      });
+    } catch (err) {
+      this.log.error('cannot list sessions for registration', { error: (err as Error).message });
+      ws.close(1011, 'agent cannot read its platform');
+    }
+  }
+
+  private send(ws: WebSocket | null, msg: AgentMessage): boolean {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(encode(msg));
+    return true;
+  }
+
+  private onMessage(ws: WebSocket, data: WebSocket.RawData, isBinary: boolean): void {
+    const parsed = isBinary ? { ok: false as const, reason: 'binary frame on control socket' } : parseControlPlaneMessage(data);
+    if (!parsed.ok) {
+      this.log.warn('ignoring malformed frame from control plane', { reason: parsed.reason });
+      return;
+    }
+    const msg = parsed.value;
+    switch (msg.type) {
+      case 'registered':
+        this.registered = true;
+        this.attempt = 0;
+        this.log.info('Agent registered successfully with Control Plane', { agent: this.config.agentId, conn: msg.conn_id });
+        this.startHeartbeat(ws, msg.heartbeat_interval_ms);
+        this.onRegistered?.();
+        return;
+      case 'command':
+        this.onCommand(ws, msg);
+        return;
+      case 'open_stream':
+        if (this.onOpenStream) this.onOpenStream(msg);
+        else this.send(ws, { type: 'stream_error', stream_id: msg.stream_id, error: 'this agent does not serve VNC streams' });
+        return;
+      case 'error':
+        (msg.fatal ? this.log.error : this.log.warn)('control plane reported an error', { reason: msg.reason });
+        return;
+    }
+  }
+
+  private startHeartbeat(ws: WebSocket, intervalMs: number): void {
+    this.clearHeartbeat();
+    const beat = async () => {
+      let active = 0;
+      try {
+        active = (await this.driver.list()).filter((s) => s.state === 'running' || s.state === 'starting').length;
+      } catch {
+        // the heartbeat itself matters more than the count
+      }
+      this.send(ws, { type: 'heartbeat', active_sessions: active });
+    };
+    this.heartbeatTimer = setInterval(() => void beat(), intervalMs);
+  }
+
+  private clearHeartbeat(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+  }
+
+  /** Tells the control plane that a requested VNC stream could not be opened. */
+  streamError(streamId: string, error: string): void {
+    this.reply({ type: 'stream_error', stream_id: streamId, error: error.slice(0, 1000) });
+  }
+
+  /** The current socket, whichever connection a late result has to go out on. */
+  private reply(msg: AgentMessage): void {
+    this.send(this.ws, msg);
+  }
+
+  private onCommand(ws: WebSocket, cmd: CommandMessage): void {
+    this.send(ws, { type: 'ack', command_id: cmd.command_id });
+    const known = this.outcomes.get(cmd.command_id);
+    if (known) return this.report(cmd.command_id, known);
+    if (this.inflight.has(cmd.command_id)) return; // its result goes out when it finishes
+    const run = this.serialised(cmd.session_id, () => this.execute(cmd));
+    this.inflight.set(cmd.command_id, run);
+    void run.then((outcome) => {
+      this.inflight.delete(cmd.command_id);
+      this.outcomes.set(cmd.command_id, outcome);
+      if (this.outcomes.size > OUTCOME_MEMORY) this.outcomes.delete(this.outcomes.keys().next().value as string);
+      this.report(cmd.command_id, outcome);
+    });
+  }
+
+  private report(commandId: string, outcome: Outcome): void {
+    if (outcome.ok) this.reply({ type: 'completed', command_id: commandId, result: outcome.result });
+    else this.reply({ type: 'failed', command_id: commandId, error: outcome.error, retryable: outcome.retryable });
+  }
+
+  private serialised<T>(sessionId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.sessionQueues.get(sessionId) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const settled = next.catch(() => undefined);
+    this.sessionQueues.set(sessionId, settled);
+    void settled.then(() => {
+      if (this.sessionQueues.get(sessionId) === settled) this.sessionQueues.delete(sessionId);
+    });
+    return next;
+  }
+
+  private async execute(cmd: CommandMessage): Promise<Outcome> {
+    const progress = (message: string) => this.reply({ type: 'progress', command_id: cmd.command_id, message: message.slice(0, 500) });
+    const started = Date.now();
+    try {
+      let result: CommandResult;
+      switch (cmd.command_type) {
+        case 'start_session': {
+          const data = parseStartSessionData(cmd.data);
+          if (!data.ok) return { ok: false, error: data.reason, retryable: false };
+          result = await this.driver.start(cmd.session_id, data.value, progress);
+          break;
+        }
+        case 'hibernate_session':
+          result = await this.driver.hibernate(cmd.session_id, progress);
+          break;
+        case 'wake_session':
+          result = await this.driver.wake(cmd.session_id, progress);
+          break;
+        case 'stop_session':
+          result = await this.driver.stop(cmd.session_id, progress);
+          break;
+      }
+      this.log.info('command completed', { command: cmd.command_type, session: cmd.session_id, ms: Date.now() - started });
+      return { ok: true, result };
+    } catch (err) {
+      const retryable = err instanceof DriverError ? err.retryable : true;
+      const error = (err as Error).message || String(err);
+      this.log.warn('command failed', { command: cmd.command_type, session: cmd.session_id, error, retryable });
+      return { ok: false, error, retryable };
+    }
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * Agent side of the VNC tunnel. For each open_stream request the agent dials a dedicated
+ * WebSocket back to the gateway (never the control socket, so VNC bytes cannot delay commands
+ * or heartbeats) and a TCP connection to the session's VNC server, then pipes them together.
+ * stream.pipeline gives backpressure both ways and tears both sides down on any error or close.
+ */
+import net from 'node:net';
+import { pipeline } from 'node:stream';
+import WebSocket, { createWebSocketStream } from 'ws';
+import type { Logger } from '../../config/log';
+import type { OpenStreamMessage } from '../../protocol/messages';
+import type { AgentRuntime } from './runtime';
+
+export function attachTunnel(runtime: AgentRuntime, log: Logger): { open: () => number } {
+  const live = new Set<net.Socket>();
+  runtime.onOpenStream = (msg) => void openStream(runtime, msg, log, live);
+  return { open: () => live.size };
+}
+
+async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Logger, live: Set<net.Socket>): Promise<void> {
+  let endpoint;
+  try {
+    endpoint = await runtime.driver.vncEndpoint(msg.session_id);
+  } catch (err) {
+    runtime.streamError(msg.stream_id, `cannot locate the session's VNC server: ${(err as Error).message}`);
+    return;
+  }
+  const tcp = net.connect({ host: endpoint.host, port: endpoint.port, noDelay: true });
+  live.add(tcp);
+  tcp.once('close', () => live.delete(tcp));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('connect', resolve);
+      tcp.once('error', reject);
+    });
+  } catch (err) {
+    runtime.streamError(msg.stream_id, `cannot connect to ${endpoint.host}:${endpoint.port}: ${(err as Error).message}`);
+    return;
+  }
+  const url = new URL(msg.url, runtime.url.replace(/^http/, 'ws')).toString();
+  const ws = new WebSocket(url, {
+    headers: { authorization: `Bearer ${runtime.config.token}` },
+    perMessageDeflate: false,
+    handshakeTimeout: 10_000,
+  });
+  ws.once('unexpected-response', (_req, res) => {
+    log.warn('gateway refused the stream socket', { stream: msg.stream_id, status: res.statusCode });
+    tcp.destroy();
+  });
+  ws.once('error', (err) => {
+    log.debug('stream socket error', { stream: msg.stream_id, error: err.message });
+    tcp.destroy();
+  });
+  ws.once('open', () => {
+    (ws as unknown as { _socket?: net.Socket })._socket?.setNoDelay(true);
+    const wsStream = createWebSocketStream(ws);
+    const done = () => {
+      tcp.destroy();
+      wsStream.destroy();
+    };
+    pipeline(tcp, wsStream, done);
+    pipeline(wsStream, tcp, done);
+  });
+}

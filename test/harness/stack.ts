@@ -1,0 +1,278 @@
+/**
+ * Starts the real control plane for a test: its own database, its own Temporal task queue, the
+ * gateway and the worker as child processes (so tests can kill them), and Docker agents.
+ * Everything listens on 127.0.0.1. Logs go to test-artifacts/logs/<test>/.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, mkdirSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import Docker from 'dockerode';
+import { Client as PgClient, Pool } from 'pg';
+import { Client as TemporalClient, Connection } from '@temporalio/client';
+import { TokenService } from '../../api/auth/tokens';
+import { migrate } from '../../db/migrate';
+import { dbUrl, TEST_ENV } from './env';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+const JWT_SECRET = 'test-secret-' + randomBytes(8).toString('hex');
+const AGENT_SECRET = 'agent-secret-' + randomBytes(8).toString('hex');
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 60_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+export class Proc {
+  child: ChildProcess | null = null;
+  constructor(
+    readonly name: string,
+    readonly script: string,
+    readonly env: NodeJS.ProcessEnv,
+    readonly logDir: string,
+  ) {}
+
+  start(): this {
+    const out = createWriteStream(path.join(this.logDir, `${this.name}.log`), { flags: 'a' });
+    out.write(`--- start ${new Date().toISOString()}\n`);
+    const child = spawn(process.execPath, [path.join(ROOT, 'dist', this.script)], {
+      env: { ...process.env, ...this.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout!.pipe(out, { end: false });
+    child.stderr!.pipe(out, { end: false });
+    this.child = child;
+    return this;
+  }
+
+  /** Waits until the process prints a line matching re. */
+  waitForLog(re: RegExp, timeoutMs = 30_000): Promise<void> {
+    const child = this.child!;
+    return new Promise((resolve, reject) => {
+      let buf = '';
+      const t = setTimeout(() => reject(new Error(`${this.name}: no log line ${re} within ${timeoutMs} ms`)), timeoutMs);
+      const onData = (d: Buffer) => {
+        buf += d.toString();
+        if (re.test(buf)) {
+          clearTimeout(t);
+          child.stdout!.off('data', onData);
+          child.stderr!.off('data', onData);
+          resolve();
+        }
+      };
+      child.stdout!.on('data', onData);
+      child.stderr!.on('data', onData);
+      child.once('exit', (code) => {
+        clearTimeout(t);
+        reject(new Error(`${this.name} exited with ${code} before logging ${re}`));
+      });
+    });
+  }
+
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.kill(signal);
+      setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+    });
+    this.child = null;
+  }
+}
+
+export interface ApiResponse<T = any> {
+  status: number;
+  body: T;
+}
+
+export class Stack {
+  readonly id = randomBytes(4).toString('hex');
+  readonly dbName = `ss_e2e_${this.id}`;
+  readonly databaseUrl = dbUrl(this.dbName);
+  readonly taskQueue = `streamspace-test-${this.id}`;
+  readonly tokens = new TokenService(JWT_SECRET, AGENT_SECRET, 3600);
+  readonly docker = new Docker({ socketPath: TEST_ENV.dockerHost.replace('unix://', '') });
+  readonly logDir: string;
+  api!: Proc;
+  worker!: Proc;
+  agents = new Map<string, Proc>();
+  apiPort = 0;
+  agentPort = 0;
+  pool!: Pool;
+  temporal!: TemporalClient;
+  private temporalConnection!: Connection;
+
+  constructor(
+    readonly testName: string,
+    readonly extraEnv: NodeJS.ProcessEnv = {},
+  ) {
+    this.logDir = path.join(ROOT, 'test-artifacts', 'logs', `${testName}-${this.id}`);
+    mkdirSync(this.logDir, { recursive: true });
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.apiPort}`;
+  }
+
+  get commonEnv(): NodeJS.ProcessEnv {
+    return {
+      DATABASE_URL: this.databaseUrl,
+      TEMPORAL_ADDRESS: TEST_ENV.temporalAddress,
+      TEMPORAL_TASK_QUEUE: this.taskQueue,
+      JWT_SECRET,
+      AGENT_TOKEN_SECRET: AGENT_SECRET,
+      DEFAULT_SESSION_IMAGE: TEST_ENV.sessionImage,
+      LOG_LEVEL: 'info',
+      ...this.extraEnv,
+    };
+  }
+
+  async start(opts: { worker?: boolean } = {}): Promise<this> {
+    const admin = new PgClient({ connectionString: TEST_ENV.pgAdminUrl });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${this.dbName}`);
+    await admin.end();
+    await migrate(this.databaseUrl, { log: () => undefined });
+    this.pool = new Pool({ connectionString: this.databaseUrl, max: 5 });
+    this.apiPort = await freePort();
+    this.agentPort = await freePort();
+    this.api = new Proc('api', 'api/main.js', { ...this.commonEnv, PORT: String(this.apiPort), AGENT_WS_PORT: String(this.agentPort), HOST: '127.0.0.1' }, this.logDir).start();
+    await this.api.waitForLog(/Server started/);
+    if (opts.worker !== false) await this.startWorker();
+    this.temporalConnection = await Connection.connect({ address: TEST_ENV.temporalAddress });
+    this.temporal = new TemporalClient({ connection: this.temporalConnection });
+    return this;
+  }
+
+  async startWorker(): Promise<void> {
+    this.worker = new Proc('worker', 'workers/main.js', this.commonEnv, this.logDir).start();
+    await this.worker.waitForLog(/Worker started/);
+  }
+
+  async restartApi(): Promise<void> {
+    await this.api.kill('SIGKILL');
+    this.api.start();
+    await this.api.waitForLog(/Server started/);
+  }
+
+  agentToken(agentId: string): string {
+    return this.tokens.signAgent(agentId);
+  }
+
+  /** Starts (or restarts) a Docker agent with host networking on loopback VNC ports. */
+  async startDockerAgent(agentId: string, env: NodeJS.ProcessEnv = {}, waitRegistered = true): Promise<Proc> {
+    let proc = this.agents.get(agentId);
+    if (!proc) {
+      proc = new Proc(`agent-${agentId}`, 'agents/docker/main.js', {
+        ...this.commonEnv,
+        AGENT_ID: agentId,
+        AGENT_TOKEN: this.agentToken(agentId),
+        CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
+        PLATFORM: 'docker',
+        REGION: 'local',
+        DOCKER_NETWORK: 'host',
+        NETWORK_PREFIX: `sst${this.id}`,
+        VNC_LISTEN: '127.0.0.1',
+        VNC_PORT_RANGE: env.VNC_PORT_RANGE ?? '15900-15999',
+        HEALTH_PORT: '0',
+        MAX_SESSIONS: '50',
+        ...env,
+      }, this.logDir);
+      this.agents.set(agentId, proc);
+    }
+    proc.start();
+    if (waitRegistered) await proc.waitForLog(/registered successfully/);
+    return proc;
+  }
+
+  async login(username = 'admin', password = 'admin'): Promise<string> {
+    const r = await this.call('POST', '/api/v1/auth/login', { username, password });
+    if (r.status !== 200) throw new Error(`login failed: ${r.status} ${JSON.stringify(r.body)}`);
+    return r.body.token;
+  }
+
+  async call<T = any>(method: string, urlPath: string, body?: unknown, token?: string, headers: Record<string, string> = {}): Promise<ApiResponse<T>> {
+    const res = await fetch(this.url + urlPath, {
+      method,
+      headers: {
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+        ...headers,
+      },
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // not JSON
+    }
+    return { status: res.status, body: parsed as T };
+  }
+
+  async waitForState(token: string, sessionId: string, state: string, timeoutMs = 90_000): Promise<any> {
+    return waitFor(
+      `session ${sessionId} to be ${state}`,
+      async () => {
+        const r = await this.call('GET', `/api/v1/sessions/${sessionId}`, undefined, token);
+        if (r.body?.state === 'failed' && state !== 'failed') throw new Error(`session failed: ${r.body.error}`);
+        return r.body?.state === state ? r.body : undefined;
+      },
+      timeoutMs,
+      100,
+    );
+  }
+
+  /** Containers this stack's agents created. */
+  async containers(sessionId?: string): Promise<Docker.ContainerInfo[]> {
+    const labels = [...this.agents.keys()].length ? [] : [];
+    void labels;
+    const all = await this.docker.listContainers({ all: true, filters: { label: ['io.streamspace.managed=true'] } });
+    return all.filter(
+      (c) => this.agents.has(c.Labels['io.streamspace.agent-id']) && (!sessionId || c.Labels['io.streamspace.session-id'] === sessionId),
+    );
+  }
+
+  async stop(): Promise<void> {
+    for (const a of this.agents.values()) await a.kill('SIGTERM');
+    await this.worker?.kill('SIGTERM');
+    await this.api?.kill('SIGTERM');
+    for (const c of await this.containers().catch(() => [])) await this.docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+    const vols = await this.docker.listVolumes({ filters: { name: [`sst${this.id}-home-`] } }).catch(() => ({ Volumes: [] }));
+    for (const v of vols.Volumes ?? []) await this.docker.getVolume(v.Name).remove().catch(() => undefined);
+    await this.temporalConnection?.close().catch(() => undefined);
+    await this.pool?.end().catch(() => undefined);
+    const admin = new PgClient({ connectionString: TEST_ENV.pgAdminUrl });
+    await admin.connect();
+    await admin.query(`DROP DATABASE IF EXISTS ${this.dbName} WITH (FORCE)`).catch(() => undefined);
+    await admin.end();
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * Issue 2, end to end through the HTTP API on real Temporal, PostgreSQL and dockerd:
+ * login → create a Docker session → running (real container, VNC answers RFB 003.008) → write a
+ * file in the home volume → hibernate (stopped, volume kept) → wake (file still there) → stop.
+ */
+import { rfbGreeting } from '../agents/docker/driver';
+import { sessionWorkflowId } from '../workflows/session-api';
+import { Stack } from './harness/stack';
+
+jest.setTimeout(240_000);
+
+async function exec(stack: Stack, containerId: string, cmd: string): Promise<string> {
+  const e = await stack.docker.getContainer(containerId).exec({ Cmd: ['sh', '-c', cmd], AttachStdout: true, AttachStderr: true });
+  const stream = await e.start({ hijack: true, stdin: false });
+  const chunks: Buffer[] = [];
+  await new Promise<void>((resolve) => {
+    stream.on('data', (d: Buffer) => chunks.push(d));
+    stream.on('end', () => resolve());
+  });
+  // Docker multiplexes stdout/stderr with 8-byte frame headers.
+  const raw = Buffer.concat(chunks);
+  let out = '';
+  for (let i = 0; i + 8 <= raw.length; ) {
+    const len = raw.readUInt32BE(i + 4);
+    out += raw.subarray(i + 8, i + 8 + len).toString();
+    i += 8 + len;
+  }
+  return out;
+}
+
+describe('session lifecycle on a real Docker agent', () => {
+  const stack = new Stack('lifecycle');
+  let admin: string;
+  let alice: string;
+
+  beforeAll(async () => {
+    await stack.start();
+    await stack.startDockerAgent('docker-lifecycle-1', { VNC_PORT_RANGE: '15900-15919' });
+    admin = await stack.login();
+    const created = await stack.call('POST', '/api/v1/users', { username: 'alice', password: 'alice-password' }, admin);
+    expect(created.status).toBe(201);
+    alice = await stack.login('alice', 'alice-password');
+  });
+  afterAll(() => stack.stop());
+
+  test('create → running → hibernate → wake → stop, with the home volume kept throughout', async () => {
+    const agents = await stack.call('GET', '/api/v1/agents', undefined, admin);
+    expect(agents.status).toBe(200);
+    expect(agents.body).toEqual([
+      expect.objectContaining({
+        agent_id: 'docker-lifecycle-1',
+        status: 'online',
+        platform: 'docker',
+        region: 'local',
+        capacity: expect.objectContaining({ max_sessions: 50, current_sessions: 0 }),
+        last_heartbeat: expect.any(String),
+      }),
+    ]);
+
+    const created = await stack.call('POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker', state: 'running' }, alice);
+    expect(created.status).toBe(201);
+    expect(created.body).toMatchObject({ user: 'alice', template: 'terminal', platform: 'docker', state: 'pending' });
+    const id: string = created.body.id;
+
+    const running = await stack.waitForState(alice, id, 'running');
+    expect(running.agent_id).toBe('docker-lifecycle-1');
+
+    const [container] = await stack.containers(id);
+    expect(container).toBeDefined();
+    expect(container.State).toBe('running');
+    expect(container.Labels).toMatchObject({
+      'io.streamspace.session-id': id,
+      'io.streamspace.user': 'alice',
+      'io.streamspace.template': 'terminal',
+    });
+    const port = Number(container.Labels['io.streamspace.vnc-port']);
+    expect(await rfbGreeting({ host: '127.0.0.1', port }, 5000)).toBe('RFB 003.008\n');
+
+    await exec(stack, container.Id, 'echo "kept across hibernate" > "$HOME/marker.txt"');
+
+    const hib = await stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, alice);
+    expect(hib.status).toBe(200);
+    expect(hib.body.state).toBe('hibernated');
+    const stopped = await stack.docker.getContainer(container.Id).inspect();
+    expect(stopped.State.Running).toBe(false);
+    const volume = stopped.Mounts.find((m) => m.Destination === '/config');
+    expect(volume?.Name).toBeDefined();
+    await expect(stack.docker.getVolume(volume!.Name!).inspect()).resolves.toBeDefined();
+
+    const woke = await stack.call('POST', `/api/v1/sessions/${id}/wake`, undefined, alice);
+    expect(woke.status).toBe(200);
+    expect(woke.body.state).toBe('running');
+    expect(await rfbGreeting({ host: '127.0.0.1', port }, 5000)).toBe('RFB 003.008\n');
+    expect(await exec(stack, container.Id, 'cat "$HOME/marker.txt"')).toBe('kept across hibernate\n');
+
+    const del = await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, alice);
+    expect(del.status).toBe(200);
+    expect(del.body.state).toBe('terminated');
+    expect(await stack.containers(id)).toHaveLength(0);
+    await expect(stack.docker.getVolume(volume!.Name!).inspect()).resolves.toBeDefined();
+
+    // The database ends consistent: session terminated, every command completed, in order.
+    const db = await stack.pool.query('SELECT state FROM sessions WHERE id = $1', [id]);
+    expect(db.rows[0].state).toBe('terminated');
+    const cmds = await stack.call('GET', `/api/v1/sessions/${id}/commands`, undefined, alice);
+    expect(cmds.body.map((c: { command_type: string; status: string }) => `${c.command_type}:${c.status}`)).toEqual([
+      'start_session:completed',
+      'hibernate_session:completed',
+      'wake_session:completed',
+      'stop_session:completed',
+    ]);
+    for (const c of cmds.body) expect(c.sent_at && c.acked_at && c.completed_at).toBeTruthy();
+
+    // The workflow history shows each step, and the workflow is finished.
+    const handle = stack.temporal.workflow.getHandle(sessionWorkflowId(id));
+    const desc = await handle.describe();
+    expect(desc.status.name).toBe('COMPLETED');
+    const history = await handle.fetchHistory();
+    const activities = (history.events ?? [])
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
+      .filter(Boolean);
+    expect(activities).toEqual(
+      expect.arrayContaining(['placeSession', 'dispatchCommand', 'recordSessionState']),
+    );
+    expect(activities.filter((a) => a === 'dispatchCommand')).toHaveLength(4);
+    const updates = (history.events ?? []).map((e) => e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name).filter(Boolean);
+    expect(updates).toEqual(['hibernate', 'wake', 'stop']);
+    expect(desc.memo).toMatchObject({ sessionId: id, user: 'alice', platform: 'docker' });
+  });
+});
