@@ -95,6 +95,11 @@ export class Proc {
     });
   }
 
+  /** Sends a signal without waiting (SIGSTOP/SIGCONT freeze and thaw a process). */
+  signal(sig: NodeJS.Signals): void {
+    this.child?.kill(sig);
+  }
+
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;

@@ -1,0 +1,161 @@
+/**
+ * Issue 2 fault tests, all on the real services: a fault loses no session and no command.
+ */
+import { sessionWorkflowId, statusQuery } from '../workflows/session-api';
+import { Stack, waitFor } from './harness/stack';
+
+jest.setTimeout(300_000);
+
+async function commandRows(stack: Stack, sessionId: string) {
+  const r = await stack.pool.query<{ command_type: string; status: string; retry_count: number }>(
+    'SELECT command_type, status, retry_count FROM agent_commands WHERE session_id = $1 ORDER BY created_at',
+    [sessionId],
+  );
+  return r.rows;
+}
+
+describe('faults on a running control plane', () => {
+  const stack = new Stack('faults');
+  const AGENT = 'docker-faults-1';
+  let admin: string;
+
+  beforeAll(async () => {
+    await stack.start();
+    await stack.startDockerAgent(AGENT, { VNC_PORT_RANGE: '15920-15939' });
+    admin = await stack.login();
+  });
+  afterAll(() => stack.stop());
+
+  test('agent killed mid-start and restarted: the session still reaches running with exactly one container', async () => {
+    const created = await stack.call('POST', '/api/v1/sessions', { user: 'bob', template: 'terminal', platform: 'docker' }, admin);
+    expect(created.status).toBe(201);
+    const id = created.body.id;
+    // Kill the agent the moment it has acknowledged the start (it is creating the container).
+    await waitFor('start command acknowledged', async () => (await commandRows(stack, id)).some((c) => c.status === 'ack'), 30_000, 10);
+    await stack.agents.get(AGENT)!.kill('SIGKILL');
+    await stack.startDockerAgent(AGENT);
+    await stack.waitForState(admin, id, 'running');
+    const containers = await stack.containers(id);
+    expect(containers).toHaveLength(1);
+    expect(containers[0].State).toBe('running');
+    const rows = await commandRows(stack, id);
+    expect(rows).toEqual([expect.objectContaining({ command_type: 'start_session', status: 'completed' })]);
+  });
+
+  test('worker killed mid-workflow: the workflow resumes on a new worker and the command is issued once', async () => {
+    // Freeze the agent (its socket stays open) so the start command waits; kill the worker meanwhile.
+    const agent = stack.agents.get(AGENT)!;
+    agent.signal('SIGSTOP');
+    try {
+      const created = await stack.call('POST', '/api/v1/sessions', { user: 'carol', template: 'terminal', platform: 'docker' }, admin);
+      expect(created.status).toBe(201);
+      const id = created.body.id;
+      await waitFor('start command sent', async () => (await commandRows(stack, id)).some((c) => c.status === 'sent'), 30_000);
+      await stack.worker.kill('SIGKILL');
+      await stack.startWorker();
+      agent.signal('SIGCONT');
+      await stack.waitForState(admin, id, 'running', 120_000);
+      expect((await commandRows(stack, id)).map((c) => `${c.command_type}:${c.status}`)).toEqual(['start_session:completed']);
+      expect(await stack.containers(id)).toHaveLength(1);
+    } finally {
+      agent.signal('SIGCONT');
+    }
+  });
+
+  test('two concurrent hibernate requests: one hibernation', async () => {
+    const created = await stack.call('POST', '/api/v1/sessions', { user: 'dave', template: 'terminal', platform: 'docker' }, admin);
+    const id = created.body.id;
+    await stack.waitForState(admin, id, 'running');
+    const [a, b] = await Promise.all([
+      stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, admin),
+      stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, admin),
+    ]);
+    expect([a.status, b.status]).toEqual([200, 200]);
+    expect([a.body.state, b.body.state]).toEqual(['hibernated', 'hibernated']);
+    const rows = await commandRows(stack, id);
+    expect(rows.filter((c) => c.command_type === 'hibernate_session')).toHaveLength(1);
+    // Waking a session that is already running is a no-op, and hibernate/wake on a terminated one is refused.
+    expect((await stack.call('POST', `/api/v1/sessions/${id}/wake`, undefined, admin)).body.state).toBe('running');
+    expect((await stack.call('POST', `/api/v1/sessions/${id}/wake`, undefined, admin)).body.state).toBe('running');
+    expect((await commandRows(stack, id)).filter((c) => c.command_type === 'wake_session')).toHaveLength(1);
+    expect((await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, admin)).body.state).toBe('terminated');
+    const late = await stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, admin);
+    expect(late.status).toBe(409);
+    expect(late.body.message).toMatch(/terminated/);
+  });
+
+  test('control plane killed and restarted: the agent reconnects and running sessions stay manageable', async () => {
+    const created = await stack.call('POST', '/api/v1/sessions', { user: 'erin', template: 'terminal', platform: 'docker' }, admin);
+    const id = created.body.id;
+    await stack.waitForState(admin, id, 'running');
+    const agent = stack.agents.get(AGENT)!;
+    const reRegistered = agent.waitForLog(/registered successfully/, 30_000);
+    const killedAt = Date.now();
+    await stack.restartApi();
+    await reRegistered;
+    const reconnectMs = Date.now() - killedAt;
+    expect(reconnectMs).toBeLessThan(30_000);
+    const hib = await stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, admin);
+    expect(hib.status).toBe(200);
+    expect(hib.body.state).toBe('hibernated');
+    expect((await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, admin)).body.state).toBe('terminated');
+  });
+});
+
+describe('stuck starts have a way out', () => {
+  const stack = new Stack('stuck', { SESSION_START_TIMEOUT: '4s', AGENT_HEARTBEAT_TIMEOUT: '3s' });
+  let admin: string;
+  beforeAll(async () => {
+    await stack.start();
+    admin = await stack.login();
+  });
+  afterAll(() => stack.stop());
+
+  test('a start with no agent times out with a clear reason', async () => {
+    const created = await stack.call('POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker' }, admin);
+    expect(created.status).toBe(201);
+    const failed = await stack.waitForState(admin, created.body.id, 'failed', 60_000);
+    expect(failed.error).toMatch(/start timed out after 4s/);
+    expect(failed.error).toMatch(/no docker agent is online|placing session/);
+  });
+
+  test('a pending start can be cancelled by stopping the session', async () => {
+    const created = await stack.call('POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker' }, admin);
+    const del = await stack.call('DELETE', `/api/v1/sessions/${created.body.id}`, undefined, admin);
+    expect(del.status).toBe(200);
+    expect(del.body.state).toBe('terminated');
+    const desc = await stack.temporal.workflow.getHandle(sessionWorkflowId(created.body.id)).describe();
+    expect(desc.status.name).toBe('COMPLETED');
+  });
+});
+
+describe('long-lived sessions', () => {
+  const stack = new Stack('history', { SESSION_HISTORY_LIMIT: '40' });
+  let admin: string;
+  beforeAll(async () => {
+    await stack.start();
+    await stack.startDockerAgent('docker-history-1', { VNC_PORT_RANGE: '15940-15949' });
+    admin = await stack.login();
+  });
+  afterAll(() => stack.stop());
+
+  test('the session workflow continues as new before its history grows large, keeping its state', async () => {
+    const created = await stack.call('POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker' }, admin);
+    const id = created.body.id;
+    await stack.waitForState(admin, id, 'running');
+    for (let i = 0; i < 3; i++) {
+      expect((await stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, admin)).body.state).toBe('hibernated');
+      expect((await stack.call('POST', `/api/v1/sessions/${id}/wake`, undefined, admin)).body.state).toBe('running');
+    }
+    const handle = stack.temporal.workflow.getHandle(sessionWorkflowId(id));
+    const status = await waitFor('continue-as-new', async () => {
+      const s = await handle.query(statusQuery);
+      return s.runs >= 1 ? s : undefined;
+    });
+    expect(status.state).toBe('running');
+    expect((await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, admin)).body.state).toBe('terminated');
+    const kinds = (await commandRows(stack, id)).map((c) => c.command_type);
+    expect(kinds.filter((k) => k === 'hibernate_session')).toHaveLength(3);
+    expect(kinds.filter((k) => k === 'wake_session')).toHaveLength(3);
+  });
+});
