@@ -13,6 +13,8 @@ import { authPlugin } from './auth/plugin';
 import type { TokenService } from './auth/tokens';
 import type { GatewayConfig } from './config';
 import type { Metrics } from './metrics';
+import type { VncTunnel } from './vnc/tunnel';
+import { viewerRoutes } from './vnc/viewer-routes';
 import { agentRoutes } from './routes/agents';
 import { authRoutes } from './routes/auth';
 import { healthRoutes } from './routes/health';
@@ -28,6 +30,7 @@ export interface AppDeps {
   metrics: Metrics;
   hub: AgentHub;
   agentGateway: AgentGateway;
+  vnc: VncTunnel;
   log: Logger;
 }
 
@@ -70,6 +73,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(templateRoutes);
   await app.register(sessionRoutes);
   await app.register(agentRoutes);
+  await app.register(viewerRoutes);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }

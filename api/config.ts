@@ -19,6 +19,10 @@ export interface GatewayConfig {
   adminPassword: string;
   heartbeatTimeoutMs: number;
   vncProxyTimeoutMs: number;
+  vncTicketTtlMs: number;
+  vncOpenTimeoutMs: number;
+  /** Base URL agents use to reach this pod directly for VNC streams (multi-pod); unset: same address as the control socket. */
+  agentStreamUrl: string | null;
   sessionStartTimeoutMs: number;
   /** Session workflows continue as new past this many history events. */
   sessionHistoryLimit: number;
@@ -53,6 +57,9 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     adminPassword: envString('ADMIN_PASSWORD', 'admin', env),
     heartbeatTimeoutMs: envDuration('AGENT_HEARTBEAT_TIMEOUT', '30s', env),
     vncProxyTimeoutMs: envDuration('VNC_PROXY_TIMEOUT', '5m', env),
+    vncTicketTtlMs: envDuration('VNC_TICKET_TTL', '30s', env),
+    vncOpenTimeoutMs: envDuration('VNC_OPEN_TIMEOUT', '10s', env),
+    agentStreamUrl: envOptional('AGENT_STREAM_URL', env) ?? null,
     sessionStartTimeoutMs: envDuration('SESSION_START_TIMEOUT', '5m', env),
     sessionHistoryLimit: envInt('SESSION_HISTORY_LIMIT', 2000, env),
     hubBackend,

@@ -10,7 +10,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Pool } from 'pg';
 import { createLogger, Logger } from '../config/log';
 import { createPool } from '../db/pool';
-import { AGENT_CONNECT_PATH } from '../protocol/messages';
+import { AGENT_CONNECT_PATH, AGENT_STREAM_PATH } from '../protocol/messages';
 import { AgentGateway, rejectUpgrade } from './agents/gateway';
 import { AgentHub, MemoryAgentHub } from './agents/hub';
 import { buildApp } from './app';
@@ -18,6 +18,7 @@ import { hashPassword } from './auth/tokens';
 import { TokenService } from './auth/tokens';
 import type { GatewayConfig } from './config';
 import { createMetrics } from './metrics';
+import { VIEWER_SOCKET_PATH, VncTunnel } from './vnc/tunnel';
 
 export interface RunningGateway {
   app: FastifyInstance;
@@ -54,12 +55,38 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     metrics,
   });
   await agentGateway.start();
+  const vnc = new VncTunnel({
+    pool,
+    hub,
+    tokens,
+    metrics,
+    log,
+    idleTimeoutMs: config.vncProxyTimeoutMs,
+    ticketTtlMs: config.vncTicketTtlMs,
+    openTimeoutMs: config.vncOpenTimeoutMs,
+    agentStreamUrl: config.agentStreamUrl,
+  });
+  agentGateway.streamErrorHandler = (streamId, error) => vnc.streamFailed(streamId, error);
 
-  const app = await buildApp({ config, pool, temporal, tokens, metrics, hub, agentGateway, log });
+  const app = await buildApp({ config, pool, temporal, tokens, metrics, hub, agentGateway, vnc, log });
   const upgradeHandlers: UpgradeHandler[] = [
     (req, socket, head) => {
       if (pathOf(req) !== AGENT_CONNECT_PATH) return false;
       agentGateway.handleUpgrade(req, socket, head);
+      return true;
+    },
+    (req, socket, head) => {
+      if (pathOf(req) !== AGENT_STREAM_PATH) return false;
+      vnc.handleAgentStreamUpgrade(req, socket, head);
+      return true;
+    },
+    (req, socket, head) => {
+      const m = VIEWER_SOCKET_PATH.exec(pathOf(req));
+      if (!m) return false;
+      vnc.handleViewerUpgrade(req, socket, head, decodeURIComponent(m[1])).catch((err: Error) => {
+        log.error('VNC upgrade failed', { error: err.message });
+        rejectUpgrade(socket, 500, 'internal error');
+      });
       return true;
     },
   ];
@@ -102,6 +129,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     tokens,
     pool,
     async close() {
+      vnc.close();
       await agentGateway.close();
       if (agentServer) await new Promise<void>((r) => agentServer!.close(() => r()));
       await app.close();

@@ -12,7 +12,7 @@ import { listMigrations, migrate, migrationsDir } from '../db/migrate';
 jest.setTimeout(120_000);
 
 const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://streamspace:streamspace@127.0.0.1:55432/postgres';
-const ALL_VERSIONS = ['v1.0.0-baseline', 'v2.0.0-agents', 'v2.0.0-beta1-ha', 'v2.0.1-runtime'];
+const ALL_VERSIONS = listMigrations().map((m) => m.version);
 
 const created: string[] = [];
 
@@ -136,7 +136,7 @@ describe('migrate()', () => {
 
       const versions = await recordedVersions(c);
       expect(versions).toEqual(expect.arrayContaining(['v2.0.0-agents', 'v2.0.0-beta1-ha']));
-      expect(versions).toHaveLength(4);
+      expect(versions).toHaveLength(ALL_VERSIONS.length);
 
       // New sessions start pending; commands reference sessions by their text id.
       await c.query(`INSERT INTO sessions (id, user_id, template_name) VALUES ('s1', 'alice', 'firefox-browser')`);
@@ -169,7 +169,7 @@ describe('migrate()', () => {
     await migrate(url);
     const again = await migrate(url);
     expect(again).toEqual({ applied: [], skipped: ALL_VERSIONS });
-    await withClient(url, async (c) => expect(await recordedVersions(c)).toHaveLength(4));
+    await withClient(url, async (c) => expect(await recordedVersions(c)).toHaveLength(ALL_VERSIONS.length));
   });
 
   test('(3) each SQL file run twice directly (outside the runner) succeeds', async () => {

@@ -1,0 +1,221 @@
+/**
+ * Gateway side of the VNC tunnel: browser ⇄ gateway ⇄ agent ⇄ session VNC port.
+ *
+ * 1. The browser redeems a single-use ticket on /api/v1/sessions/<id>/vnc (checked before any
+ *    byte reaches an agent).
+ * 2. The gateway asks the session's agent (over its control socket, via the AgentHub) to open a
+ *    stream; the agent dials a dedicated stream socket back to AGENT_STREAM_PATH?stream_id=…
+ *    (its own TCP connection: VNC bytes never queue behind commands or heartbeats).
+ * 3. The two sockets are piped with stream.pipeline: backpressure end to end, and a close or
+ *    error on either side closes the other. Idle tunnels close after VNC_PROXY_TIMEOUT.
+ *
+ * Multi-pod: the stream socket must land on the pod that holds the browser socket. Each pod can
+ * advertise its own direct address for agents in AGENT_STREAM_URL (e.g. ws://<pod-ip>:8081); the
+ * open_stream request itself travels through the AgentHub (Redis backend: to the pod that holds
+ * the agent's control socket), so browser, agent control socket and stream may be on any pods.
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { pipeline } from 'node:stream';
+import type { Pool } from 'pg';
+import WebSocket, { createWebSocketStream, WebSocketServer } from 'ws';
+import type { Logger } from '../../config/log';
+import { AGENT_STREAM_PATH } from '../../protocol/messages';
+import { rejectUpgrade } from '../agents/gateway';
+import type { AgentHub } from '../agents/hub';
+import { bearer, TokenService } from '../auth/tokens';
+import type { Metrics } from '../metrics';
+
+export const VIEWER_SOCKET_PATH = /^\/api\/v1\/sessions\/([^/]+)\/vnc$/;
+
+export interface VncTunnelOptions {
+  pool: Pool;
+  hub: AgentHub;
+  tokens: TokenService;
+  metrics: Metrics;
+  log: Logger;
+  idleTimeoutMs: number;
+  ticketTtlMs: number;
+  /** How long the agent has to dial its stream socket back. */
+  openTimeoutMs: number;
+  /** Absolute base URL agents use to reach this pod for streams; relative path when unset. */
+  agentStreamUrl: string | null;
+}
+
+interface PendingStream {
+  agentId: string;
+  resolve: (ws: WebSocket) => void;
+  reject: (err: Error) => void;
+}
+
+const hashTicket = (t: string) => createHash('sha256').update(t).digest('hex');
+
+export class VncTunnel {
+  private readonly wss = new WebSocketServer({
+    noServer: true,
+    perMessageDeflate: false,
+    // noVNC offers "binary" on some versions; answer with it when offered.
+    handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),
+  });
+  private readonly pending = new Map<string, PendingStream>();
+  private readonly open = new Set<WebSocket>();
+
+  constructor(private readonly o: VncTunnelOptions) {}
+
+  get activeTunnels(): number {
+    return this.open.size / 2;
+  }
+
+  /** Issues a single-use ticket for one viewer connection (caller has checked ownership). */
+  async issueTicket(sessionId: string, username: string): Promise<{ ticket: string; expiresIn: number }> {
+    const ticket = randomBytes(24).toString('base64url');
+    await this.o.pool.query(`DELETE FROM vnc_tickets WHERE expires_at < NOW()`);
+    await this.o.pool.query(
+      `INSERT INTO vnc_tickets (ticket_hash, session_id, username, expires_at)
+       VALUES ($1, $2, $3, NOW() + ($4::int * INTERVAL '1 millisecond'))`,
+      [hashTicket(ticket), sessionId, username, this.o.ticketTtlMs],
+    );
+    return { ticket, expiresIn: Math.ceil(this.o.ticketTtlMs / 1000) };
+  }
+
+  /** Browser side: redeem the ticket, open a stream through the agent, then accept the socket. */
+  async handleViewerUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, sessionId: string): Promise<void> {
+    const fail = (status: number, reason: string) => {
+      this.o.metrics.vncConnectionFailures.inc({ reason: status === 401 || status === 403 ? 'unauthorized' : 'unavailable' });
+      rejectUpgrade(socket, status, reason);
+    };
+    const ticket = new URL(req.url ?? '/', 'http://x').searchParams.get('ticket');
+    if (!ticket) return fail(401, 'missing ticket (POST /api/v1/sessions/<id>/vnc-ticket first)');
+    // Atomic redeem: a ticket works once, before it expires, for its own session only.
+    const redeemed = await this.o.pool.query<{ username: string }>(
+      `DELETE FROM vnc_tickets WHERE ticket_hash = $1 RETURNING username, session_id, expires_at > NOW() AS valid`,
+      [hashTicket(ticket)],
+    );
+    const t = redeemed.rows[0] as { username: string; session_id: string; valid: boolean } | undefined;
+    if (!t || !t.valid || t.session_id !== sessionId) return fail(401, 'invalid, expired or already used ticket');
+
+    const s = await this.o.pool.query<{ state: string; agent_db_id: string | null; agent_id: string | null }>(
+      `SELECT s.state, s.agent_id AS agent_db_id, a.agent_id FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id WHERE s.id = $1`,
+      [sessionId],
+    );
+    const session = s.rows[0];
+    if (!session || session.state !== 'running' || !session.agent_db_id || !session.agent_id)
+      return fail(409, `session is ${session?.state ?? 'gone'}: nothing to view`);
+
+    let agentWs: WebSocket;
+    try {
+      agentWs = await this.openAgentStream(session.agent_db_id, session.agent_id, sessionId, socket);
+    } catch (err) {
+      return fail(502, (err as Error).message);
+    }
+    if (socket.destroyed) {
+      agentWs.close(1001, 'viewer went away');
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (browserWs) => {
+      this.o.metrics.vncConnections.inc();
+      this.o.log.debug('VNC tunnel open', { session: sessionId, user: t.username });
+      this.join(browserWs, agentWs);
+    });
+  }
+
+  /** Agent side: the agent dials back with its stream socket. */
+  handleAgentStreamUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const streamId = new URL(req.url ?? '/', 'http://x').searchParams.get('stream_id') ?? '';
+    let agentId: string;
+    try {
+      agentId = this.o.tokens.verifyAgent(bearer(req.headers.authorization) ?? '').sub;
+    } catch (err) {
+      return rejectUpgrade(socket, 401, `agent authentication failed: ${(err as Error).message}`);
+    }
+    const p = this.pending.get(streamId);
+    if (!p) return rejectUpgrade(socket, 404, 'no such stream (expired or already connected)');
+    if (p.agentId !== agentId) return rejectUpgrade(socket, 403, 'this stream belongs to another agent');
+    this.pending.delete(streamId);
+    this.wss.handleUpgrade(req, socket, head, (ws) => p.resolve(ws));
+  }
+
+  /** An agent could not reach the session's VNC server. */
+  streamFailed(streamId: string, error: string): void {
+    const p = this.pending.get(streamId);
+    if (!p) return;
+    this.pending.delete(streamId);
+    p.reject(new Error(`agent could not open the VNC stream: ${error}`));
+  }
+
+  private openAgentStream(agentDbId: string, agentId: string, sessionId: string, viewer: Duplex): Promise<WebSocket> {
+    const streamId = randomUUID();
+    return new Promise<WebSocket>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(streamId);
+        reject(new Error(`agent ${agentId} did not open the stream within ${this.o.openTimeoutMs} ms`));
+      }, this.o.openTimeoutMs);
+      const settle = <T>(fn: (v: T) => void) => (v: T) => {
+        clearTimeout(timer);
+        viewer.off('close', onViewerGone);
+        fn(v);
+      };
+      const onViewerGone = () => {
+        const p = this.pending.get(streamId);
+        this.pending.delete(streamId);
+        p?.reject(new Error('viewer went away'));
+      };
+      viewer.once('close', onViewerGone);
+      this.pending.set(streamId, { agentId, resolve: settle(resolve), reject: settle(reject) });
+      const path = `${AGENT_STREAM_PATH}?stream_id=${streamId}`;
+      const url = this.o.agentStreamUrl ? new URL(path, this.o.agentStreamUrl).toString() : path;
+      this.o.hub.sendToAgent(agentDbId, { type: 'open_stream', stream_id: streamId, session_id: sessionId, url }).then(
+        (sent) => {
+          if (!sent) this.streamFailed(streamId, `agent ${agentId} is not connected`);
+        },
+        (err: Error) => this.streamFailed(streamId, err.message),
+      );
+    });
+  }
+
+  private join(browserWs: WebSocket, agentWs: WebSocket): void {
+    const m = this.o.metrics;
+    this.open.add(browserWs);
+    this.open.add(agentWs);
+    m.vncActiveTunnels.inc();
+    for (const ws of [browserWs, agentWs]) (ws as unknown as { _socket?: { setNoDelay(v: boolean): void } })._socket?.setNoDelay(true);
+    const browser = createWebSocketStream(browserWs);
+    const agent = createWebSocketStream(agentWs);
+    let idle: NodeJS.Timeout;
+    const touch = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => close(1000, 'idle timeout (VNC_PROXY_TIMEOUT)'), this.o.idleTimeoutMs);
+    };
+    let closed = false;
+    const close = (code = 1000, reason = '') => {
+      if (closed) return;
+      closed = true;
+      clearTimeout(idle);
+      for (const ws of [browserWs, agentWs]) {
+        if (ws.readyState === WebSocket.OPEN) ws.close(code, reason);
+        setTimeout(() => ws.terminate(), 2000).unref();
+      }
+      browser.destroy();
+      agent.destroy();
+      this.open.delete(browserWs);
+      this.open.delete(agentWs);
+      m.vncActiveTunnels.dec();
+    };
+    browser.on('data', (d: Buffer) => (m.vncBytes.inc({ direction: 'to_session' }, d.length), touch()));
+    agent.on('data', (d: Buffer) => (m.vncBytes.inc({ direction: 'to_viewer' }, d.length), touch()));
+    touch();
+    pipeline(browser, agent, () => close(1001, 'peer closed'));
+    pipeline(agent, browser, () => close(1001, 'peer closed'));
+    browserWs.once('close', () => close());
+    agentWs.once('close', () => close(1011, 'session stream closed'));
+  }
+
+  close(): void {
+    for (const ws of this.open) ws.terminate();
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.reject(new Error('gateway shutting down'));
+    }
+  }
+}
