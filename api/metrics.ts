@@ -67,9 +67,13 @@ export function createMetrics() {
     vncConnections: new Counter('streamspace_vnc_connections_total', 'VNC viewer connections accepted'),
     vncConnectionFailures: new Counter('streamspace_vnc_connection_failures_total', 'VNC viewer connections that failed'),
   };
+  const heap = new Gauge('streamspace_process_heap_bytes', 'V8 heap in use by this process');
   return {
     ...m,
-    render: () => Object.values(m).map((x) => x.render()).join('\n') + '\n',
+    render: () => {
+      heap.set(process.memoryUsage().heapUsed);
+      return [...Object.values(m), heap].map((x) => x.render()).join('\n') + '\n';
+    },
   };
 }
 export type Metrics = ReturnType<typeof createMetrics>;

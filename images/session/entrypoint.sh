@@ -39,9 +39,12 @@ rm -f "/tmp/.X${VNC_DISPLAY}-lock" "/tmp/.X11-unix/X${VNC_DISPLAY}"
 
 # -AlwaysShared: several viewers may be connected at once without kicking each other off.
 # -nolisten tcp: no X11 TCP port (6000+N) on the host network.
+# Every viewer reaches this server from the agent's one address, so TigerVNC's per-host
+# blacklist (5 unauthenticated attempts by default) would lock out all viewers: turn it off.
 Xtigervnc ":$VNC_DISPLAY" \
   -rfbport "$VNC_PORT" -interface "$VNC_LISTEN" \
   -SecurityTypes None -AlwaysShared \
+  -BlacklistThreshold 1000000 \
   -geometry "$VNC_GEOMETRY" -depth 24 \
   -desktop streamspace -nolisten tcp &
 xvnc_pid=$!
