@@ -24,6 +24,7 @@ const page = (sessionId: string) => `<!doctype html>
   #status[data-state=disconnected]::before, #status[data-state=error]::before { content: '● '; color: #e05d5d; }
   #status[data-state=connecting]::before { content: '● '; color: #e0c05d; }
   #screen { flex: 1; overflow: hidden; }
+  [hidden] { display: none !important; }
   #login { margin: 10vh auto; display: flex; flex-direction: column; gap: 8px; width: 260px; }
   #login input, #login button { padding: 6px; font: inherit; }
   #login-error { color: #e05d5d; min-height: 1em; }
@@ -42,7 +43,7 @@ const page = (sessionId: string) => `<!doctype html>
   <p id="login-error"></p>
 </form>
 <div id="screen"></div>
-<script type="module" src="/vnc-viewer/assets/viewer.js"></script>
+<script src="/vnc-viewer/assets/viewer.js"></script>
 </body>
 </html>`;
 

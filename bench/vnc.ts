@@ -1,0 +1,107 @@
+/**
+ * VNC tunnel vs direct TCP to the same VNC server, in one run, reported as ratios:
+ *   direct = TCP to 127.0.0.1:<io.streamspace.vnc-port>
+ *   tunnel = viewer WebSocket on the gateway (fresh single-use ticket per connection) → agent
+ *            stream socket → TCP to the same server.
+ * Throughput: full-screen non-incremental Raw updates back to back for ~3 s.
+ * Latency: 1x1 non-incremental request → update fully read, 1000 times after 50 warm-ups.
+ * Direct and tunnel alternate in two rounds each so drift (CPU frequency, Xvnc state) hits both.
+ */
+import { fmtMs, fmtSummary, log, Metric, ms, now, pollState, createSession, Stack, summarize, withStack, Summary } from './common';
+import { RfbClient } from './rfb';
+
+const NAME = 'vnc';
+const THROUGHPUT_MS = 3000;
+const ROUNDS = 2;
+const LATENCY_ITER = 1000;
+const LATENCY_WARMUP = 50;
+
+type Connect = () => Promise<RfbClient>;
+
+async function throughput(connect: Connect, durationMs: number): Promise<number> {
+  const c = await connect();
+  try {
+    const init = await c.handshake();
+    // One warm-up frame (first update may be slower while the server sets up its encoder).
+    c.request(0, 0, init.width, init.height);
+    await c.readUpdate();
+    let bytes = 0;
+    const t0 = now();
+    while (ms(t0) < durationMs) {
+      c.request(0, 0, init.width, init.height);
+      bytes += await c.readUpdate();
+    }
+    return bytes / 1e6 / (ms(t0) / 1000);
+  } finally {
+    c.close();
+  }
+}
+
+async function latency(connect: Connect, iterations: number, warmup: number): Promise<number[]> {
+  const c = await connect();
+  try {
+    await c.handshake();
+    const samples: number[] = [];
+    for (let i = 0; i < warmup + iterations; i++) {
+      const t0 = now();
+      c.request(0, 0, 1, 1);
+      await c.readUpdate();
+      if (i >= warmup) samples.push(ms(t0));
+    }
+    return samples;
+  } finally {
+    c.close();
+  }
+}
+
+/** A tunnel connection: each needs its own ticket. */
+async function tunnelConnect(stack: Stack, token: string, sessionId: string): Promise<RfbClient> {
+  const r = await stack.call<{ url: string }>('POST', `/api/v1/sessions/${sessionId}/vnc-ticket`, undefined, token);
+  if (r.status !== 201) throw new Error(`vnc-ticket: ${r.status} ${JSON.stringify(r.body)}`);
+  return RfbClient.websocket(`ws://127.0.0.1:${stack.apiPort}${r.body.url}`);
+}
+
+export async function vncBench(): Promise<Metric[]> {
+  return withStack(`bench-${NAME}`, {}, async (stack) => {
+    await stack.startDockerAgent('bench-docker-vnc', { VNC_PORT_RANGE: '16070-16079' });
+    const token = await stack.login();
+    const id = await createSession(stack, token);
+    await pollState(stack, token, id, 'running', 20);
+    const [container] = await stack.containers(id);
+    const port = Number(container?.Labels['io.streamspace.vnc-port']);
+    if (!port) throw new Error(`session ${id}: no container with a vnc-port label`);
+
+    const direct: Connect = () => RfbClient.tcp('127.0.0.1', port);
+    const tunnel: Connect = () => tunnelConnect(stack, token, id);
+
+    const probe = await direct();
+    const init = await probe.handshake();
+    probe.close();
+    log(NAME, `server ${init.version} ${init.width}x${init.height} ${init.bitsPerPixel} bpp "${init.name}", direct port ${port}`);
+
+    const tp = { direct: [] as number[], tunnel: [] as number[] };
+    const lat = { direct: [] as number[], tunnel: [] as number[] };
+    for (let round = 0; round < ROUNDS; round++) {
+      tp.direct.push(await throughput(direct, THROUGHPUT_MS / ROUNDS));
+      tp.tunnel.push(await throughput(tunnel, THROUGHPUT_MS / ROUNDS));
+      lat.direct.push(...(await latency(direct, LATENCY_ITER / ROUNDS, LATENCY_WARMUP)));
+      lat.tunnel.push(...(await latency(tunnel, LATENCY_ITER / ROUNDS, LATENCY_WARMUP)));
+    }
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const tDirect = mean(tp.direct);
+    const tTunnel = mean(tp.tunnel);
+    const ratio = tTunnel / tDirect;
+    const ld: Summary = summarize(lat.direct);
+    const lt: Summary = summarize(lat.tunnel);
+    const added = lt.p50 - ld.p50;
+    log(NAME, `throughput direct ${tDirect.toFixed(0)} MB/s (${tp.direct.map((x) => x.toFixed(0)).join(', ')}), tunnel ${tTunnel.toFixed(0)} MB/s (${tp.tunnel.map((x) => x.toFixed(0)).join(', ')}) → ${(ratio * 100).toFixed(1)}%`);
+    log(NAME, `1x1 update round trip, direct: ${fmtSummary(ld)}`);
+    log(NAME, `1x1 update round trip, tunnel: ${fmtSummary(lt)}`);
+    log(NAME, `added latency: p50 ${fmtMs(added)}, p95 ${fmtMs(lt.p95 - ld.p95)}`);
+
+    return [
+      { metric: 'VNC proxy added latency (p50 per round trip)', ours: `${fmtMs(added)} (tunnel ${fmtMs(lt.p50)} vs direct ${fmtMs(ld.p50)}; p95 +${fmtMs(lt.p95 - ld.p95)})`, target: '< 1 ms p50 over direct TCP', peer: '< 100 ms (spec)' },
+      { metric: 'VNC tunnel throughput', ours: `${(ratio * 100).toFixed(1)}% of direct (${tTunnel.toFixed(0)} vs ${tDirect.toFixed(0)} MB/s)`, target: '≥ 50% of direct loopback TCP', peer: 'none published by peers' },
+    ];
+  });
+}
