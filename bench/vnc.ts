@@ -7,7 +7,8 @@
  * Latency: 1x1 non-incremental request → update fully read, 1000 times after 50 warm-ups.
  * Direct and tunnel alternate in two rounds each so drift (CPU frequency, Xvnc state) hits both.
  */
-import { fmtMs, fmtSummary, log, Metric, ms, now, pollState, createSession, Stack, summarize, withStack, Summary } from './common';
+import { readFileSync } from 'node:fs';
+import { createSession, fmtMs, fmtSummary, log, Metric, ms, now, pollState, Stack, Summary, summarize, withStack } from './common';
 import { RfbClient } from './rfb';
 
 const NAME = 'vnc';
@@ -18,7 +19,28 @@ const LATENCY_WARMUP = 50;
 
 type Connect = () => Promise<RfbClient>;
 
-async function throughput(connect: Connect, durationMs: number): Promise<number> {
+/** CPU seconds (user + system) a process has used so far, from /proc (Linux; 100 ticks/s). */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+interface Throughput {
+  mbPerSec: number;
+  /** CPU use of each watched process during the run, in % of one core. */
+  cpu: Record<string, number>;
+}
+
+/**
+ * Full-screen Raw updates back to back for durationMs. The tunnel adds two Node relays (gateway,
+ * agent) competing for the same cores, so their CPU use is recorded alongside.
+ */
+async function throughput(connect: Connect, durationMs: number, pids: Record<string, number>): Promise<Throughput> {
   const c = await connect();
   try {
     const init = await c.handshake();
@@ -26,16 +48,24 @@ async function throughput(connect: Connect, durationMs: number): Promise<number>
     c.request(0, 0, init.width, init.height);
     await c.readUpdate();
     let bytes = 0;
+    const cpu0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
     const t0 = now();
     while (ms(t0) < durationMs) {
       c.request(0, 0, init.width, init.height);
       bytes += await c.readUpdate();
     }
-    return bytes / 1e6 / (ms(t0) / 1000);
+    const secs = ms(t0) / 1000;
+    const cpu = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, ((cpuSeconds(pid) - cpu0[k]) / secs) * 100]));
+    return { mbPerSec: bytes / 1e6 / secs, cpu };
   } finally {
     c.close();
   }
 }
+
+const fmtCpu = (runs: Throughput[]): string =>
+  Object.keys(runs[0].cpu)
+    .map((k) => `${k} ${(runs.reduce((a, r) => a + r.cpu[k], 0) / runs.length).toFixed(0)}%`)
+    .join(', ');
 
 async function latency(connect: Connect, iterations: number, warmup: number): Promise<number[]> {
   const c = await connect();
@@ -63,7 +93,7 @@ async function tunnelConnect(stack: Stack, token: string, sessionId: string): Pr
 
 export async function vncBench(): Promise<Metric[]> {
   return withStack(`bench-${NAME}`, {}, async (stack) => {
-    await stack.startDockerAgent('bench-docker-vnc', { VNC_PORT_RANGE: '16070-16079' });
+    const agent = await stack.startDockerAgent('bench-docker-vnc', { VNC_PORT_RANGE: '16070-16079' });
     const token = await stack.login();
     const id = await createSession(stack, token);
     await pollState(stack, token, id, 'running', 20);
@@ -79,22 +109,25 @@ export async function vncBench(): Promise<Metric[]> {
     probe.close();
     log(NAME, `server ${init.version} ${init.width}x${init.height} ${init.bitsPerPixel} bpp "${init.name}", direct port ${port}`);
 
-    const tp = { direct: [] as number[], tunnel: [] as number[] };
+    const pids = { bench: process.pid, gateway: stack.api.child!.pid!, agent: agent.child!.pid! };
+    const tp = { direct: [] as Throughput[], tunnel: [] as Throughput[] };
     const lat = { direct: [] as number[], tunnel: [] as number[] };
     for (let round = 0; round < ROUNDS; round++) {
-      tp.direct.push(await throughput(direct, THROUGHPUT_MS / ROUNDS));
-      tp.tunnel.push(await throughput(tunnel, THROUGHPUT_MS / ROUNDS));
+      tp.direct.push(await throughput(direct, THROUGHPUT_MS / ROUNDS, pids));
+      tp.tunnel.push(await throughput(tunnel, THROUGHPUT_MS / ROUNDS, pids));
       lat.direct.push(...(await latency(direct, LATENCY_ITER / ROUNDS, LATENCY_WARMUP)));
       lat.tunnel.push(...(await latency(tunnel, LATENCY_ITER / ROUNDS, LATENCY_WARMUP)));
     }
-    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const mean = (xs: Throughput[]) => xs.reduce((a, b) => a + b.mbPerSec, 0) / xs.length;
     const tDirect = mean(tp.direct);
     const tTunnel = mean(tp.tunnel);
     const ratio = tTunnel / tDirect;
     const ld: Summary = summarize(lat.direct);
     const lt: Summary = summarize(lat.tunnel);
     const added = lt.p50 - ld.p50;
-    log(NAME, `throughput direct ${tDirect.toFixed(0)} MB/s (${tp.direct.map((x) => x.toFixed(0)).join(', ')}), tunnel ${tTunnel.toFixed(0)} MB/s (${tp.tunnel.map((x) => x.toFixed(0)).join(', ')}) → ${(ratio * 100).toFixed(1)}%`);
+    const each = (runs: Throughput[]) => runs.map((r) => r.mbPerSec.toFixed(0)).join(', ');
+    log(NAME, `throughput direct ${tDirect.toFixed(0)} MB/s (runs ${each(tp.direct)}; cpu ${fmtCpu(tp.direct)})`);
+    log(NAME, `throughput tunnel ${tTunnel.toFixed(0)} MB/s (runs ${each(tp.tunnel)}; cpu ${fmtCpu(tp.tunnel)}) → ${(ratio * 100).toFixed(1)}% of direct`);
     log(NAME, `1x1 update round trip, direct: ${fmtSummary(ld)}`);
     log(NAME, `1x1 update round trip, tunnel: ${fmtSummary(lt)}`);
     log(NAME, `added latency: p50 ${fmtMs(added)}, p95 ${fmtMs(lt.p95 - ld.p95)}`);

@@ -85,8 +85,8 @@ export class AgentRuntime {
     this.connect();
   }
 
-  /** Closes the control connection; with `forever` it does not reconnect. */
-  async stop(): Promise<void> {
+  /** Closes the control connection (no reconnect); keepHealth leaves /health and /ready up. */
+  async stop(opts: { keepHealth?: boolean } = {}): Promise<void> {
     this.stopped = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.clearHeartbeat();
@@ -100,6 +100,7 @@ export class AgentRuntime {
         setTimeout(() => (ws.terminate(), resolve()), 2000).unref();
       });
     }
+    if (opts.keepHealth) return;
     if (this.healthServer) await new Promise<void>((r) => this.healthServer!.close(() => r()));
     this.healthServer = null;
   }

@@ -1,0 +1,73 @@
+/**
+ * Kubernetes agent process: `node dist/agents/kubernetes/main.js` (env as in the spec's K8s agent
+ * section). With ENABLE_HA=true every replica campaigns for the Lease; only the leader holds the
+ * control-plane connection and acts. SIGTERM releases the Lease for an immediate hand-over.
+ */
+import { KubeConfig } from '@kubernetes/client-node';
+import { randomUUID } from 'node:crypto';
+import { envBool, envDuration, envOptional, envString } from '../../config/env';
+import { createLogger } from '../../config/log';
+import { loadAgentConfig } from '../common/config';
+import { AgentRuntime } from '../common/runtime';
+import { attachTunnel } from '../common/tunnel';
+import { KubernetesDriver } from './driver';
+import { LeaderElector } from './leader';
+
+async function main() {
+  const log = createLogger('k8s-agent');
+  const config = loadAgentConfig('kubernetes');
+  const kc = new KubeConfig();
+  const kubeconfig = envOptional('KUBECONFIG');
+  if (kubeconfig) kc.loadFromFile(kubeconfig);
+  else kc.loadFromCluster();
+  const namespace = envString('NAMESPACE', 'streamspace');
+  const driver = new KubernetesDriver({
+    kubeConfig: kc,
+    namespace,
+    agentId: config.agentId,
+    homeSize: envString('HOME_VOLUME_SIZE', '5Gi'),
+    storageClass: envOptional('STORAGE_CLASS') ?? null,
+    podReadyTimeoutMs: envDuration('POD_READY_TIMEOUT', '5m'),
+    log,
+  });
+  await driver.init();
+  const runtime = new AgentRuntime(config, driver, log);
+  attachTunnel(runtime, log);
+
+  const ha = envBool('ENABLE_HA', false);
+  let elector: LeaderElector | null = null;
+  await runtime.startHealthServer(() => ({ ha, leader: elector ? elector.isLeader : true }));
+  if (ha) {
+    elector = new LeaderElector({
+      kubeConfig: kc,
+      namespace: envString('LEASE_LOCK_NAMESPACE', namespace),
+      name: envString('LEASE_LOCK_NAME', 'k8s-agent-leader'),
+      // Unique per process, like client-go's "<pod>_<uuid>": a restarted pod is a new candidate.
+      identity: `${config.identity}_${randomUUID().slice(0, 8)}`,
+      leaseDurationMs: envDuration('LEASE_DURATION', '15s'),
+      renewDeadlineMs: envDuration('RENEW_DEADLINE', '10s'),
+      retryPeriodMs: envDuration('RETRY_PERIOD', '2s'),
+      log,
+      onStartedLeading: () => runtime.start(),
+      onStoppedLeading: () => runtime.stop({ keepHealth: true }),
+    });
+    await elector.start();
+  } else {
+    runtime.start();
+  }
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    if (elector) await elector.stop();
+    await runtime.stop();
+    process.exit(0);
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
