@@ -100,9 +100,13 @@ export async function createSession(stack: Stack, token: string): Promise<string
   return r.body.id;
 }
 
-/** Starts a Stack, runs fn, and always tears the Stack down. */
+/**
+ * Starts a Stack, runs fn, and always tears the Stack down. Child logs go to
+ * test-artifacts/logs/<name>-<id>/ (BENCH_LOG_LEVEL=debug for more).
+ */
 export async function withStack<T>(name: string, env: NodeJS.ProcessEnv, fn: (stack: Stack) => Promise<T>): Promise<T> {
-  const stack = new Stack(name, { LOG_LEVEL: 'info', ...env });
+  const stack = new Stack(name, { LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info', ...env });
+  log(name, `logs in ${path.relative(REPO_ROOT, stack.logDir)}`);
   try {
     await stack.start();
     return await fn(stack);

@@ -8,21 +8,28 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import WebSocket, { createWebSocketStream } from 'ws';
 
+/** How long any single read may wait: a stalled connection fails the bench instead of hanging it. */
+const READ_TIMEOUT_MS = 10_000;
+
 /** Reads exact byte counts from a flowing stream without copying what it only skips. */
 class ByteReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
-  private want: { n: number; keep: boolean; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
+  private want: { n: number; keep: boolean; resolve: (b: Buffer) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | null = null;
   private error: Error | null = null;
+  /** Bytes received in total (for diagnosing a stall). */
+  received = 0;
 
   constructor(stream: Duplex) {
     stream.on('data', (d: Buffer) => {
       this.chunks.push(d);
       this.buffered += d.length;
+      this.received += d.length;
       this.pump();
     });
     const fail = (err: Error) => {
       this.error ??= err;
+      if (this.want) clearTimeout(this.want.timer);
       this.want?.reject(this.error);
       this.want = null;
     };
@@ -45,7 +52,11 @@ class ByteReader {
     if (this.want) return Promise.reject(new Error('one read at a time'));
     if (this.error) return Promise.reject(this.error);
     return new Promise((resolve, reject) => {
-      this.want = { n, keep, resolve, reject };
+      const timer = setTimeout(() => {
+        this.want = null;
+        reject(new Error(`stalled: ${this.buffered} of ${n} bytes after ${READ_TIMEOUT_MS} ms (${this.received} received in all)`));
+      }, READ_TIMEOUT_MS);
+      this.want = { n, keep, resolve, reject, timer };
       this.pump();
     });
   }
@@ -54,6 +65,7 @@ class ByteReader {
     const w = this.want;
     if (!w || this.buffered < w.n) return;
     this.want = null;
+    clearTimeout(w.timer);
     let left = w.n;
     const parts: Buffer[] = [];
     while (left > 0) {

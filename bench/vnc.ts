@@ -112,11 +112,19 @@ export async function vncBench(): Promise<Metric[]> {
     const pids = { bench: process.pid, gateway: stack.api.child!.pid!, agent: agent.child!.pid! };
     const tp = { direct: [] as Throughput[], tunnel: [] as Throughput[] };
     const lat = { direct: [] as number[], tunnel: [] as number[] };
-    for (let round = 0; round < ROUNDS; round++) {
-      tp.direct.push(await throughput(direct, THROUGHPUT_MS / ROUNDS, pids));
-      tp.tunnel.push(await throughput(tunnel, THROUGHPUT_MS / ROUNDS, pids));
-      lat.direct.push(...(await latency(direct, LATENCY_ITER / ROUNDS, LATENCY_WARMUP)));
-      lat.tunnel.push(...(await latency(tunnel, LATENCY_ITER / ROUNDS, LATENCY_WARMUP)));
+    // Names the step that failed (which path, which measurement, which round).
+    const step = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+      try {
+        return await fn();
+      } catch (err) {
+        throw new Error(`${what}: ${(err as Error).message}`);
+      }
+    };
+    for (let round = 1; round <= ROUNDS; round++) {
+      tp.direct.push(await step(`direct throughput, round ${round}`, () => throughput(direct, THROUGHPUT_MS / ROUNDS, pids)));
+      tp.tunnel.push(await step(`tunnel throughput, round ${round}`, () => throughput(tunnel, THROUGHPUT_MS / ROUNDS, pids)));
+      lat.direct.push(...(await step(`direct latency, round ${round}`, () => latency(direct, LATENCY_ITER / ROUNDS, LATENCY_WARMUP))));
+      lat.tunnel.push(...(await step(`tunnel latency, round ${round}`, () => latency(tunnel, LATENCY_ITER / ROUNDS, LATENCY_WARMUP))));
     }
     const mean = (xs: Throughput[]) => xs.reduce((a, b) => a + b.mbPerSec, 0) / xs.length;
     const tDirect = mean(tp.direct);

@@ -102,6 +102,7 @@ fi
 # ---------------------------------------------------------------- 4-5. services and session image
 bash scripts/services.sh start
 bash scripts/build-session-image.sh
+bash scripts/build-k8s.sh # kube-apiserver + etcd for the Kubernetes agent tests (first build ~11 min, cached)
 
 # ---------------------------------------------------------------- summary
 say "done in $((SECONDS - T0))s"

@@ -5,7 +5,7 @@
  * RENEW_DEADLINE steps down. Followers also watch the Lease, so a graceful release (SIGTERM)
  * hands over at once instead of after a retry period.
  */
-import { CoordinationV1Api, KubeConfig, V1Lease, Watch } from '@kubernetes/client-node';
+import { CoordinationV1Api, KubeConfig, V1Lease, V1MicroTime, Watch } from '@kubernetes/client-node';
 import type { Logger } from '../../config/log';
 
 export interface LeaderElectionOptions {
@@ -23,6 +23,8 @@ export interface LeaderElectionOptions {
 }
 
 const status = (err: unknown) => (err as { code?: number }).code;
+/** Lease times are MicroTime: the API server refuses millisecond timestamps, so wrap every Date. */
+const micro = (d: Date | undefined = new Date()) => new V1MicroTime(d.getTime());
 
 export class LeaderElector {
   private readonly api: CoordinationV1Api;
@@ -93,7 +95,7 @@ export class LeaderElector {
 
   private async tryAcquireOrRenew(): Promise<boolean> {
     const { namespace, name, identity } = this.o;
-    const now = new Date();
+    const now = micro();
     let lease: V1Lease;
     try {
       lease = await this.api.readNamespacedLease({ name, namespace });
@@ -133,6 +135,7 @@ export class LeaderElector {
     const takingOver = holder !== identity;
     lease.spec = {
       ...spec,
+      ...(spec.acquireTime ? { acquireTime: micro(new Date(spec.acquireTime)) } : {}),
       holderIdentity: identity,
       leaseDurationSeconds: Math.ceil(this.o.leaseDurationMs / 1000),
       renewTime: now,
@@ -181,7 +184,13 @@ export class LeaderElector {
     try {
       const lease = await this.api.readNamespacedLease({ name: this.o.name, namespace: this.o.namespace });
       if (lease.spec?.holderIdentity === this.o.identity) {
-        lease.spec = { ...lease.spec, holderIdentity: undefined, leaseDurationSeconds: 1, renewTime: new Date() };
+        lease.spec = {
+          ...lease.spec,
+          acquireTime: lease.spec.acquireTime ? micro(new Date(lease.spec.acquireTime)) : undefined,
+          holderIdentity: undefined,
+          leaseDurationSeconds: 1,
+          renewTime: micro(),
+        };
         await this.api.replaceNamespacedLease({ name: this.o.name, namespace: this.o.namespace, body: lease });
         this.o.log.info('Released leader lease');
       }

@@ -51,6 +51,8 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
 
 export class Proc {
   child: ChildProcess | null = null;
+  /** Everything the process printed (all runs), for assertions on earlier log lines. */
+  output = '';
   constructor(
     readonly name: string,
     readonly script: string,
@@ -67,6 +69,11 @@ export class Proc {
     });
     child.stdout!.pipe(out, { end: false });
     child.stderr!.pipe(out, { end: false });
+    const keep = (d: Buffer) => {
+      this.output = (this.output + d.toString()).slice(-1_000_000);
+    };
+    child.stdout!.on('data', keep);
+    child.stderr!.on('data', keep);
     this.child = child;
     return this;
   }
@@ -215,6 +222,13 @@ export class Stack {
     proc.start();
     if (waitRegistered) await proc.waitForLog(/registered successfully/);
     return proc;
+  }
+
+  /** Starts any agent process (e.g. a Kubernetes agent replica) with the stack's environment. */
+  startAgentProcess(name: string, script: string, env: NodeJS.ProcessEnv): Proc {
+    const proc = new Proc(name, script, { ...this.commonEnv, HEALTH_PORT: '0', ...env }, this.logDir);
+    this.agents.set(name, proc);
+    return proc.start();
   }
 
   async login(username = 'admin', password = 'admin'): Promise<string> {
