@@ -16,6 +16,8 @@ import type { Metrics } from './metrics';
 import type { VncTunnel } from './vnc/tunnel';
 import { viewerRoutes } from './vnc/viewer-routes';
 import { agentRoutes } from './routes/agents';
+import { migrationRoutes } from './routes/migrations';
+import { routingPlugin } from './routing/router';
 import { authRoutes } from './routes/auth';
 import { healthRoutes } from './routes/health';
 import { sessionRoutes } from './routes/sessions';
@@ -68,12 +70,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   await app.register(healthRoutes);
   await app.register(authPlugin);
+  await app.register(routingPlugin);
   await app.register(authRoutes);
   await app.register(userRoutes);
   await app.register(templateRoutes);
   await app.register(sessionRoutes);
   await app.register(agentRoutes);
   await app.register(viewerRoutes);
+  await app.register(migrationRoutes);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }

@@ -3,6 +3,7 @@
  *
  *   (none) | up   apply pending migrations and print applied/skipped versions
  *   status        list each migration version with its applied time (or "pending")
+ *   plan|start|progress|approve|retry|rollback|abort|keep-v1   the blue-green migration run (db/migration-cli.ts)
  *   help          usage
  *
  * The database is DATABASE_URL, else DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD (config/env.ts);
@@ -11,6 +12,7 @@
  */
 import { databaseUrl } from '../config/env';
 import { migrate, migrationStatus } from './migrate';
+import { MIGRATION_COMMANDS } from './migration-cli';
 
 export interface CliIo {
   out: (line: string) => void;
@@ -33,8 +35,9 @@ const up: CliCommand = {
 };
 
 const status: CliCommand = {
-  summary: 'show which migration versions are applied',
-  async run(_args, io) {
+  summary: 'schema versions applied; with a run id: that migration run\'s progress (--watch)',
+  async run(args, io) {
+    if (args[0] && !args[0].startsWith('--')) return MIGRATION_COMMANDS.progress.run(args, io);
     const { migrations, unknown } = await migrationStatus(databaseUrl());
     const width = Math.max(7, ...migrations.map((m) => m.version.length), ...unknown.map((u) => u.version.length));
     io.out(`${'version'.padEnd(width)}  applied_at`);
@@ -50,7 +53,7 @@ const status: CliCommand = {
 };
 
 /** Subcommands by name; add new ones here. */
-export const COMMANDS: Record<string, CliCommand> = { up, status };
+export const COMMANDS: Record<string, CliCommand> = { up, status, ...MIGRATION_COMMANDS };
 
 export function usage(): string {
   const lines = ['usage: npm run migrate [-- <command> [args]]', '', 'commands:'];

@@ -2,7 +2,7 @@
 import { NativeConnection } from '@temporalio/worker';
 import { Connection } from '@temporalio/client';
 import os from 'node:os';
-import { databaseUrl, envDuration, taskQueue, temporalAddress, temporalNamespace } from '../config/env';
+import { databaseUrl, envDuration, envOptional, taskQueue, temporalAddress, temporalNamespace } from '../config/env';
 import { createLogger } from '../config/log';
 import { createPool } from '../db/pool';
 import { ensureSearchAttributes } from './search-attributes';
@@ -27,6 +27,7 @@ async function main() {
     heartbeatTimeoutMs: envDuration('AGENT_HEARTBEAT_TIMEOUT', '30s'),
     log,
     identity: `worker-${os.hostname()}-${process.pid}`,
+    redisUrl: envOptional('REDIS_URL'),
   });
   log.info('Worker started', { address, namespace, taskQueue: taskQueue() });
   const stop = () => worker.shutdown();

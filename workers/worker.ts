@@ -3,6 +3,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { existsSync } from 'node:fs';
 import type { Pool } from 'pg';
 import { CommandWaiter } from '../activities/command-waiter';
+import { createMigrationActivities } from '../activities/migration/activities';
 import { createSessionActivities } from '../activities/session-activities';
 import { CHANNEL_COMMAND_DONE } from '../db/commands';
 import { PgListener } from '../db/listener';
@@ -18,16 +19,21 @@ export interface SessionWorkerOptions {
   heartbeatTimeoutMs: number;
   log: Logger;
   identity?: string;
+  /** Redis for the migration's cut-over routing (REDIS_URL). */
+  redisUrl?: string;
 }
 
 export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
   const listener = new PgListener(opts.databaseUrl, [CHANNEL_COMMAND_DONE], opts.log);
   await listener.start();
-  const activities = createSessionActivities({
-    pool: opts.pool,
-    waiter: new CommandWaiter(listener),
-    heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
-  });
+  const activities = {
+    ...createSessionActivities({
+      pool: opts.pool,
+      waiter: new CommandWaiter(listener),
+      heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+    }),
+    ...createMigrationActivities({ redisUrl: opts.redisUrl }),
+  };
   const worker = await Worker.create({
     connection: opts.connection,
     namespace: opts.namespace,

@@ -1,0 +1,117 @@
+/**
+ * The blue-green migration through the API (admins only): start, watch, approve, retry, roll
+ * back, abort; and the spec's Option B bulk import of v1 sessions.
+ */
+import { Type } from '@sinclair/typebox';
+import { WorkflowNotFoundError } from '@temporalio/client';
+import type { FastifyInstance } from 'fastify';
+import { convertSession } from '../../activities/migration/convert';
+import {
+  abortSignal,
+  approveSignal,
+  cancelDecommissionSignal,
+  MIGRATION_WORKFLOW_TYPE,
+  migrationWorkflowId,
+  progressQuery,
+  retrySignal,
+  rollbackUpdate,
+} from '../../workflows/migration-api';
+import { SA } from '../../workflows/search-attributes';
+import { HttpError } from '../app';
+import { migrationOptions, MigrationRequest } from '../migrations/options';
+
+const RunParams = Type.Object({ runId: Type.String({ pattern: '^[A-Za-z0-9._-]{1,100}$' }) });
+
+export async function migrationRoutes(app: FastifyInstance): Promise<void> {
+  const admin = { onRequest: app.requireAdmin };
+  const secured = { security: [{ bearer: [] }], tags: ['migrations'] };
+  const handle = (runId: string) => app.deps.temporal.workflow.getHandle(migrationWorkflowId(runId));
+
+  app.post<{ Body: MigrationRequest }>('/api/v1/migrations', { ...admin, schema: { ...secured, body: Type.Object({}, { additionalProperties: true }) } }, async (req, reply) => {
+    let options;
+    try {
+      options = migrationOptions(req.body ?? {}, { ...process.env, DATABASE_URL: app.deps.config.databaseUrl, PORT: String(app.deps.config.port) });
+    } catch (err) {
+      throw new HttpError(400, (err as Error).message);
+    }
+    await app.deps.temporal.workflow.start(MIGRATION_WORKFLOW_TYPE, {
+      workflowId: migrationWorkflowId(options.runId),
+      taskQueue: app.deps.config.taskQueue,
+      args: [options],
+      memo: { runId: options.runId, strategy: options.strategy },
+      typedSearchAttributes: [{ key: SA.migrationPhase, value: 'starting' }],
+    });
+    return reply.status(201).send({ runId: options.runId, workflowId: migrationWorkflowId(options.runId), options });
+  });
+
+  app.get<{ Params: { runId: string } }>('/api/v1/migrations/:runId', { ...admin, schema: { ...secured, params: RunParams } }, async (req) => {
+    try {
+      return await handle(req.params.runId).query(progressQuery);
+    } catch (err) {
+      if (err instanceof WorkflowNotFoundError) throw new HttpError(404, `migration run "${req.params.runId}" not found`);
+      throw err;
+    }
+  });
+
+  const signal = (name: string, fn: (runId: string, body: Record<string, string | undefined>) => Promise<unknown>) =>
+    app.post<{ Params: { runId: string }; Body: Record<string, string | undefined> }>(
+      `/api/v1/migrations/:runId/${name}`,
+      { ...admin, schema: { ...secured, params: RunParams } },
+      async (req, reply) => {
+        try {
+          await fn(req.params.runId, req.body ?? {});
+        } catch (err) {
+          if (err instanceof WorkflowNotFoundError) throw new HttpError(404, `migration run "${req.params.runId}" not found`);
+          throw new HttpError(409, (err as Error).message);
+        }
+        return reply.status(202).send(await handle(req.params.runId).query(progressQuery));
+      },
+    );
+  signal('approve', (id, b) => handle(id).signal(approveSignal, b.cohort));
+  signal('retry', (id) => handle(id).signal(retrySignal));
+  signal('cancel-decommission', (id) => handle(id).signal(cancelDecommissionSignal));
+  signal('abort', (id, b) => handle(id).signal(abortSignal, b.reason));
+  signal('rollback', (id, b) => handle(id).executeUpdate(rollbackUpdate, { args: [b.reason ?? ''] }));
+
+  // The spec's Option B: v1 Session CRDs (kubectl get sessions -o json) or converted records.
+  app.post<{ Body: unknown }>(
+    '/api/v1/sessions/bulk-import',
+    { ...admin, bodyLimit: 10 * 1024 * 1024, schema: { tags: ['sessions'], security: [{ bearer: [] }] } },
+    async (req) => {
+      const body = req.body as { items?: unknown[] } | unknown[];
+      const items = Array.isArray(body) ? body : Array.isArray(body?.items) ? body.items : null;
+      if (!items) throw new HttpError(400, 'body must be a JSON array or {"items": [...]} of v1 Sessions');
+      const { pool } = app.deps;
+      const templates = new Set((await pool.query('SELECT name FROM templates')).rows.map((r) => r.name as string));
+      const seen = new Set<string>();
+      const results: Array<{ index: number; id: string | null; status: 'imported' | 'unchanged' | 'failed'; reason?: string }> = [];
+      for (const [index, raw] of items.entries()) {
+        const item = (raw ?? {}) as Record<string, any>;
+        const isCrd = typeof item.apiVersion === 'string' || item.metadata;
+        const conv = isCrd
+          ? convertSession({ crd: item }, templates)
+          : convertSession({ row: { id: item.id, user_id: item.user, template_name: item.template, state: item.state ?? 'hibernated', memory: item.memory, cpu: item.cpu } }, templates);
+        const id = conv.ok ? conv.record.id : String(item.metadata?.name ?? item.id ?? '') || null;
+        if (!conv.ok) {
+          results.push({ index, id, status: 'failed', reason: conv.reason });
+          continue;
+        }
+        if (seen.has(conv.record.id)) {
+          results.push({ index, id, status: 'failed', reason: 'duplicate id in this request' });
+          continue;
+        }
+        seen.add(conv.record.id);
+        const s = conv.record;
+        await pool.query(`INSERT INTO users (username, role) VALUES ($1, 'user') ON CONFLICT (username) DO NOTHING`, [s.user]);
+        const r = await pool.query(
+          `INSERT INTO sessions (id, user_id, template_name, state, platform, memory, cpu, persistent_home, idle_timeout, max_session_duration, tags, platform_metadata)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING RETURNING id`,
+          [s.id, s.user, s.template, s.state, s.platform, s.memory, s.cpu, s.persistentHome, s.idleTimeout, s.maxSessionDuration, JSON.stringify(s.tags), s.metadata],
+        );
+        results.push({ index, id: s.id, status: r.rowCount ? 'imported' : 'unchanged' });
+      }
+      const count = (st: string) => results.filter((r) => r.status === st).length;
+      return { total: items.length, imported: count('imported'), unchanged: count('unchanged'), failed: count('failed'), results };
+    },
+  );
+}

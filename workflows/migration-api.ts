@@ -1,0 +1,137 @@
+/**
+ * The v1 → v2 migration workflow's public surface (shared by the workflow, the gateway and the
+ * operator CLI). Plain types and Temporal definitions only.
+ */
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+
+export const MIGRATION_WORKFLOW_TYPE = 'migrationWorkflow';
+export const migrationWorkflowId = (runId: string): string => `migration/${runId}`;
+
+export type Strategy = 'blue-green' | 'fresh-install' | 'in-place';
+
+export type PhaseName =
+  | 'preflight'
+  | 'backup'
+  | 'maintenance'
+  | 'schema'
+  | 'agents'
+  | 'import'
+  | 'cutover'
+  | 'decommission';
+
+/** Which phases each of the spec's strategies runs, in order. */
+export const STRATEGY_PHASES: Record<Strategy, PhaseName[]> = {
+  'blue-green': ['preflight', 'backup', 'schema', 'agents', 'import', 'cutover', 'decommission'],
+  // Users recreate sessions on v2: nothing is imported; traffic switches at once.
+  'fresh-install': ['preflight', 'backup', 'schema', 'agents', 'cutover', 'decommission'],
+  // A maintenance window: v1 is stopped first, then everything moves at once.
+  'in-place': ['preflight', 'backup', 'maintenance', 'schema', 'agents', 'import', 'cutover', 'decommission'],
+};
+
+export interface Cohort {
+  name: string;
+  /** Users routed to v2 in this cohort (in addition to earlier cohorts). */
+  users?: string[];
+  /** Or a share of all users, by a stable hash of the username (0-100). */
+  percent?: number;
+}
+
+export interface MigrationOptions {
+  runId: string;
+  strategy: Strategy;
+  /** Run preflight only and return the plan; change nothing. */
+  dryRun?: boolean;
+  v1: {
+    /** v1 API base URL (health check; v1 users are proxied here during the cut-over). */
+    apiUrl: string;
+    /** The database v1 uses (v2 shares it, as the spec says). */
+    databaseUrl: string;
+    /** Kubeconfig file for the v1 cluster (in-cluster config when absent). */
+    kubeconfig?: string;
+    /** Namespaces holding v1 Session/Template CRDs (v1 used streamspace; older installs workspaces). */
+    namespaces: string[];
+    /** v1 Deployments as "namespace/name". */
+    deployments: string[];
+  };
+  v2: {
+    /** v2 gateway readiness URL (…/ready). */
+    readyUrl: string;
+    /** Database of the v2 control plane, where agents register (defaults to the v1 database). */
+    databaseUrl?: string;
+    /** v2 Deployments scaled down on rollback, as "namespace/name". */
+    deployments: string[];
+    /** Platforms that must have an online agent before sessions move. */
+    platforms: string[];
+  };
+  backupDir: string;
+  cohorts: Cohort[];
+  approval: {
+    mode: 'manual' | 'auto';
+    /** Auto mode: how long a cohort soaks before its health gates are checked. */
+    soak: string;
+    maxSessionFailureRate: number;
+  };
+  importBatchSize: number;
+  /** Pause between import batches, to spare a busy v1 database. */
+  importPaceMs: number;
+  agentWaitTimeout: string;
+  /** Durable wait before v1 is decommissioned (the spec's 1-2 weeks). */
+  decommissionAfter: string;
+}
+
+export type PhaseStatus = 'pending' | 'running' | 'done' | 'failed' | 'skipped' | 'compensated';
+
+export interface PhaseProgress {
+  name: PhaseName;
+  status: PhaseStatus;
+  startedAt?: string;
+  endedAt?: string;
+  detail?: string;
+}
+
+export interface ImportProgress {
+  total: number;
+  processed: number;
+  imported: number;
+  failed: number;
+  /** Rows that were not imported, with the reason (first 1000). */
+  failures: Array<{ kind: string; id: string; namespace: string | null; reason: string }>;
+}
+
+export type RunStatus =
+  | 'running'
+  | 'awaiting-approval'
+  | 'blocked'
+  | 'waiting-to-decommission'
+  | 'rolling-back'
+  | 'rolled-back'
+  | 'completed'
+  | 'aborted'
+  | 'planned';
+
+export interface MigrationProgress {
+  runId: string;
+  strategy: Strategy;
+  status: RunStatus;
+  phase: PhaseName | null;
+  phases: PhaseProgress[];
+  import: ImportProgress;
+  cohort: string | null;
+  awaitingApproval: string | null;
+  blockedReason: string | null;
+  decommissionAt: string | null;
+  rollback: Array<{ step: string; status: 'done' | 'failed'; detail?: string }>;
+  plan: string[];
+}
+
+/** Approve the cohort (or phase) the run waits on. */
+export const approveSignal = defineSignal<[string?]>('approve');
+/** Retry the phase that blocked the run. */
+export const retrySignal = defineSignal('retry');
+/** Keep v1 (skip decommission) but finish the run. */
+export const cancelDecommissionSignal = defineSignal('cancelDecommission');
+/** Undo everything done so far, newest first. Returns once the rollback has been accepted. */
+export const rollbackUpdate = defineUpdate<MigrationProgress, [string]>('rollback');
+/** Stop where it is, without compensation. */
+export const abortSignal = defineSignal<[string?]>('abort');
+export const progressQuery = defineQuery<MigrationProgress>('progress');
