@@ -102,7 +102,6 @@ export function createSessionActivities(deps: SessionActivityDeps) {
           const why = candidates.rowCount
             ? `all ${candidates.rowCount} online ${platform} agent(s) are at capacity`
             : `no ${platform} agent is online`;
-          Context.current().heartbeat({ waiting: why });
           // Retryable: the workflow keeps trying until an agent appears or the start times out.
           throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
         }

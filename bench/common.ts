@@ -7,17 +7,8 @@ import path from 'node:path';
 import * as harness from '../test/harness/stack';
 import { sleep, Stack } from '../test/harness/stack';
 
-/** The repository root: the nearest ancestor holding package.json (dist/ has none). */
-export const REPO_ROOT = (() => {
-  let dir = __dirname;
-  while (!existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
-  return dir;
-})();
-
-// The harness derives ROOT from its own location, which is right for ts-jest (test/harness) but
-// one level too deep when it runs compiled from dist/test/harness (it would spawn
-// dist/dist/api/main.js). Its code reads exports.ROOT at call time, so pointing it here suffices.
-(harness as unknown as { ROOT: string }).ROOT = REPO_ROOT;
+/** The repository root (the harness finds it from the sources or from dist/). */
+export const REPO_ROOT = harness.ROOT;
 
 export { sleep, Stack };
 
@@ -107,10 +98,21 @@ export async function createSession(stack: Stack, token: string): Promise<string
 export async function withStack<T>(name: string, env: NodeJS.ProcessEnv, fn: (stack: Stack) => Promise<T>): Promise<T> {
   const stack = new Stack(name, { LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info', ...env });
   log(name, `logs in ${path.relative(REPO_ROOT, stack.logDir)}`);
+  active.add(stack);
   try {
     await stack.start();
     return await fn(stack);
   } finally {
+    active.delete(stack);
     await stack.stop().catch((err: Error) => log(name, `cleanup failed: ${err.message}`));
   }
+}
+
+const active = new Set<Stack>();
+
+/** Tears down whatever Stack is running (on SIGINT/SIGTERM: no orphaned gateways or containers). */
+export async function stopActiveStacks(): Promise<void> {
+  const stacks = [...active];
+  active.clear();
+  await Promise.all(stacks.map((s) => s.stop().catch(() => undefined)));
 }

@@ -17,7 +17,7 @@ const NAME = 'dispatch';
 const WARMUP = 5;
 const SEQUENTIAL = 100;
 const CREATORS = 10;
-const PER_CREATOR = 5;
+const PER_CREATOR = 10;
 const TO_RUNNING = 20;
 /** Sessions whose Temporal history is analysed. */
 const HISTORIES = 10;
@@ -169,7 +169,7 @@ export async function dispatchBench(): Promise<Metric[]> {
       log(NAME, `create → running (instant agent, GET every 20 ms): ${fmtSummary(run)}`);
       log(NAME, `agent received ${agent.commandsReceived} command frames for ${ids.length} sessions`);
 
-      // Terminate the workflows directly: stopping 175 sessions through the API would take
+      // Terminate the workflows directly: stopping some 225 sessions through the API would take
       // longer than the measurements, and the database is dropped with the Stack anyway.
       await mapLimit(ids, 10, (id) => stack.temporal.workflow.getHandle(sessionWorkflowId(id)).terminate('bench done').catch(() => undefined));
 

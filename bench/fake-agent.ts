@@ -61,7 +61,9 @@ export class FakeAgent {
       ws.on('error', (err) => reject(err));
       ws.on('close', (code, reason) => {
         clearTimeout(timer);
-        reject(new Error(`fake agent socket closed: ${code} ${reason.toString()}`));
+        const why = `fake agent socket closed: ${code} ${reason.toString()}`;
+        reject(new Error(why)); // no-op once registered; then commandArrival() times out, and this says why
+        process.stderr.write(`${why}\n`);
       });
       ws.on('message', (data, isBinary) => {
         const at = now();

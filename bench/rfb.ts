@@ -116,12 +116,19 @@ export class RfbClient {
   /** Through the gateway's viewer WebSocket (binary frames both ways). */
   static async websocket(url: string): Promise<RfbClient> {
     const ws = new WebSocket(url, { perMessageDeflate: false });
+    // Wrap (and so listen for messages) right away, not after 'open': when the 101 response and
+    // the server's first frame arrive in one read, ws emits that frame on the next tick after
+    // 'open', before an awaiting caller could attach a listener, and it would be lost.
+    const client = new RfbClient(createWebSocketStream(ws));
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', reject);
-      ws.once('unexpected-response', (_req, res) => reject(new Error(`tunnel refused: HTTP ${res.statusCode}`)));
+      ws.once('unexpected-response', (_req, res) => {
+        reject(new Error(`tunnel refused: HTTP ${res.statusCode}`));
+        ws.terminate();
+      });
     });
-    return new RfbClient(createWebSocketStream(ws));
+    return client;
   }
 
   /** Only the 12-byte ServerVersion (to check a server answers), then hang up. */

@@ -7,7 +7,7 @@
  *   node dist/bench/run.js --only=vnc   one of: dispatch, session-start, reconnect, vnc
  */
 import os from 'node:os';
-import { Metric, ms, now } from './common';
+import { Metric, ms, now, stopActiveStacks } from './common';
 import { dispatchBench } from './dispatch';
 import { reconnectBench } from './reconnect';
 import { sessionStartBench } from './session-start';
@@ -54,6 +54,16 @@ async function main(): Promise<number> {
   process.stdout.write(`\n=== summary (${(ms(tAll) / 1000).toFixed(0)} s, node ${process.version}, ${os.cpus().length} CPUs) ===\n${table(rows)}\n`);
   return failed ? 1 : 0;
 }
+
+// Interrupted: stop the running Stack's children and containers before leaving.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`\n${sig}: cleaning up\n`);
+    void stopActiveStacks().finally(() => process.exit(130));
+  });
+}
+// A closed stdout (| head) must not kill the run before it cleans up.
+process.stdout.on('error', () => undefined);
 
 main().then(
   (code) => process.exit(code),

@@ -221,7 +221,11 @@ temporal_start() {
   mkdir -p "$STATE" "$LOGS"
   local args=(server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" --ui-port "$TEMPORAL_UI_PORT"
     --http-port "$TEMPORAL_HTTP_PORT" --metrics-port "$TEMPORAL_METRICS_PORT"
-    --db-filename "$STATE/temporal.db" --log-level warn)
+    --db-filename "$STATE/temporal.db" --log-level warn
+    # Activities start in the same round trip that schedules them (the SDK asks for it).
+    --dynamic-config-value system.enableActivityEagerExecution=true
+    # The dev server's SQLite file: WAL without fsync per write (it is a dev/test server).
+    --sqlite-pragma journal_mode=wal --sqlite-pragma synchronous=off)
   local sa
   for sa in "${SEARCH_ATTRIBUTES[@]}"; do args+=(--search-attribute "$sa=Keyword"); done
   log "starting temporal dev server on 127.0.0.1:$TEMPORAL_PORT (UI :$TEMPORAL_UI_PORT)"

@@ -10,6 +10,7 @@ import {
   continueAsNew,
   isCancellation,
   proxyActivities,
+  proxyLocalActivities,
   setHandler,
   upsertMemo,
   upsertSearchAttributes,
@@ -32,14 +33,15 @@ import {
 } from './session-api';
 import { SA } from './search-attributes';
 
-// Bookkeeping activities are quick and safe to retry forever (the database may restart).
-const db = proxyActivities<SessionActivities>({
+// Bookkeeping is a few milliseconds of SQL: local activities, so it adds no task-queue round
+// trips to a start; safe to retry forever (the database may restart).
+const db = proxyLocalActivities<SessionActivities>({
   startToCloseTimeout: '30s',
   retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '10s' },
 });
 
 // Placement retries while no agent is online; the start scope's timeout bounds it.
-const placement = proxyActivities<SessionActivities>({
+const placement = proxyLocalActivities<SessionActivities>({
   startToCloseTimeout: '30s',
   retry: { initialInterval: '1s', backoffCoefficient: 1.5, maximumInterval: '5s', nonRetryableErrorTypes: [FailureType.InvalidTemplate] },
 });

@@ -224,7 +224,9 @@ export class AgentRuntime {
   private onCommand(ws: WebSocket, cmd: CommandMessage): void {
     this.send(ws, { type: 'ack', command_id: cmd.command_id });
     const known = this.outcomes.get(cmd.command_id);
-    if (known) return this.report(cmd.command_id, known);
+    // A retryable failure delivered again is a retry: run it again rather than replay the failure.
+    if (known && (known.ok || !known.retryable)) return this.report(cmd.command_id, known);
+    this.outcomes.delete(cmd.command_id);
     if (this.inflight.has(cmd.command_id)) return; // its result goes out when it finishes
     const run = this.serialised(cmd.session_id, () => this.execute(cmd));
     this.inflight.set(cmd.command_id, run);

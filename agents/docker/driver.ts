@@ -215,7 +215,9 @@ export class DockerDriver implements SessionDriver {
     if (host) {
       env.VNC_LISTEN = this.o.vncListen;
       // Sessions share the host's network namespace, so each needs its own X display number.
-      env.VNC_DISPLAY = String(10 + (port - this.o.vncPortRange[0]));
+      // Derived from the port (unique on this host), not from this agent's range: several
+      // agents may share one host.
+      env.VNC_DISPLAY = String(port);
     }
     const volume = data.persistent_home ? this.homeVolume(data.user) : null;
     if (volume) {

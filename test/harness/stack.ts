@@ -5,7 +5,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import Docker from 'dockerode';
@@ -15,7 +15,12 @@ import { TokenService } from '../../api/auth/tokens';
 import { migrate } from '../../db/migrate';
 import { dbUrl, TEST_ENV } from './env';
 
-export const ROOT = path.resolve(__dirname, '..', '..');
+/** The repository root (the folder with package.json), from the sources or from dist/. */
+export const ROOT = (() => {
+  let dir = __dirname;
+  while (!existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
+  return dir;
+})();
 const JWT_SECRET = 'test-secret-' + randomBytes(8).toString('hex');
 const AGENT_SECRET = 'agent-secret-' + randomBytes(8).toString('hex');
 
