@@ -13,6 +13,7 @@ import { createPool } from '../db/pool';
 import { AGENT_CONNECT_PATH, AGENT_STREAM_PATH } from '../protocol/messages';
 import { AgentGateway, rejectUpgrade } from './agents/gateway';
 import { AgentHub, MemoryAgentHub } from './agents/hub';
+import { RedisAgentHub } from './agents/redis-hub';
 import { buildApp } from './app';
 import { hashPassword } from './auth/tokens';
 import { TokenService } from './auth/tokens';
@@ -140,11 +141,18 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
   };
 }
 
-async function createHub(config: GatewayConfig, log: Logger, _metrics: ReturnType<typeof createMetrics>): Promise<AgentHub> {
-  if (config.hubBackend === 'redis') {
-    log.warn('AGENT_HUB_BACKEND=redis: Redis hub not available in this build; using the in-memory hub');
-  }
-  return new MemoryAgentHub();
+async function createHub(config: GatewayConfig, log: Logger, metrics: ReturnType<typeof createMetrics>): Promise<AgentHub> {
+  if (config.hubBackend !== 'redis') return new MemoryAgentHub();
+  if (!config.redisUrl) throw new Error('AGENT_HUB_BACKEND=redis needs REDIS_URL');
+  // Fails start-up (with the reason) when Redis is unreachable: a pod that cannot reach the
+  // other pods' agents must not pretend to be part of the cluster.
+  return new RedisAgentHub({
+    url: config.redisUrl,
+    podId: config.podId,
+    log,
+    metrics,
+    ttlMs: Math.max(60_000, 3 * config.heartbeatTimeoutMs),
+  }).connect();
 }
 
 function pathOf(req: http.IncomingMessage): string {
