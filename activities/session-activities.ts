@@ -99,9 +99,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         const free = candidates.rows.filter((c) => c.used < c.max).sort((a, b) => a.used / a.max - b.used / b.max);
         if (!free.length) {
           await client.query('ROLLBACK');
-          const why = candidates.rowCount
-            ? `all ${candidates.rowCount} online ${platform} agent(s) are at capacity`
-            : `no ${platform} agent is online`;
+          const why = candidates.rowCount ? `all ${candidates.rowCount} online ${platform} agent(s) are at capacity` : `no ${platform} agent is online`;
           // Retryable: the workflow keeps trying until an agent appears or the start times out.
           throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
         }

@@ -2,7 +2,6 @@
  * Shared pieces of the benches: timing, percentiles, the summary row type, and access to the
  * test harness (real gateway, worker and Docker agents as child processes on 127.0.0.1).
  */
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import * as harness from '../test/harness/stack';
 import { sleep, Stack } from '../test/harness/stack';

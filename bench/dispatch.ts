@@ -171,12 +171,32 @@ export async function dispatchBench(): Promise<Metric[]> {
 
       // Terminate the workflows directly: stopping some 225 sessions through the API would take
       // longer than the measurements, and the database is dropped with the Stack anyway.
-      await mapLimit(ids, 10, (id) => stack.temporal.workflow.getHandle(sessionWorkflowId(id)).terminate('bench done').catch(() => undefined));
+      await mapLimit(ids, 10, (id) =>
+        stack.temporal.workflow
+          .getHandle(sessionWorkflowId(id))
+          .terminate('bench done')
+          .catch(() => undefined),
+      );
 
       return [
-        { metric: 'command dispatch, API call → agent has it (sequential)', ours: `p50 ${fmtMs(seq.p50)}, p95 ${fmtMs(seq.p95)}, max ${fmtMs(seq.max)} (n=${seq.n})`, target: 'p50 < 50 ms', peer: '—' },
-        { metric: `command dispatch, ${CREATORS} concurrent creators`, ours: `p50 ${fmtMs(conc.p50)}, p95 ${fmtMs(conc.p95)}, max ${fmtMs(conc.max)} (n=${conc.n}); ${rate.toFixed(1)} sessions/s`, target: 'p50 < 50 ms', peer: '—' },
-        { metric: 'create → running, instant agent (control-plane overhead)', ours: `p50 ${fmtMs(run.p50)}, p95 ${fmtMs(run.p95)} (n=${run.n})`, target: '—', peer: '—' },
+        {
+          metric: 'command dispatch, API call → agent has it (sequential)',
+          ours: `p50 ${fmtMs(seq.p50)}, p95 ${fmtMs(seq.p95)}, max ${fmtMs(seq.max)} (n=${seq.n})`,
+          target: 'p50 < 50 ms',
+          peer: '—',
+        },
+        {
+          metric: `command dispatch, ${CREATORS} concurrent creators`,
+          ours: `p50 ${fmtMs(conc.p50)}, p95 ${fmtMs(conc.p95)}, max ${fmtMs(conc.max)} (n=${conc.n}); ${rate.toFixed(1)} sessions/s`,
+          target: 'p50 < 50 ms',
+          peer: '—',
+        },
+        {
+          metric: 'create → running, instant agent (control-plane overhead)',
+          ours: `p50 ${fmtMs(run.p50)}, p95 ${fmtMs(run.p95)} (n=${run.n})`,
+          target: '—',
+          peer: '—',
+        },
       ];
     } finally {
       agent.close();

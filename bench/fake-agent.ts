@@ -5,15 +5,7 @@
  * parsing) so "API call → agent has it" can be timed per session.
  */
 import WebSocket from 'ws';
-import {
-  AGENT_CONNECT_PATH,
-  AgentMessage,
-  CommandMessage,
-  CommandResult,
-  encode,
-  parseControlPlaneMessage,
-  PROTOCOL_VERSION,
-} from '../protocol/messages';
+import { AGENT_CONNECT_PATH, AgentMessage, CommandMessage, CommandResult, encode, parseControlPlaneMessage, PROTOCOL_VERSION } from '../protocol/messages';
 import { now } from './common';
 
 const RESULTS: Record<CommandMessage['command_type'], CommandResult> = {

@@ -62,7 +62,11 @@ export async function reconnectBench(): Promise<Metric[]> {
       await pollState(stack, token, id, 'running', 20, 5000).catch(() => lostEver.add(id));
       const r = await stack.call<{ url: string }>('POST', `/api/v1/sessions/${id}/vnc-ticket`, undefined, token);
       const greeting =
-        r.status === 201 ? await RfbClient.websocket(`ws://127.0.0.1:${stack.apiPort}${r.body.url}`).then((c) => c.greeting()).catch((e: Error) => e.message) : `ticket ${r.status}`;
+        r.status === 201
+          ? await RfbClient.websocket(`ws://127.0.0.1:${stack.apiPort}${r.body.url}`)
+              .then((c) => c.greeting())
+              .catch((e: Error) => e.message)
+          : `ticket ${r.status}`;
       if (greeting !== 'RFB 003.008\n') {
         lostEver.add(id);
         log(NAME, `session ${id}: tunnel after restarts said ${JSON.stringify(greeting)}`);

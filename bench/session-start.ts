@@ -55,7 +55,12 @@ export async function sessionStartBench(): Promise<Metric[]> {
     log(NAME, `stop (4 at a time): ${fmtSummary(summarize(stops))}; containers left: ${(await stack.containers()).length}`);
 
     return [
-      { metric: 'session start, image present (Docker)', ours: `p50 ${fmtMs(start.p50)}, p95 ${fmtMs(start.p95)} (n=${start.n})`, target: 'p50 < 1.5 s to running', peer: '2–3 s pods on a fast cluster (KubeSpawner)' },
+      {
+        metric: 'session start, image present (Docker)',
+        ours: `p50 ${fmtMs(start.p50)}, p95 ${fmtMs(start.p95)} (n=${start.n})`,
+        target: 'p50 < 1.5 s to running',
+        peer: '2–3 s pods on a fast cluster (KubeSpawner)',
+      },
       { metric: 'hibernate / wake (Docker)', ours: `p50 ${fmtMs(hib.p50)} / ${fmtMs(wake.p50)} (n=${hib.n})`, target: '—', peer: '—' },
     ];
   });

@@ -35,7 +35,7 @@ const up: CliCommand = {
 };
 
 const status: CliCommand = {
-  summary: 'schema versions applied; with a run id: that migration run\'s progress (--watch)',
+  summary: "schema versions applied; with a run id: that migration run's progress (--watch)",
   async run(args, io) {
     if (args[0] && !args[0].startsWith('--')) return MIGRATION_COMMANDS.progress.run(args, io);
     const { migrations, unknown } = await migrationStatus(databaseUrl());

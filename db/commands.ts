@@ -105,11 +105,7 @@ export async function markAcked(db: Queryable, id: string, agentDbId: string): P
 }
 
 export async function markProgress(db: Queryable, id: string, agentDbId: string, message: string): Promise<void> {
-  await db.query(`UPDATE agent_commands SET progress = $3, updated_at = NOW() WHERE id = $1 AND agent_id = $2`, [
-    id,
-    agentDbId,
-    message,
-  ]);
+  await db.query(`UPDATE agent_commands SET progress = $3, updated_at = NOW() WHERE id = $1 AND agent_id = $2`, [id, agentDbId, message]);
 }
 
 /** Records the outcome once; a repeated report of an already finished command changes nothing. */

@@ -155,9 +155,7 @@ async function ensureTrackingTable(client: Client): Promise<void> {
 }
 
 async function appliedVersions(client: Client): Promise<Map<string, Date | null>> {
-  const { rows } = await client.query<{ version: string; applied_at: Date | null }>(
-    'SELECT version, applied_at FROM schema_migrations',
-  );
+  const { rows } = await client.query<{ version: string; applied_at: Date | null }>('SELECT version, applied_at FROM schema_migrations');
   return new Map(rows.map((r) => [r.version, r.applied_at]));
 }
 
@@ -203,9 +201,7 @@ export async function migrate(databaseUrl: string, opts: MigrateOptions = {}): P
       try {
         await client.query('BEGIN');
         await client.query(sql);
-        await client.query('INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT (version) DO NOTHING', [
-          m.version,
-        ]);
+        await client.query('INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT (version) DO NOTHING', [m.version]);
         await client.query('COMMIT');
       } catch (err) {
         await client.query('ROLLBACK').catch(() => undefined);
@@ -242,9 +238,7 @@ export async function migrationStatus(
         applied: done.has(m.version),
         appliedAt: done.get(m.version) ?? null,
       })),
-      unknown: [...done.entries()]
-        .filter(([v]) => !known.has(v))
-        .map(([version, appliedAt]) => ({ version, appliedAt })),
+      unknown: [...done.entries()].filter(([v]) => !known.has(v)).map(([version, appliedAt]) => ({ version, appliedAt })),
     };
   } finally {
     await client.end().catch(() => undefined);

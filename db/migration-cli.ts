@@ -63,7 +63,8 @@ export function render(p: MigrationProgress): string[] {
   if (p.import.total) lines.push(`  import: ${p.import.processed}/${p.import.total} sessions, ${p.import.imported} imported, ${p.import.failed} not imported`);
   if (p.awaitingApproval) lines.push(`  waiting for approval of cohort "${p.awaitingApproval}": npm run migrate -- approve ${p.runId}`);
   if (p.blockedReason) lines.push(`  ${p.blockedReason}`);
-  if (p.decommissionAt && p.status === 'waiting-to-decommission') lines.push(`  v1 is decommissioned at ${p.decommissionAt} (keep it: npm run migrate -- keep-v1 ${p.runId})`);
+  if (p.decommissionAt && p.status === 'waiting-to-decommission')
+    lines.push(`  v1 is decommissioned at ${p.decommissionAt} (keep it: npm run migrate -- keep-v1 ${p.runId})`);
   for (const s of p.rollback) lines.push(`  rollback: ${s.status === 'done' ? 'ok  ' : 'FAIL'} ${s.step}${s.detail ? ` — ${s.detail}` : ''}`);
   return lines;
 }
@@ -107,8 +108,14 @@ export const MIGRATION_COMMANDS: Record<string, CliCommand> = {
         }
       }),
   },
-  approve: { summary: '<runId> [cohort]: approve the waiting cohort', run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(approveSignal, a[1])).then(() => 0) },
-  retry: { summary: '<runId>: retry the blocked phase', run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(retrySignal)).then(() => 0) },
+  approve: {
+    summary: '<runId> [cohort]: approve the waiting cohort',
+    run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(approveSignal, a[1])).then(() => 0),
+  },
+  retry: {
+    summary: '<runId>: retry the blocked phase',
+    run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(retrySignal)).then(() => 0),
+  },
   rollback: {
     summary: '<runId> [reason]: undo everything, newest first',
     run: (a, io) =>
@@ -118,6 +125,12 @@ export const MIGRATION_COMMANDS: Record<string, CliCommand> = {
         return 0;
       }),
   },
-  abort: { summary: '<runId>: stop without compensation', run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(abortSignal, a[1])).then(() => 0) },
-  'keep-v1': { summary: '<runId>: cancel the pending decommission', run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(cancelDecommissionSignal)).then(() => 0) },
+  abort: {
+    summary: '<runId>: stop without compensation',
+    run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(abortSignal, a[1])).then(() => 0),
+  },
+  'keep-v1': {
+    summary: '<runId>: cancel the pending decommission',
+    run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(cancelDecommissionSignal)).then(() => 0),
+  },
 };

@@ -23,12 +23,7 @@ export const CommandType = Type.Union([
 export type CommandType = Static<typeof CommandType>;
 
 /** What an agent observes of one session on its platform. */
-export const ObservedState = Type.Union([
-  Type.Literal('starting'),
-  Type.Literal('running'),
-  Type.Literal('hibernated'),
-  Type.Literal('failed'),
-]);
+export const ObservedState = Type.Union([Type.Literal('starting'), Type.Literal('running'), Type.Literal('hibernated'), Type.Literal('failed')]);
 export type ObservedState = Static<typeof ObservedState>;
 
 export const ReportedSession = Type.Object(
@@ -65,10 +60,7 @@ export const TemplateSpec = Type.Object(
     image: Type.String({ minLength: 1 }),
     vnc_port: Type.Integer({ minimum: 1, maximum: 65535 }),
     env: Type.Record(Type.String(), Type.String()),
-    resources: Type.Object(
-      { cpu: Type.Optional(Type.String()), memory: Type.Optional(Type.String()) },
-      { additionalProperties: false },
-    ),
+    resources: Type.Object({ cpu: Type.Optional(Type.String()), memory: Type.Optional(Type.String()) }, { additionalProperties: false }),
     home_mount: Type.String({ minLength: 1 }),
   },
   { additionalProperties: false },
@@ -118,10 +110,7 @@ export const HeartbeatMessage = Type.Object(
   { additionalProperties: false },
 );
 
-export const AckMessage = Type.Object(
-  { type: Type.Literal('ack'), command_id: Type.String({ format: 'uuid' }) },
-  { additionalProperties: false },
-);
+export const AckMessage = Type.Object({ type: Type.Literal('ack'), command_id: Type.String({ format: 'uuid' }) }, { additionalProperties: false });
 
 export const CompletedMessage = Type.Object(
   { type: Type.Literal('completed'), command_id: Type.String({ format: 'uuid' }), result: CommandResult },
@@ -155,15 +144,7 @@ export const StreamErrorMessage = Type.Object(
   { additionalProperties: false },
 );
 
-export const AgentMessage = Type.Union([
-  RegisterMessage,
-  HeartbeatMessage,
-  AckMessage,
-  CompletedMessage,
-  FailedMessage,
-  ProgressMessage,
-  StreamErrorMessage,
-]);
+export const AgentMessage = Type.Union([RegisterMessage, HeartbeatMessage, AckMessage, CompletedMessage, FailedMessage, ProgressMessage, StreamErrorMessage]);
 export type RegisterMessage = Static<typeof RegisterMessage>;
 export type HeartbeatMessage = Static<typeof HeartbeatMessage>;
 export type AckMessage = Static<typeof AckMessage>;
@@ -210,10 +191,7 @@ export const OpenStreamMessage = Type.Object(
 );
 
 /** A reason for refusing a frame; the socket stays open unless the error is fatal. */
-export const ErrorMessage = Type.Object(
-  { type: Type.Literal('error'), reason: Type.String(), fatal: Type.Boolean() },
-  { additionalProperties: false },
-);
+export const ErrorMessage = Type.Object({ type: Type.Literal('error'), reason: Type.String(), fatal: Type.Boolean() }, { additionalProperties: false });
 
 export const ControlPlaneMessage = Type.Union([RegisteredMessage, CommandMessage, OpenStreamMessage, ErrorMessage]);
 export type RegisteredMessage = Static<typeof RegisteredMessage>;
@@ -268,8 +246,7 @@ function parseFrame<T>(raw: unknown, validators: Map<string, ValidateFunction>):
 }
 
 export const parseAgentMessage = (raw: unknown): Parsed<AgentMessage> => parseFrame(raw, agentValidators);
-export const parseControlPlaneMessage = (raw: unknown): Parsed<ControlPlaneMessage> =>
-  parseFrame(raw, controlPlaneValidators);
+export const parseControlPlaneMessage = (raw: unknown): Parsed<ControlPlaneMessage> => parseFrame(raw, controlPlaneValidators);
 
 export function parseStartSessionData(data: unknown): Parsed<StartSessionData> {
   if (validateStartData(data)) return { ok: true, value: data as StartSessionData };

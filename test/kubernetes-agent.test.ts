@@ -52,7 +52,10 @@ class FakeKubelet {
     for (const [pod, container] of this.running) {
       if (!live.has(pod)) {
         this.running.delete(pod);
-        await this.docker.getContainer(container).remove({ force: true }).catch(() => undefined);
+        await this.docker
+          .getContainer(container)
+          .remove({ force: true })
+          .catch(() => undefined);
       }
     }
     for (const pod of pods) {
@@ -74,7 +77,10 @@ class FakeKubelet {
       const ready = (pod.status?.conditions ?? []).some((x) => x.type === 'Ready' && x.status === 'True');
       if (!ready) {
         const port = pod.spec!.containers[0].ports![0].containerPort;
-        const up = await rfbGreeting({ host: '127.0.0.1', port }, 500).then(() => true, () => false);
+        const up = await rfbGreeting({ host: '127.0.0.1', port }, 500).then(
+          () => true,
+          () => false,
+        );
         if (!up) continue;
         const now = new Date();
         await this.core.replaceNamespacedPodStatus({
@@ -102,7 +108,11 @@ class FakeKubelet {
     const t = this.timer;
     this.timer = null;
     if (t) clearTimeout(t);
-    for (const c of this.running.values()) await this.docker.getContainer(c).remove({ force: true }).catch(() => undefined);
+    for (const c of this.running.values())
+      await this.docker
+        .getContainer(c)
+        .remove({ force: true })
+        .catch(() => undefined);
   }
 }
 
@@ -125,10 +135,13 @@ describe('Kubernetes agent on a real API server', () => {
     return { pods: pods.items, services: svcs.items };
   };
   const lease = () =>
-    agentKc.makeApiClient(k8s.CoordinationV1Api).readNamespacedLease({ name: 'k8s-agent-leader', namespace: NS }).then(
-      (l) => l.spec?.holderIdentity ?? '',
-      () => '',
-    );
+    agentKc
+      .makeApiClient(k8s.CoordinationV1Api)
+      .readNamespacedLease({ name: 'k8s-agent-leader', namespace: NS })
+      .then(
+        (l) => l.spec?.holderIdentity ?? '',
+        () => '',
+      );
   const replicaOf = (holder: string) => replicas.find((r) => holder.startsWith(`${r.name}_`));
 
   beforeAll(async () => {
@@ -291,16 +304,26 @@ describe('Kubernetes agent on a real API server', () => {
     const leader = replicaOf(holder)!;
     const created = await stack.call('POST', '/api/v1/sessions', { user: 'leo', template: 'k8s-desktop', platform: 'kubernetes' }, admin);
     const id = created.body.id;
-    await waitFor('start command delivered', async () => {
-      const r = await stack.pool.query(`SELECT status FROM agent_commands WHERE session_id = $1`, [id]);
-      return r.rows.some((x) => x.status === 'ack');
-    }, 30_000, 10);
+    await waitFor(
+      'start command delivered',
+      async () => {
+        const r = await stack.pool.query(`SELECT status FROM agent_commands WHERE session_id = $1`, [id]);
+        return r.rows.some((x) => x.status === 'ack');
+      },
+      30_000,
+      10,
+    );
     const killedAt = Date.now();
     await leader.kill('SIGKILL');
-    const next = await waitFor('a new lease holder', async () => {
-      const h = await lease();
-      return h && h !== holder ? h : undefined;
-    }, 30_000, 50);
+    const next = await waitFor(
+      'a new lease holder',
+      async () => {
+        const h = await lease();
+        return h && h !== holder ? h : undefined;
+      },
+      30_000,
+      50,
+    );
     const failoverMs = Date.now() - killedAt;
     console.log(`leader crash failover: ${failoverMs} ms (LEASE_DURATION 4s)`);
     expect(failoverMs).toBeLessThan(4000 + 2000);
@@ -315,10 +338,15 @@ describe('Kubernetes agent on a real API server', () => {
     const leader = replicaOf(holder)!;
     const start = Date.now();
     leader.signal('SIGTERM');
-    const next = await waitFor('a new lease holder', async () => {
-      const h = await lease();
-      return h && h !== holder ? h : undefined;
-    }, 10_000, 20);
+    const next = await waitFor(
+      'a new lease holder',
+      async () => {
+        const h = await lease();
+        return h && h !== holder ? h : undefined;
+      },
+      10_000,
+      20,
+    );
     const handoverMs = Date.now() - start;
     console.log(`graceful hand-over: ${handoverMs} ms`);
     expect(handoverMs).toBeLessThan(1000);

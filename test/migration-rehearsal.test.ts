@@ -89,11 +89,16 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
   };
   const progress = async (runId: string): Promise<MigrationProgress> => (await stack.call('GET', `/api/v1/migrations/${runId}`, undefined, admin)).body;
   const until = (runId: string, what: string, pred: (p: MigrationProgress) => boolean, timeoutMs = 120_000) =>
-    waitFor(what, async () => {
-      const p = await progress(runId);
-      if (p.status === 'blocked' && !what.includes('blocked')) throw new Error(`run blocked: ${p.blockedReason}`);
-      return pred(p) ? p : undefined;
-    }, timeoutMs, 100);
+    waitFor(
+      what,
+      async () => {
+        const p = await progress(runId);
+        if (p.status === 'blocked' && !what.includes('blocked')) throw new Error(`run blocked: ${p.blockedReason}`);
+        return pred(p) ? p : undefined;
+      },
+      timeoutMs,
+      100,
+    );
   const routedTo = async (token: string) => {
     const r = await fetch(`${stack.url}/api/v1/sessions`, { headers: { authorization: `Bearer ${token}` } });
     return r.headers.get('x-streamspace-route') === 'v1' ? 'v1' : 'v2';
@@ -124,7 +129,9 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     const adminKc = new k8s.KubeConfig();
     adminKc.loadFromString(cluster.kubeconfig());
     const objectsApi = k8s.KubernetesObjectApi.makeApiClient(adminKc);
-    for (const m of (k8s.loadAllYaml(readFileSync(path.join(ROOT, 'deploy/kubernetes/k8s-agent.yaml'), 'utf8')) as any[]).filter((x) => x.kind !== 'Deployment')) {
+    for (const m of (k8s.loadAllYaml(readFileSync(path.join(ROOT, 'deploy/kubernetes/k8s-agent.yaml'), 'utf8')) as any[]).filter(
+      (x) => x.kind !== 'Deployment',
+    )) {
       await objectsApi.create(m).catch((e: { code?: number }) => {
         if (e.code !== 409) throw e;
       });
@@ -162,8 +169,16 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
 
   // Rollback from a run stopped at each kind of point; every time v1 must be back exactly as it was.
   const rollbackCases: Array<[string, () => Promise<void>, (runId: string) => Promise<unknown>]> = [
-    ['preflight (blocked: v1 API down)', async () => v1Api.pause(), (id) => until(id, 'blocked at preflight', (p) => p.status === 'blocked' && p.phase === 'preflight')],
-    ['agents (schema applied, no agent online yet)', async () => undefined, (id) => until(id, 'waiting for agents', (p) => p.phase === 'agents' && p.phases[2].status === 'done')],
+    [
+      'preflight (blocked: v1 API down)',
+      async () => v1Api.pause(),
+      (id) => until(id, 'blocked at preflight', (p) => p.status === 'blocked' && p.phase === 'preflight'),
+    ],
+    [
+      'agents (schema applied, no agent online yet)',
+      async () => undefined,
+      (id) => until(id, 'waiting for agents', (p) => p.phase === 'agents' && p.phases[2].status === 'done'),
+    ],
     ['import (half way)', startAgent, (id) => until(id, 'import half way', (p) => p.phase === 'import' && p.import.processed >= 100)],
     ['cutover (pilot awaiting approval)', async () => undefined, (id) => until(id, 'pilot awaiting approval', (p) => p.awaitingApproval === 'pilot')],
     [
@@ -238,11 +253,17 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     for (const id of v1.sessionIds) expect(sessionResults.some((r) => r.source_id === id)).toBe(true);
     for (const bad of v1k8s.badIds) {
       const row = sessionResults.find((r) => r.source_id === bad.id && r.namespace === bad.namespace);
-      if (!row || !row.reason.includes(bad.reason)) console.log('import results for', bad, sessionResults.filter((r) => r.source_id === bad.id));
+      if (!row || !row.reason.includes(bad.reason))
+        console.log(
+          'import results for',
+          bad,
+          sessionResults.filter((r) => r.source_id === bad.id),
+        );
       expect(row).toMatchObject({ status: 'failed' });
       expect(row!.reason).toMatch(bad.reason);
     }
-    for (const dup of v1k8s.duplicateIds) expect(sessionResults.filter((r) => r.source_id === dup && r.status === 'failed' && /duplicate id/.test(r.reason))).toHaveLength(1);
+    for (const dup of v1k8s.duplicateIds)
+      expect(sessionResults.filter((r) => r.source_id === dup && r.status === 'failed' && /duplicate id/.test(r.reason))).toHaveLength(1);
     const imported = sessionResults.filter((r) => r.status === 'imported').length;
     expect(imported).toBe(final.import.imported);
     expect(imported + final.import.failed - final.import.failures.filter((f) => f.kind === 'template').length).toBe(sessionResults.length);
@@ -269,10 +290,20 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     expect(final.phases.map((p) => p.status)).toEqual(['done', 'done', 'done', 'done', 'done', 'done', 'done']);
   });
 
-  test('bulk import (the spec\'s Option B): per-row results, idempotent, nothing silently dropped', async () => {
+  test("bulk import (the spec's Option B): per-row results, idempotent, nothing silently dropped", async () => {
     const items = [
-      { apiVersion: 'stream.space/v1alpha1', kind: 'Session', metadata: { name: 'bulk-1', namespace: 'streamspace' }, spec: { user: 'carol', template: 'terminal', state: 'running' } },
-      { apiVersion: 'stream.space/v1alpha1', kind: 'Session', metadata: { name: 'bulk-2', namespace: 'streamspace' }, spec: { user: 'carol', template: 'no-such-template' } },
+      {
+        apiVersion: 'stream.space/v1alpha1',
+        kind: 'Session',
+        metadata: { name: 'bulk-1', namespace: 'streamspace' },
+        spec: { user: 'carol', template: 'terminal', state: 'running' },
+      },
+      {
+        apiVersion: 'stream.space/v1alpha1',
+        kind: 'Session',
+        metadata: { name: 'bulk-2', namespace: 'streamspace' },
+        spec: { user: 'carol', template: 'no-such-template' },
+      },
       { apiVersion: 'stream.space/v1alpha1', kind: 'Session', metadata: { name: 'bulk-3', namespace: 'streamspace' }, spec: { template: 'terminal' } },
       { id: 'bulk-4', user: 'dan', template: 'firefox-browser', state: 'hibernated' },
       { id: 'bulk-4', user: 'dan', template: 'firefox-browser' },

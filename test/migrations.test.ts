@@ -91,13 +91,7 @@ describe('migration files', () => {
       '003_v2.0.1-runtime.sql',
       '004_v2.0.2-vnc-tickets.sql',
     ]);
-    expect(list.map((m) => m.version)).toEqual([
-      'v1.0.0-baseline',
-      'v2.0.0-agents',
-      'v2.0.0-beta1-ha',
-      'v2.0.1-runtime',
-      'v2.0.2-vnc-tickets',
-    ]);
+    expect(list.map((m) => m.version)).toEqual(['v1.0.0-baseline', 'v2.0.0-agents', 'v2.0.0-beta1-ha', 'v2.0.1-runtime', 'v2.0.2-vnc-tickets']);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });
 });
@@ -124,21 +118,11 @@ describe('migrate()', () => {
         expect(await tableExists(c, t)).toBe(true);
       }
       const sessionCols = await columns(c, 'sessions');
-      for (const col of [
-        'agent_id',
-        'platform',
-        'platform_metadata',
-        'cluster_id',
-        'tags',
-        'state',
-        'error_message',
-        'workflow_id',
-      ]) {
+      for (const col of ['agent_id', 'platform', 'platform_metadata', 'cluster_id', 'tags', 'state', 'error_message', 'workflow_id']) {
         expect(sessionCols).toContain(col);
       }
       const cmdCols = await columns(c, 'agent_commands');
-      for (const col of ['session_id', 'idempotency_key', 'progress', 'updated_at', 'retry_count'])
-        expect(cmdCols).toContain(col);
+      for (const col of ['session_id', 'idempotency_key', 'progress', 'updated_at', 'retry_count']) expect(cmdCols).toContain(col);
       expect(await columns(c, 'agents')).toEqual(expect.arrayContaining(['cluster_id', 'active_sessions']));
 
       const versions = await recordedVersions(c);
@@ -150,15 +134,11 @@ describe('migrate()', () => {
       const s = await c.query('SELECT state, tags FROM sessions WHERE id = $1', ['s1']);
       expect(s.rows[0]).toEqual({ state: 'pending', tags: [] });
       const a = await c.query(`INSERT INTO agents (agent_id, platform) VALUES ('docker-1', 'docker') RETURNING id`);
-      await c.query(
-        `INSERT INTO agent_commands (agent_id, session_id, command_type, idempotency_key) VALUES ($1, 's1', 'start_session', 'k1')`,
-        [a.rows[0].id],
-      );
+      await c.query(`INSERT INTO agent_commands (agent_id, session_id, command_type, idempotency_key) VALUES ($1, 's1', 'start_session', 'k1')`, [
+        a.rows[0].id,
+      ]);
       await expect(
-        c.query(
-          `INSERT INTO agent_commands (agent_id, session_id, command_type, idempotency_key) VALUES ($1, 's1', 'start_session', 'k1')`,
-          [a.rows[0].id],
-        ),
+        c.query(`INSERT INTO agent_commands (agent_id, session_id, command_type, idempotency_key) VALUES ($1, 's1', 'start_session', 'k1')`, [a.rows[0].id]),
       ).rejects.toThrow(/idx_agent_commands_idempotency_key/);
       const before = await c.query(`SELECT updated_at FROM agents WHERE agent_id = 'docker-1'`);
       await new Promise((r) => setTimeout(r, 20));
@@ -190,18 +170,12 @@ describe('migrate()', () => {
       // ...and the whole sequence once more, now that everything exists.
       for (const m of listMigrations()) await c.query(fs.readFileSync(m.path, 'utf8'));
 
-      const triggers = await c.query(
-        `SELECT tgname FROM pg_trigger WHERE tgrelid = 'agents'::regclass AND NOT tgisinternal`,
-      );
+      const triggers = await c.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'agents'::regclass AND NOT tgisinternal`);
       expect(triggers.rows.map((r) => r.tgname)).toEqual(['trigger_agents_updated_at']);
       const fks = await c.query<{ conname: string }>(
         `SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid IN ('sessions'::regclass, 'agent_commands'::regclass) ORDER BY 1`,
       );
-      expect(fks.rows.map((r) => r.conname)).toEqual([
-        'agent_commands_agent_id_fkey',
-        'agent_commands_session_id_fkey',
-        'sessions_agent_id_fkey',
-      ]);
+      expect(fks.rows.map((r) => r.conname)).toEqual(['agent_commands_agent_id_fkey', 'agent_commands_session_id_fkey', 'sessions_agent_id_fkey']);
       expect(await recordedVersions(c)).toEqual([...ALL_VERSIONS].sort());
     });
     // The runner accepts a database prepared by hand with psql -f.
@@ -260,29 +234,19 @@ describe('migrate()', () => {
           i === 0 ? 'admin' : 'user',
           `$2a$10$hash${i}`,
         ]);
-        await c.query(
-          `INSERT INTO templates (name, display_name, category, manifest) VALUES ($1, $2, 'Browsers', $3)`,
-          [
-            `tmpl-${i}`,
-            `Template ${i}`,
-            JSON.stringify({
-              baseImage: `lscr.io/linuxserver/app${i}:latest`,
-              defaultResources: { memory: '2Gi', cpu: '1000m' },
-              ports: [{ name: 'vnc', containerPort: 3000 }],
-            }),
-          ],
-        );
+        await c.query(`INSERT INTO templates (name, display_name, category, manifest) VALUES ($1, $2, 'Browsers', $3)`, [
+          `tmpl-${i}`,
+          `Template ${i}`,
+          JSON.stringify({
+            baseImage: `lscr.io/linuxserver/app${i}:latest`,
+            defaultResources: { memory: '2Gi', cpu: '1000m' },
+            ports: [{ name: 'vnc', containerPort: 3000 }],
+          }),
+        ]);
         await c.query(
           `INSERT INTO sessions (id, user_id, template_name, status, url, pod_name, memory, cpu, last_activity)
            VALUES ($1, $2, $3, $4, $5, $6, '2Gi', '1000m', NOW())`,
-          [
-            `user${i}-tmpl-${i}`,
-            `user${i}`,
-            `tmpl-${i}`,
-            STATES[i % 3],
-            `https://ss.example.com/s/${i}`,
-            `ss-user${i}-tmpl-${i}-0`,
-          ],
+          [`user${i}-tmpl-${i}`, `user${i}`, `tmpl-${i}`, STATES[i % 3], `https://ss.example.com/s/${i}`, `ss-user${i}-tmpl-${i}-0`],
         );
       }
     });
@@ -317,9 +281,7 @@ describe('migrate()', () => {
       // The archive copy was left alone.
       expect(
         await c
-          .query(
-            `SELECT column_name FROM information_schema.columns WHERE table_schema = 'archive' AND table_name = 'sessions' ORDER BY 1`,
-          )
+          .query(`SELECT column_name FROM information_schema.columns WHERE table_schema = 'archive' AND table_name = 'sessions' ORDER BY 1`)
           .then((r) => r.rows.map((x) => x.column_name)),
       ).toEqual(['id', 'state']);
       // v1 sessions can be targeted by v2 commands (TEXT id foreign key).
@@ -334,9 +296,7 @@ describe('migrate()', () => {
     expect(applied).toEqual([...ALL_VERSIONS].sort());
     for (const r of results) expect([...r.applied, ...r.skipped].sort()).toEqual([...ALL_VERSIONS].sort());
     await withClient(url, async (c) => {
-      const { rows } = await c.query(
-        'SELECT version, count(*)::int AS n FROM schema_migrations GROUP BY version ORDER BY version',
-      );
+      const { rows } = await c.query('SELECT version, count(*)::int AS n FROM schema_migrations GROUP BY version ORDER BY version');
       expect(rows).toEqual([...ALL_VERSIONS].sort().map((version) => ({ version, n: 1 })));
     });
   });
@@ -380,10 +340,7 @@ describe('migrate()', () => {
       });
 
       // Once the file is fixed, the next run applies just that one.
-      fs.writeFileSync(
-        path.join(dir, '002_broken.sql'),
-        '-- version: v9.9.9-broken\nCREATE TABLE half_done (id INT);\n',
-      );
+      fs.writeFileSync(path.join(dir, '002_broken.sql'), '-- version: v9.9.9-broken\nCREATE TABLE half_done (id INT);\n');
       expect(await migrate(url)).toEqual({ applied: ['v9.9.9-broken'], skipped: ['v1.0.0-baseline', 'v2.0.0-agents'] });
     } finally {
       if (saved === undefined) delete process.env.MIGRATIONS_DIR;

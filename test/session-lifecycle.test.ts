@@ -20,7 +20,7 @@ async function exec(stack: Stack, containerId: string, cmd: string): Promise<str
   // Docker multiplexes stdout/stderr with 8-byte frame headers.
   const raw = Buffer.concat(chunks);
   let out = '';
-  for (let i = 0; i + 8 <= raw.length; ) {
+  for (let i = 0; i + 8 <= raw.length;) {
     const len = raw.readUInt32BE(i + 4);
     out += raw.subarray(i + 8, i + 8 + len).toString();
     i += 8 + len;
@@ -116,12 +116,8 @@ describe('session lifecycle on a real Docker agent', () => {
     const desc = await handle.describe();
     expect(desc.status.name).toBe('COMPLETED');
     const history = await handle.fetchHistory();
-    const activities = (history.events ?? [])
-      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
-      .filter(Boolean);
-    expect(activities).toEqual(
-      expect.arrayContaining(['placeSession', 'dispatchCommand', 'recordSessionState']),
-    );
+    const activities = (history.events ?? []).map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+    expect(activities).toEqual(expect.arrayContaining(['placeSession', 'dispatchCommand', 'recordSessionState']));
     expect(activities.filter((a) => a === 'dispatchCommand')).toHaveLength(4);
     const updates = (history.events ?? []).map((e) => e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name).filter(Boolean);
     expect(updates).toEqual(['hibernate', 'wake', 'stop']);

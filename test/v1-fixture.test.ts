@@ -6,14 +6,7 @@ import { Client } from 'pg';
 import { convertSession } from '../activities/migration/convert';
 import { TEST_ENV } from './harness/env';
 import { KubeCluster, loadKubeClient, startKube } from './harness/kube';
-import {
-  createV1Cluster,
-  createV1Database,
-  generateV1Sessions,
-  startFakeV1Api,
-  V1_TEMPLATE_NAMES,
-  V1DbFixture,
-} from './harness/v1-fixture';
+import { createV1Cluster, createV1Database, generateV1Sessions, startFakeV1Api, V1_TEMPLATE_NAMES, V1DbFixture } from './harness/v1-fixture';
 
 jest.setTimeout(120_000);
 
@@ -32,9 +25,9 @@ async function query<T = Record<string, unknown>>(url: string, sql: string, para
 }
 
 const columnsOf = async (db: V1DbFixture, table: string) =>
-  (await query<{ column_name: string }>(db.url, `SELECT column_name FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position`, [table])).map(
-    (r) => r.column_name,
-  );
+  (
+    await query<{ column_name: string }>(db.url, `SELECT column_name FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position`, [table])
+  ).map((r) => r.column_name);
 
 describe('v1 fixture: database', () => {
   const dbs: V1DbFixture[] = [];
@@ -54,12 +47,35 @@ describe('v1 fixture: database', () => {
     const cols = await columnsOf(db, 'sessions');
     expect(cols).toContain('status');
     expect(cols).not.toContain('state');
-    expect(cols).toEqual(expect.arrayContaining(['id', 'user_id', 'template_name', 'url', 'namespace', 'pod_name', 'memory', 'cpu', 'persistent_home', 'idle_timeout', 'max_session_duration', 'last_activity', 'created_at', 'updated_at']));
-    const idType = await query<{ data_type: string }>(db.url, `SELECT data_type FROM information_schema.columns WHERE table_name = 'sessions' AND column_name = 'id'`);
+    expect(cols).toEqual(
+      expect.arrayContaining([
+        'id',
+        'user_id',
+        'template_name',
+        'url',
+        'namespace',
+        'pod_name',
+        'memory',
+        'cpu',
+        'persistent_home',
+        'idle_timeout',
+        'max_session_duration',
+        'last_activity',
+        'created_at',
+        'updated_at',
+      ]),
+    );
+    const idType = await query<{ data_type: string }>(
+      db.url,
+      `SELECT data_type FROM information_schema.columns WHERE table_name = 'sessions' AND column_name = 'id'`,
+    );
     expect(idType[0].data_type).toBe('text');
     expect(await query(db.url, `SELECT to_regclass('schema_migrations') AS r`)).toEqual([{ r: null }]);
 
-    const users = await query<{ username: string; role: string; email: string; password_hash: string }>(db.url, 'SELECT username, role, email, password_hash FROM users ORDER BY username');
+    const users = await query<{ username: string; role: string; email: string; password_hash: string }>(
+      db.url,
+      'SELECT username, role, email, password_hash FROM users ORDER BY username',
+    );
     expect(users.length).toBeGreaterThanOrEqual(5);
     expect(new Set(users.map((u) => u.role))).toEqual(new Set(['admin', 'user']));
     expect(users.every((u) => u.password_hash === 'v1-hash' && /@/.test(u.email))).toBe(true);
@@ -77,7 +93,10 @@ describe('v1 fixture: database', () => {
       volumeMounts: [{ name: 'user-home', mountPath: '/config' }],
       kasmvnc: { enabled: true, port: 3000 },
     });
-    for (const t of tpls) expect(t.manifest).toEqual(expect.objectContaining({ category: expect.any(String), icon: expect.any(String), capabilities: expect.any(Array), tags: expect.any(Array) }));
+    for (const t of tpls)
+      expect(t.manifest).toEqual(
+        expect.objectContaining({ category: expect.any(String), icon: expect.any(String), capabilities: expect.any(Array), tags: expect.any(Array) }),
+      );
 
     const states = await query<{ status: string; n: number }>(db.url, 'SELECT status, count(*)::int AS n FROM sessions GROUP BY status ORDER BY status');
     expect(states.map((s) => s.status)).toEqual(['hibernated', 'running', 'terminated']);
@@ -100,7 +119,13 @@ describe('v1 fixture: database', () => {
     expect(spread[0].newest).toBeLessThan(2);
     // The rows match what the fixture reports (what createV1Cluster turns into CRs).
     const row = (await query<any>(db.url, 'SELECT * FROM sessions WHERE id = $1', [db.sessions[5].id]))[0];
-    expect(row).toMatchObject({ user_id: db.sessions[5].user, template_name: db.sessions[5].template, status: db.sessions[5].state, memory: db.sessions[5].memory, cpu: db.sessions[5].cpu });
+    expect(row).toMatchObject({
+      user_id: db.sessions[5].user,
+      template_name: db.sessions[5].template,
+      status: db.sessions[5].state,
+      memory: db.sessions[5].memory,
+      cpu: db.sessions[5].cpu,
+    });
   });
 
   test('v1 database with `state`: same seed and time give the same rows; the generator is deterministic', async () => {
@@ -111,7 +136,10 @@ describe('v1 fixture: database', () => {
     expect(cols).toContain('state');
     expect(cols).not.toContain('status');
     const rowsOf = async (d: V1DbFixture, col: string) =>
-      query(d.url, `SELECT id, user_id, template_name, ${col} AS st, url, pod_name, memory, cpu, persistent_home, last_activity, created_at, updated_at FROM sessions ORDER BY id`);
+      query(
+        d.url,
+        `SELECT id, user_id, template_name, ${col} AS st, url, pod_name, memory, cpu, persistent_home, last_activity, created_at, updated_at FROM sessions ORDER BY id`,
+      );
     const other = dbs[0];
     expect(other?.stateColumn).toBe('status');
     expect(await rowsOf(db, 'state')).toEqual(await rowsOf(other, 'status'));
@@ -168,14 +196,25 @@ describe('v1 fixture: Kubernetes objects and the v1 API', () => {
     expect(older.map((o) => o.metadata.name).sort()).toEqual([sessions[0].id, 'ss-dan-no-such-template-1'].sort());
     const templates = await list('streamspace', 'templates');
     expect(templates.map((t) => t.metadata.name).sort()).toEqual([...V1_TEMPLATE_NAMES].sort());
-    expect(templates.find((t) => t.metadata.name === 'firefox-browser').spec).toMatchObject({ baseImage: 'lscr.io/linuxserver/firefox:latest', kasmvnc: { enabled: true, port: 3000 } });
+    expect(templates.find((t) => t.metadata.name === 'firefox-browser').spec).toMatchObject({
+      baseImage: 'lscr.io/linuxserver/firefox:latest',
+      kasmvnc: { enabled: true, port: 3000 },
+    });
 
     // Specs and statuses (the status went through the /status subresource).
     const byName = new Map(main.map((o) => [o.metadata.name as string, o]));
     for (const s of sessions) {
       const o = byName.get(s.id);
       expect(o).toBeDefined();
-      expect(o.spec).toMatchObject({ user: s.user, template: s.template, state: s.state, resources: { memory: s.memory, cpu: s.cpu }, persistentHome: s.persistentHome, idleTimeout: '30m', maxSessionDuration: '8h' });
+      expect(o.spec).toMatchObject({
+        user: s.user,
+        template: s.template,
+        state: s.state,
+        resources: { memory: s.memory, cpu: s.cpu },
+        persistentHome: s.persistentHome,
+        idleTimeout: '30m',
+        maxSessionDuration: '8h',
+      });
       expect(o.status.phase).toBe({ running: 'Running', hibernated: 'Hibernated', terminated: 'Terminated' }[s.state]);
       expect(o.status.url).toBe(`http://${s.id}.streamspace.svc:3000`);
       expect(o.status.lastActivity).toBe(s.lastActivity);

@@ -135,7 +135,9 @@ describe('VNC tunnel through the agent', () => {
       250,
     );
     const heapAfter = metric(await metrics(), 'streamspace_process_heap_bytes');
-    console.log(`leak test: fds api ${base.api}→${after.api}, agent ${base.agent}→${after.agent}; heap ${(heapBefore / 1e6).toFixed(1)}→${(heapAfter / 1e6).toFixed(1)} MB`);
+    console.log(
+      `leak test: fds api ${base.api}→${after.api}, agent ${base.agent}→${after.agent}; heap ${(heapBefore / 1e6).toFixed(1)}→${(heapAfter / 1e6).toFixed(1)} MB`,
+    );
     expect(heapAfter - heapBefore).toBeLessThan(30 * 1024 * 1024);
 
     async function cycle() {

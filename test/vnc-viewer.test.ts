@@ -66,7 +66,15 @@ describe('VNC in the browser through the agent', () => {
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
   });
   afterAll(async () => {
@@ -85,10 +93,15 @@ describe('VNC in the browser through the agent', () => {
     await page.waitForSelector('#status[data-state=connected]', { timeout: 30_000 });
 
     // The desktop is drawn: a coloured root window and a terminal, not a blank canvas.
-    const desktop = await waitFor('desktop pixels', async () => {
-      const p = await canvasPixels(page);
-      return p.width === 1280 && p.distinctColours >= 3 && p.lumaStdDev > 10 ? p : undefined;
-    }, 30_000, 250);
+    const desktop = await waitFor(
+      'desktop pixels',
+      async () => {
+        const p = await canvasPixels(page);
+        return p.width === 1280 && p.distinctColours >= 3 && p.lumaStdDev > 10 ? p : undefined;
+      },
+      30_000,
+      250,
+    );
     await page.screenshot({ path: path.join(ARTIFACTS, '1-desktop.png') });
     expect(desktop).toMatchObject({ width: 1280, height: 800 });
 
@@ -100,19 +113,29 @@ describe('VNC in the browser through the agent', () => {
     const afterClick = await canvasPixels(page);
     await page.keyboard.type('touch "$HOME/typed-in-viewer" && echo VIEWER-WORKS', { delay: 15 });
     await page.keyboard.press('Enter');
-    const typed = await waitFor('screen to change', async () => {
-      const p = await canvasPixels(page);
-      return p.hash !== afterClick.hash ? p : undefined;
-    }, 20_000, 250);
+    const typed = await waitFor(
+      'screen to change',
+      async () => {
+        const p = await canvasPixels(page);
+        return p.hash !== afterClick.hash ? p : undefined;
+      },
+      20_000,
+      250,
+    );
     await page.screenshot({ path: path.join(ARTIFACTS, '2-typed.png') });
     expect(typed.hash).not.toBe(desktop.hash);
     // The keystrokes reached the session for real: the command ran inside the container.
-    await waitFor('typed command to run in the session', async () => {
-      const exec = await stack.docker.getContainer(containerId).exec({ Cmd: ['test', '-f', '/config/typed-in-viewer'] });
-      await exec.start({});
-      await new Promise((r) => setTimeout(r, 100));
-      return (await exec.inspect()).ExitCode === 0;
-    }, 20_000, 250);
+    await waitFor(
+      'typed command to run in the session',
+      async () => {
+        const exec = await stack.docker.getContainer(containerId).exec({ Cmd: ['test', '-f', '/config/typed-in-viewer'] });
+        await exec.start({});
+        await new Promise((r) => setTimeout(r, 100));
+        return (await exec.inspect()).ExitCode === 0;
+      },
+      20_000,
+      250,
+    );
 
     // The agent restarts mid-stream: the viewer shows the drop, then reconnects by itself.
     await stack.agents.get(AGENT)!.kill('SIGKILL');

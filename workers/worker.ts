@@ -40,9 +40,7 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
     taskQueue: opts.taskQueue,
     identity: opts.identity,
     activities,
-    ...(existsSync(WORKFLOW_BUNDLE_PATH)
-      ? { workflowBundle: { codePath: WORKFLOW_BUNDLE_PATH } }
-      : { workflowsPath: WORKFLOWS_PATH }),
+    ...(existsSync(WORKFLOW_BUNDLE_PATH) ? { workflowBundle: { codePath: WORKFLOW_BUNDLE_PATH } } : { workflowsPath: WORKFLOWS_PATH }),
     maxConcurrentActivityTaskExecutions: 500,
     shutdownGraceTime: '5s',
   });

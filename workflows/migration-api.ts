@@ -9,15 +9,7 @@ export const migrationWorkflowId = (runId: string): string => `migration/${runId
 
 export type Strategy = 'blue-green' | 'fresh-install' | 'in-place';
 
-export type PhaseName =
-  | 'preflight'
-  | 'backup'
-  | 'maintenance'
-  | 'schema'
-  | 'agents'
-  | 'import'
-  | 'cutover'
-  | 'decommission';
+export type PhaseName = 'preflight' | 'backup' | 'maintenance' | 'schema' | 'agents' | 'import' | 'cutover' | 'decommission';
 
 /** Which phases each of the spec's strategies runs, in order. */
 export const STRATEGY_PHASES: Record<Strategy, PhaseName[]> = {
@@ -99,15 +91,7 @@ export interface ImportProgress {
 }
 
 export type RunStatus =
-  | 'running'
-  | 'awaiting-approval'
-  | 'blocked'
-  | 'waiting-to-decommission'
-  | 'rolling-back'
-  | 'rolled-back'
-  | 'completed'
-  | 'aborted'
-  | 'planned';
+  'running' | 'awaiting-approval' | 'blocked' | 'waiting-to-decommission' | 'rolling-back' | 'rolled-back' | 'completed' | 'aborted' | 'planned';
 
 export interface MigrationProgress {
   runId: string;

@@ -271,12 +271,14 @@ export async function migrationWorkflow(o: MigrationOptions): Promise<MigrationP
     };
     // Newest first: traffic back to v1, v2 down, the database back, v1's objects and replicas back.
     await step('route everyone to v1', () =>
-        quick.setRouting({ mode: 'v1', v1ApiUrl: o.v1.apiUrl, users: [], percent: 0, runId: o.runId, cohort: null }).then(() => 'all users → v1'),
-      );
+      quick.setRouting({ mode: 'v1', v1ApiUrl: o.v1.apiUrl, users: [], percent: 0, runId: o.runId, cohort: null }).then(() => 'all users → v1'),
+    );
     if (o.v2.deployments.length)
       await step('scale v2 down', async () => {
         const prev = await quick.scaleDeployments(o, Object.fromEntries(o.v2.deployments.map((d) => [d, 0])));
-        return Object.entries(prev).map(([d, n]) => `${d} ${n}→0`).join(', ');
+        return Object.entries(prev)
+          .map(([d, n]) => `${d} ${n}→0`)
+          .join(', ');
       });
     if (done.schemaTouched && manifest) {
       const m: BackupManifest = manifest;
@@ -286,7 +288,11 @@ export async function migrationWorkflow(o: MigrationOptions): Promise<MigrationP
       });
       await step('restore the database from the backup', async () => {
         const after = await heavy.restoreDatabase(o, m);
-        return Object.entries(after).map(([t, s]) => `${t}=${s.count}`).join(', ') + ' (checksums match the backup)';
+        return (
+          Object.entries(after)
+            .map(([t, s]) => `${t}=${s.count}`)
+            .join(', ') + ' (checksums match the backup)'
+        );
       });
     }
     if (done.crdsDeleted && manifest) {
@@ -297,7 +303,9 @@ export async function migrationWorkflow(o: MigrationOptions): Promise<MigrationP
       const back = Object.fromEntries(Object.entries(done.v1Scaled).filter(([, n]) => n !== null)) as Record<string, number>;
       await step('scale v1 up', async () => {
         await quick.scaleDeployments(o, back);
-        return Object.entries(back).map(([d, n]) => `${d}=${n}`).join(', ');
+        return Object.entries(back)
+          .map(([d, n]) => `${d}=${n}`)
+          .join(', ');
       });
     }
     for (const ph of p.phases) if (ph.status === 'done') ph.status = 'compensated';

@@ -72,9 +72,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
       for (const t of V1_TABLES) {
         const exists = await c.query('SELECT to_regclass($1) AS r', [t]);
         if (!exists.rows[0].r) continue;
-        const r = await c.query(
-          `SELECT count(*)::int AS n, COALESCE(md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))), '') AS sum FROM "${t}" x`,
-        );
+        const r = await c.query(`SELECT count(*)::int AS n, COALESCE(md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))), '') AS sum FROM "${t}" x`);
         out[t] = { count: r.rows[0].n, checksum: r.rows[0].sum };
       }
       return out;
@@ -239,7 +237,11 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
         const versions = await c.query(`SELECT version FROM schema_migrations WHERE version LIKE 'v2.0%'`);
         for (const v of ['v2.0.0-agents', 'v2.0.0-beta1-ha']) if (!versions.rows.some((x) => x.version === v)) missing.push(`schema_migrations ${v}`);
         if (missing.length) throw ApplicationFailure.nonRetryable(`schema verification failed: missing ${missing.join(', ')}`, 'SchemaVerification');
-        return ['tables agents, agent_commands, platform_controllers, redis_agent_connections, leader_election_leases', 'sessions v2 columns', 'schema_migrations v2.0.0-agents, v2.0.0-beta1-ha'];
+        return [
+          'tables agents, agent_commands, platform_controllers, redis_agent_connections, leader_election_leases',
+          'sessions v2 columns',
+          'schema_migrations v2.0.0-agents, v2.0.0-beta1-ha',
+        ];
       });
       return { ...r, verified };
     },
@@ -338,8 +340,21 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, platform = EXCLUDED.platform, tags = EXCLUDED.tags,
                  platform_metadata = COALESCE(sessions.platform_metadata, '{}'::jsonb) || EXCLUDED.platform_metadata, updated_at = NOW()`,
-            [s.id, s.user, s.template, s.state, s.platform, s.memory, s.cpu, s.persistentHome, s.idleTimeout, s.maxSessionDuration,
-              JSON.stringify(s.tags), { ...s.metadata, migration_run: o.runId }, s.metadata.v1_namespace],
+            [
+              s.id,
+              s.user,
+              s.template,
+              s.state,
+              s.platform,
+              s.memory,
+              s.cpu,
+              s.persistentHome,
+              s.idleTimeout,
+              s.maxSessionDuration,
+              JSON.stringify(s.tags),
+              { ...s.metadata, migration_run: o.runId },
+              s.metadata.v1_namespace,
+            ],
           );
           await c.query(`INSERT INTO users (username, role) VALUES ($1, 'user') ON CONFLICT (username) DO NOTHING`, [s.user]);
           await record(id, ns, 'imported', null);
@@ -369,7 +384,10 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
           if (!a.rowCount) reasons.push(`no ${p} agent online`);
         }
       });
-      const ready = await fetch(o.v2.readyUrl, { signal: AbortSignal.timeout(5000) }).then((r) => r.ok, () => false);
+      const ready = await fetch(o.v2.readyUrl, { signal: AbortSignal.timeout(5000) }).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (!ready) reasons.push('v2 control plane not ready');
       return { ok: reasons.length === 0, reasons };
     },
@@ -425,7 +443,10 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
       const after = await tableStates(o.v1.databaseUrl);
       for (const [t, s] of Object.entries(manifest.tables)) {
         if (after[t]?.count !== s.count || after[t]?.checksum !== s.checksum)
-          throw ApplicationFailure.nonRetryable(`restore verification failed for ${t}: ${JSON.stringify(after[t])} ≠ ${JSON.stringify(s)}`, 'RestoreVerification');
+          throw ApplicationFailure.nonRetryable(
+            `restore verification failed for ${t}: ${JSON.stringify(after[t])} ≠ ${JSON.stringify(s)}`,
+            'RestoreVerification',
+          );
       }
       return after;
     },

@@ -112,7 +112,9 @@ export class Kube {
     // A CRD being deleted must finish first.
     for (let i = 0; i < 300 && (await this.readCrd(name))?.metadata?.deletionTimestamp; i++) await sleep(100);
     if (!(await this.readCrd(name))) {
-      await this.ext.createCustomResourceDefinition({ body: { apiVersion: crd.apiVersion, kind: crd.kind, metadata: { name, labels: crd.metadata?.labels }, spec: crd.spec } });
+      await this.ext.createCustomResourceDefinition({
+        body: { apiVersion: crd.apiVersion, kind: crd.kind, metadata: { name, labels: crd.metadata?.labels }, spec: crd.spec },
+      });
     }
     for (let i = 0; i < 300; i++) {
       const c = await this.readCrd(name);
@@ -122,13 +124,33 @@ export class Kube {
     const plural = crd.spec.names.plural;
     for (const o of objects) {
       const namespace = o.metadata!.namespace!;
-      const body = { apiVersion: o.apiVersion, kind: o.kind, metadata: { name: o.metadata!.name, namespace, labels: o.metadata?.labels, annotations: o.metadata?.annotations }, spec: o.spec };
+      const body = {
+        apiVersion: o.apiVersion,
+        kind: o.kind,
+        metadata: { name: o.metadata!.name, namespace, labels: o.metadata?.labels, annotations: o.metadata?.annotations },
+        spec: o.spec,
+      };
       for (let attempt = 0; ; attempt++) {
         try {
           await this.custom.createNamespacedCustomObject({ group: V1_GROUP, version: V1_VERSION, namespace, plural, body });
           if (o.status) {
-            const created = (await this.custom.getNamespacedCustomObject({ group: V1_GROUP, version: V1_VERSION, namespace, plural, name: o.metadata!.name! })) as V1Object;
-            await this.custom.replaceNamespacedCustomObjectStatus({ group: V1_GROUP, version: V1_VERSION, namespace, plural, name: o.metadata!.name!, body: { ...created, status: o.status } }).catch(() => undefined);
+            const created = (await this.custom.getNamespacedCustomObject({
+              group: V1_GROUP,
+              version: V1_VERSION,
+              namespace,
+              plural,
+              name: o.metadata!.name!,
+            })) as V1Object;
+            await this.custom
+              .replaceNamespacedCustomObjectStatus({
+                group: V1_GROUP,
+                version: V1_VERSION,
+                namespace,
+                plural,
+                name: o.metadata!.name!,
+                body: { ...created, status: o.status },
+              })
+              .catch(() => undefined);
           }
           break;
         } catch (err) {

@@ -76,8 +76,7 @@ export class DockerDriver implements SessionDriver {
         const again = await this.inspect(sessionId);
         if (again) return again;
         const running = (await this.managed()).filter((c) => c.State === 'running').length;
-        if (running >= this.o.maxSessions)
-          throw new DriverError(`agent ${this.o.agentId} is at capacity (${running}/${this.o.maxSessions} sessions)`, false);
+        if (running >= this.o.maxSessions) throw new DriverError(`agent ${this.o.agentId} is at capacity (${running}/${this.o.maxSessions} sessions)`, false);
         await this.ensureImage(data.template.image, progress);
         progress('creating container');
         return this.create(sessionId, data);
@@ -221,11 +220,9 @@ export class DockerDriver implements SessionDriver {
     }
     const volume = data.persistent_home ? this.homeVolume(data.user) : null;
     if (volume) {
-      await this.docker
-        .createVolume({ Name: volume, Labels: { [LABEL.managed]: 'true', [LABEL.user]: data.user } })
-        .catch((err) => {
-          if ((err as { statusCode?: number }).statusCode !== 409) throw err;
-        });
+      await this.docker.createVolume({ Name: volume, Labels: { [LABEL.managed]: 'true', [LABEL.user]: data.user } }).catch((err) => {
+        if ((err as { statusCode?: number }).statusCode !== 409) throw err;
+      });
     }
     try {
       const c = await this.docker.createContainer({

@@ -31,8 +31,17 @@ const VNC_PORT_ANNOTATION = 'streamspace.io/vnc-port';
 
 const code = (err: unknown) => (err as { code?: number }).code;
 /** Kubernetes label values: 63 chars of [A-Za-z0-9._-], alphanumeric at both ends. */
-const labelValue = (v: string) => v.replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63).replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, '') || 'x';
-const dnsName = (v: string) => v.toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 63).replace(/-+$/, '');
+const labelValue = (v: string) =>
+  v
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .slice(0, 63)
+    .replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, '') || 'x';
+const dnsName = (v: string) =>
+  v
+    .toLowerCase()
+    .replace(/[^a-z0-9-]/g, '-')
+    .slice(0, 63)
+    .replace(/-+$/, '');
 
 export class KubernetesDriver implements SessionDriver {
   readonly platform = 'kubernetes' as const;
@@ -69,8 +78,7 @@ export class KubernetesDriver implements SessionDriver {
     try {
       if (data.persistent_home) {
         progress('ensuring home volume claim');
-        if (await this.createIfAbsent(() => this.core.createNamespacedPersistentVolumeClaim({ namespace: ns, body: this.pvc(data) })))
-          createdNow.push('pvc');
+        if (await this.createIfAbsent(() => this.core.createNamespacedPersistentVolumeClaim({ namespace: ns, body: this.pvc(data) }))) createdNow.push('pvc');
       }
       progress('ensuring service');
       if (
@@ -80,7 +88,10 @@ export class KubernetesDriver implements SessionDriver {
             body: {
               // The Service outlives hibernation, so it keeps what wake needs to recreate the Pod.
               metadata: { name, labels, annotations: { 'streamspace.io/session-id': sessionId, 'streamspace.io/start-data': JSON.stringify(data) } },
-              spec: { selector: { [LABEL.session]: labelValue(sessionId) }, ports: [{ name: 'vnc', port: data.template.vnc_port, targetPort: data.template.vnc_port }] },
+              spec: {
+                selector: { [LABEL.session]: labelValue(sessionId) },
+                ports: [{ name: 'vnc', port: data.template.vnc_port, targetPort: data.template.vnc_port }],
+              },
             },
           }),
         )
@@ -230,8 +241,7 @@ export class KubernetesDriver implements SessionDriver {
     };
     if (created.includes('pod')) await this.core.deleteNamespacedPod({ name, namespace: ns, gracePeriodSeconds: 0 }).catch(ignore404);
     if (created.includes('service')) await this.core.deleteNamespacedService({ name, namespace: ns }).catch(ignore404);
-    if (created.includes('pvc'))
-      await this.core.deleteNamespacedPersistentVolumeClaim({ name: this.homeClaim(data.user), namespace: ns }).catch(ignore404);
+    if (created.includes('pvc')) await this.core.deleteNamespacedPersistentVolumeClaim({ name: this.homeClaim(data.user), namespace: ns }).catch(ignore404);
   }
 
   private async readPod(name: string): Promise<V1Pod | null> {

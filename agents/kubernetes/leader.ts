@@ -161,7 +161,8 @@ export class LeaderElector {
         { fieldSelector: `metadata.name=${this.o.name}` },
         (_phase, obj: V1Lease) => {
           const holder = obj?.spec?.holderIdentity ?? '';
-          if (!this.leading && !holder) this.schedule(0); // released: try now
+          if (!this.leading && !holder)
+            this.schedule(0); // released: try now
           else if (holder && !this.leading) this.announce(holder);
         },
         () => {

@@ -8,14 +8,7 @@ import type { Duplex } from 'node:stream';
 import type { Pool } from 'pg';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Logger } from '../../config/log';
-import {
-  CHANNEL_COMMAND_PENDING,
-  claimForDelivery,
-  CommandRow,
-  markAcked,
-  markFinished,
-  markProgress,
-} from '../../db/commands';
+import { CHANNEL_COMMAND_PENDING, claimForDelivery, CommandRow, markAcked, markFinished, markProgress } from '../../db/commands';
 import { PgListener } from '../../db/listener';
 import {
   AgentMessage,
@@ -118,8 +111,7 @@ export class AgentGateway {
       const msg = parsed.value;
       if (!conn) {
         if (msg.type !== 'register') return refuse(`send register before ${msg.type}`, true);
-        if (msg.agent_id !== tokenAgentId)
-          return refuse(`token is for agent "${tokenAgentId}", not "${msg.agent_id}"`, true, CloseCode.Unauthorized);
+        if (msg.agent_id !== tokenAgentId) return refuse(`token is for agent "${tokenAgentId}", not "${msg.agent_id}"`, true, CloseCode.Unauthorized);
         clearTimeout(registerTimer);
         ws.pause();
         this.register(msg, connId, send, ws)
@@ -195,10 +187,9 @@ export class AgentGateway {
    * are never destroyed on a report alone: their workflows stay in charge.
    */
   private async reconcile(agentDbId: string, agentId: string, reported: ReportedSession[]): Promise<void> {
-    const known = await this.o.pool.query<{ id: string; state: string }>(
-      `SELECT id, state FROM sessions WHERE agent_id = $1 AND state NOT IN ('terminated')`,
-      [agentDbId],
-    );
+    const known = await this.o.pool.query<{ id: string; state: string }>(`SELECT id, state FROM sessions WHERE agent_id = $1 AND state NOT IN ('terminated')`, [
+      agentDbId,
+    ]);
     const byId = new Map(reported.map((s) => [s.session_id, s]));
     const missing: string[] = [];
     for (const s of known.rows) {
@@ -227,10 +218,7 @@ export class AgentGateway {
       .catch(() => undefined);
     if (!wasCurrent) return;
     await this.o.pool
-      .query(`UPDATE agents SET status = 'offline', websocket_conn_id = NULL WHERE id = $1 AND websocket_conn_id = $2`, [
-        conn.agentDbId,
-        conn.connId,
-      ])
+      .query(`UPDATE agents SET status = 'offline', websocket_conn_id = NULL WHERE id = $1 AND websocket_conn_id = $2`, [conn.agentDbId, conn.connId])
       .catch((err) => this.o.log.warn('cannot mark agent offline', { error: (err as Error).message }));
     this.o.log.info('Agent disconnected', { agent: conn.agentId, conn: conn.connId });
   }

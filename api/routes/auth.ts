@@ -31,8 +31,7 @@ export async function authRoutes(app: FastifyInstance): Promise<void> {
         [req.body.username],
       );
       const user = r.rows[0];
-      if (!user || !(await verifyPassword(req.body.password, user.password_hash)))
-        throw new HttpError(401, 'invalid username or password');
+      if (!user || !(await verifyPassword(req.body.password, user.password_hash))) throw new HttpError(401, 'invalid username or password');
       const role: Role = user.role === 'admin' ? 'admin' : 'user';
       return { token: tokens.signUser(user.username, role), expires_in: config.jwtTtlSeconds, user: { username: user.username, role } };
     },

@@ -27,22 +27,26 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
   const secured = { security: [{ bearer: [] }], tags: ['migrations'] };
   const handle = (runId: string) => app.deps.temporal.workflow.getHandle(migrationWorkflowId(runId));
 
-  app.post<{ Body: MigrationRequest }>('/api/v1/migrations', { ...admin, schema: { ...secured, body: Type.Object({}, { additionalProperties: true }) } }, async (req, reply) => {
-    let options;
-    try {
-      options = migrationOptions(req.body ?? {}, { ...process.env, DATABASE_URL: app.deps.config.databaseUrl, PORT: String(app.deps.config.port) });
-    } catch (err) {
-      throw new HttpError(400, (err as Error).message);
-    }
-    await app.deps.temporal.workflow.start(MIGRATION_WORKFLOW_TYPE, {
-      workflowId: migrationWorkflowId(options.runId),
-      taskQueue: app.deps.config.taskQueue,
-      args: [options],
-      memo: { runId: options.runId, strategy: options.strategy },
-      typedSearchAttributes: [{ key: SA.migrationPhase, value: 'starting' }],
-    });
-    return reply.status(201).send({ runId: options.runId, workflowId: migrationWorkflowId(options.runId), options });
-  });
+  app.post<{ Body: MigrationRequest }>(
+    '/api/v1/migrations',
+    { ...admin, schema: { ...secured, body: Type.Object({}, { additionalProperties: true }) } },
+    async (req, reply) => {
+      let options;
+      try {
+        options = migrationOptions(req.body ?? {}, { ...process.env, DATABASE_URL: app.deps.config.databaseUrl, PORT: String(app.deps.config.port) });
+      } catch (err) {
+        throw new HttpError(400, (err as Error).message);
+      }
+      await app.deps.temporal.workflow.start(MIGRATION_WORKFLOW_TYPE, {
+        workflowId: migrationWorkflowId(options.runId),
+        taskQueue: app.deps.config.taskQueue,
+        args: [options],
+        memo: { runId: options.runId, strategy: options.strategy },
+        typedSearchAttributes: [{ key: SA.migrationPhase, value: 'starting' }],
+      });
+      return reply.status(201).send({ runId: options.runId, workflowId: migrationWorkflowId(options.runId), options });
+    },
+  );
 
   app.get<{ Params: { runId: string } }>('/api/v1/migrations/:runId', { ...admin, schema: { ...secured, params: RunParams } }, async (req) => {
     try {
@@ -90,7 +94,10 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
         const isCrd = typeof item.apiVersion === 'string' || item.metadata;
         const conv = isCrd
           ? convertSession({ crd: item }, templates)
-          : convertSession({ row: { id: item.id, user_id: item.user, template_name: item.template, state: item.state ?? 'hibernated', memory: item.memory, cpu: item.cpu } }, templates);
+          : convertSession(
+              { row: { id: item.id, user_id: item.user, template_name: item.template, state: item.state ?? 'hibernated', memory: item.memory, cpu: item.cpu } },
+              templates,
+            );
         const id = conv.ok ? conv.record.id : String(item.metadata?.name ?? item.id ?? '') || null;
         if (!conv.ok) {
           results.push({ index, id, status: 'failed', reason: conv.reason });
@@ -106,7 +113,20 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
         const r = await pool.query(
           `INSERT INTO sessions (id, user_id, template_name, state, platform, memory, cpu, persistent_home, idle_timeout, max_session_duration, tags, platform_metadata)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING RETURNING id`,
-          [s.id, s.user, s.template, s.state, s.platform, s.memory, s.cpu, s.persistentHome, s.idleTimeout, s.maxSessionDuration, JSON.stringify(s.tags), s.metadata],
+          [
+            s.id,
+            s.user,
+            s.template,
+            s.state,
+            s.platform,
+            s.memory,
+            s.cpu,
+            s.persistentHome,
+            s.idleTimeout,
+            s.maxSessionDuration,
+            JSON.stringify(s.tags),
+            s.metadata,
+          ],
         );
         results.push({ index, id: s.id, status: r.rowCount ? 'imported' : 'unchanged' });
       }

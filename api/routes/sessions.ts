@@ -21,7 +21,6 @@ import {
   wakeUpdate,
 } from '../../workflows/session-api';
 import { HttpError } from '../app';
-import type { UserClaims } from '../auth/tokens';
 import { USERNAME_PATTERN } from './users';
 
 const CreateSession = Type.Object(
@@ -224,12 +223,8 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/hibernate', { ...auth, schema: { ...secured, params: IdParams } }, (req) =>
     lifecycle(req, 'hibernate'),
   );
-  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/wake', { ...auth, schema: { ...secured, params: IdParams } }, (req) =>
-    lifecycle(req, 'wake'),
-  );
-  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams } }, (req) =>
-    lifecycle(req, 'stop'),
-  );
+  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/wake', { ...auth, schema: { ...secured, params: IdParams } }, (req) => lifecycle(req, 'wake'));
+  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams } }, (req) => lifecycle(req, 'stop'));
 }
 
 function toHttpError(err: unknown, op: string, state: string): HttpError {

@@ -21,9 +21,7 @@ interface TemplateRow {
 
 export async function templateRoutes(app: FastifyInstance): Promise<void> {
   app.get('/api/v1/templates', { onRequest: app.authenticate, schema: { tags: ['templates'], security: [{ bearer: [] }] } }, async () => {
-    const r = await app.deps.pool.query<TemplateRow>(
-      'SELECT name, display_name, description, category, icon, manifest FROM templates ORDER BY name',
-    );
+    const r = await app.deps.pool.query<TemplateRow>('SELECT name, display_name, description, category, icon, manifest FROM templates ORDER BY name');
     return r.rows.map((t) => ({
       name: t.name,
       display_name: t.display_name,

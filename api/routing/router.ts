@@ -48,7 +48,10 @@ export const routingPlugin = fp(async (app: FastifyInstance) => {
         body: req.method === 'GET' || req.method === 'HEAD' || req.body === undefined ? undefined : JSON.stringify(req.body),
         signal: AbortSignal.timeout(30_000),
       });
-      reply.header('x-streamspace-route', 'v1').status(res.status).type(res.headers.get('content-type') ?? 'application/json');
+      reply
+        .header('x-streamspace-route', 'v1')
+        .status(res.status)
+        .type(res.headers.get('content-type') ?? 'application/json');
       return reply.send(Buffer.from(await res.arrayBuffer()));
     } catch (err) {
       return reply.status(502).send({ statusCode: 502, error: 'Bad Gateway', message: `v1 API unreachable: ${(err as Error).message}` });

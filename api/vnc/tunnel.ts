@@ -151,11 +151,13 @@ export class VncTunnel {
         this.pending.delete(streamId);
         reject(new Error(`agent ${agentId} did not open the stream within ${this.o.openTimeoutMs} ms`));
       }, this.o.openTimeoutMs);
-      const settle = <T>(fn: (v: T) => void) => (v: T) => {
-        clearTimeout(timer);
-        viewer.off('close', onViewerGone);
-        fn(v);
-      };
+      const settle =
+        <T>(fn: (v: T) => void) =>
+        (v: T) => {
+          clearTimeout(timer);
+          viewer.off('close', onViewerGone);
+          fn(v);
+        };
       const onViewerGone = () => {
         const p = this.pending.get(streamId);
         this.pending.delete(streamId);

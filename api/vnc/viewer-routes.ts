@@ -50,8 +50,10 @@ const page = (sessionId: string) => `<!doctype html>
 export async function viewerRoutes(app: FastifyInstance): Promise<void> {
   let bundle: Buffer | null = null;
 
-  app.get<{ Params: { id: string } }>('/vnc-viewer/:id', { schema: { hide: true, params: Type.Object({ id: Type.String({ maxLength: 255 }) }) } }, async (req, reply) =>
-    reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(page(req.params.id)),
+  app.get<{ Params: { id: string } }>(
+    '/vnc-viewer/:id',
+    { schema: { hide: true, params: Type.Object({ id: Type.String({ maxLength: 255 }) }) } },
+    async (req, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(page(req.params.id)),
   );
 
   app.get('/vnc-viewer/assets/viewer.js', { schema: { hide: true } }, async (_req, reply) => {

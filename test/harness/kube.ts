@@ -4,25 +4,17 @@
  * RBAC. There is no kubelet or scheduler: tests play the kubelet by writing pod status through the
  * /status subresource. Logs go to test-artifacts/logs/kube-<id>/.
  */
-import { ChildProcess, spawn } from "node:child_process";
-import { generateKeyPairSync, randomBytes } from "node:crypto";
-import {
-  createWriteStream,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
-import https from "node:https";
-import http from "node:http";
-import net from "node:net";
-import os from "node:os";
-import path from "node:path";
+import { ChildProcess, spawn } from 'node:child_process';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 
-const ROOT = path.resolve(__dirname, "..", "..");
-const CACHE_BIN = "/var/cache/streamspace/bin";
+const ROOT = path.resolve(__dirname, '..', '..');
+const CACHE_BIN = '/var/cache/streamspace/bin';
 
 export interface KubeTokenUser {
   user: string;
@@ -61,24 +53,16 @@ export interface KubeCluster {
  * load it with Node's own require (Node >= 20.19 supports require() of ES modules). Objects it
  * returns belong to the main realm: check errors by their `code`, not with instanceof.
  */
-export function loadKubeClient(): typeof import("@kubernetes/client-node") {
-  const getBuiltin = (
-    process as unknown as { getBuiltinModule?: (id: string) => unknown }
-  ).getBuiltinModule;
-  const nodeModule = (
-    getBuiltin ? getBuiltin("module") : require("node:module")
-  ) as typeof import("node:module");
-  return nodeModule.createRequire(path.join(ROOT, "package.json"))(
-    "@kubernetes/client-node",
-  );
+export function loadKubeClient(): typeof import('@kubernetes/client-node') {
+  const getBuiltin = (process as unknown as { getBuiltinModule?: (id: string) => unknown }).getBuiltinModule;
+  const nodeModule = (getBuiltin ? getBuiltin('module') : require('node:module')) as typeof import('node:module');
+  return nodeModule.createRequire(path.join(ROOT, 'package.json'))('@kubernetes/client-node');
 }
 
 function findBinary(name: string, envVar: string): string {
   const p = process.env[envVar] || path.join(CACHE_BIN, name);
   if (!existsSync(p)) {
-    throw new Error(
-      `${name} binary not found at ${p}: run \`bash scripts/build-k8s.sh\` (builds kube-apiserver and etcd into ${CACHE_BIN}) or set ${envVar}`,
-    );
+    throw new Error(`${name} binary not found at ${p}: run \`bash scripts/build-k8s.sh\` (builds kube-apiserver and etcd into ${CACHE_BIN}) or set ${envVar}`);
   }
   return p;
 }
@@ -86,8 +70,8 @@ function findBinary(name: string, envVar: string): string {
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
       const port = (srv.address() as net.AddressInfo).port;
       srv.close(() => resolve(port));
     });
@@ -96,20 +80,17 @@ async function freePort(): Promise<number> {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-function httpGet(
-  url: string,
-  opts: https.RequestOptions = {},
-): Promise<{ status: number; body: string }> {
+function httpGet(url: string, opts: https.RequestOptions = {}): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const mod = url.startsWith("https:") ? https : http;
+    const mod = url.startsWith('https:') ? https : http;
     const req = mod.get(url, { ...opts, timeout: 5000 }, (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (d: string) => (body += d));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     });
-    req.on("timeout", () => req.destroy(new Error("request timed out")));
-    req.on("error", reject);
+    req.on('timeout', () => req.destroy(new Error('request timed out')));
+    req.on('error', reject);
   });
 }
 
@@ -124,25 +105,21 @@ class Server {
     args: string[],
     readonly logFile: string,
   ) {
-    const out = createWriteStream(logFile, { flags: "a" });
-    out.write(
-      `--- start ${new Date().toISOString()}\n${bin} ${args.join(" ")}\n`,
-    );
+    const out = createWriteStream(logFile, { flags: 'a' });
+    out.write(`--- start ${new Date().toISOString()}\n${bin} ${args.join(' ')}\n`);
     this.child = spawn(bin, args, {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, GOMAXPROCS: process.env.GOMAXPROCS ?? "2" },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, GOMAXPROCS: process.env.GOMAXPROCS ?? '2' },
     });
     this.child.stdout!.pipe(out, { end: false });
     this.child.stderr!.pipe(out, { end: false });
     this.exited = new Promise((resolve) => {
-      this.child.once("exit", (code, signal) => {
+      this.child.once('exit', (code, signal) => {
         this.exitCode = code ?? (signal ? -1 : null);
-        out.end(
-          `--- exit code=${code} signal=${signal} ${new Date().toISOString()}\n`,
-        );
+        out.end(`--- exit code=${code} signal=${signal} ${new Date().toISOString()}\n`);
         resolve(code);
       });
-      this.child.once("error", (err) => {
+      this.child.once('error', (err) => {
         out.write(`--- spawn error: ${err.message}\n`);
       });
     });
@@ -154,37 +131,27 @@ class Server {
 
   logTail(lines = 30): string {
     try {
-      return readFileSync(this.logFile, "utf8")
-        .split("\n")
-        .slice(-lines)
-        .join("\n");
+      return readFileSync(this.logFile, 'utf8').split('\n').slice(-lines).join('\n');
     } catch {
-      return "";
+      return '';
     }
   }
 
   async stop(timeoutMs = 10_000): Promise<void> {
     if (!this.running) return;
-    this.child.kill("SIGTERM");
-    const t = setTimeout(() => this.child.kill("SIGKILL"), timeoutMs);
+    this.child.kill('SIGTERM');
+    const t = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
     await this.exited;
     clearTimeout(t);
   }
 }
 
-async function waitReady(
-  server: Server,
-  what: string,
-  timeoutMs: number,
-  probe: () => Promise<boolean>,
-): Promise<void> {
+async function waitReady(server: Server, what: string, timeoutMs: number, probe: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  let last = "";
+  let last = '';
   while (Date.now() < deadline) {
     if (!server.running) {
-      throw new Error(
-        `${server.name} exited (code ${server.exitCode}) before ${what}; log ${server.logFile}:\n${server.logTail()}`,
-      );
+      throw new Error(`${server.name} exited (code ${server.exitCode}) before ${what}; log ${server.logFile}:\n${server.logTail()}`);
     }
     try {
       if (await probe()) return;
@@ -193,9 +160,7 @@ async function waitReady(
     }
     await sleep(200);
   }
-  throw new Error(
-    `timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (${last})` : ""}; log ${server.logFile}:\n${server.logTail()}`,
-  );
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (${last})` : ''}; log ${server.logFile}:\n${server.logTail()}`);
 }
 
 /** Children still running, killed if the test process exits without calling stop(). */
@@ -204,61 +169,49 @@ let exitHookInstalled = false;
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.once("exit", () => {
-    for (const s of live) s.child.kill("SIGKILL");
+  process.once('exit', () => {
+    for (const s of live) s.child.kill('SIGKILL');
   });
 }
 
-export async function startKube(
-  opts: StartKubeOptions = {},
-): Promise<KubeCluster> {
-  const etcdBin = findBinary("etcd", "ETCD_BIN");
-  const apiserverBin = findBinary("kube-apiserver", "KUBE_APISERVER_BIN");
+export async function startKube(opts: StartKubeOptions = {}): Promise<KubeCluster> {
+  const etcdBin = findBinary('etcd', 'ETCD_BIN');
+  const apiserverBin = findBinary('kube-apiserver', 'KUBE_APISERVER_BIN');
   const timeoutMs = opts.timeoutMs ?? 120_000;
 
-  const id = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
-  const logDir = path.join(ROOT, "test-artifacts", "logs", `kube-${id}`);
+  const id = `${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+  const logDir = path.join(ROOT, 'test-artifacts', 'logs', `kube-${id}`);
   mkdirSync(logDir, { recursive: true });
   const ownDir = !opts.dataDir;
-  const dir =
-    opts.dataDir ?? mkdtempSync(path.join(os.tmpdir(), "streamspace-kube-"));
-  const etcdDir = path.join(dir, "etcd");
-  const certDir = path.join(dir, "certs");
+  const dir = opts.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'streamspace-kube-'));
+  const etcdDir = path.join(dir, 'etcd');
+  const certDir = path.join(dir, 'certs');
   mkdirSync(etcdDir, { recursive: true, mode: 0o700 });
   mkdirSync(certDir, { recursive: true });
 
   // Static tokens: admin (system:masters) plus the requested users.
   const tokens: Record<string, string> = {};
-  const adminToken = `admin-${randomBytes(24).toString("hex")}`;
+  const adminToken = `admin-${randomBytes(24).toString('hex')}`;
   tokens.admin = adminToken;
   const csvQuote = (s: string) => `"${s.replace(/"/g, '""')}"`;
-  const lines = [`${adminToken},admin,admin-uid,${csvQuote("system:masters")}`];
+  const lines = [`${adminToken},admin,admin-uid,${csvQuote('system:masters')}`];
   for (const [i, t] of (opts.tokens ?? []).entries()) {
-    if (!/^[^,"\s]+$/.test(t.user))
-      throw new Error(`invalid token user name: ${t.user}`);
+    if (!/^[^,"\s]+$/.test(t.user)) throw new Error(`invalid token user name: ${t.user}`);
     if (tokens[t.user]) throw new Error(`duplicate token user: ${t.user}`);
-    const tok = `${t.user.replace(/[^A-Za-z0-9]/g, "").slice(0, 16) || "user"}-${randomBytes(24).toString("hex")}`;
+    const tok = `${t.user.replace(/[^A-Za-z0-9]/g, '').slice(0, 16) || 'user'}-${randomBytes(24).toString('hex')}`;
     tokens[t.user] = tok;
-    const groups = t.groups?.length ? `,${csvQuote(t.groups.join(","))}` : "";
+    const groups = t.groups?.length ? `,${csvQuote(t.groups.join(','))}` : '';
     lines.push(`${tok},${t.user},uid-${i}-${t.user}${groups}`);
   }
-  const tokenFile = path.join(dir, "tokens.csv");
-  writeFileSync(tokenFile, lines.join("\n") + "\n", { mode: 0o600 });
+  const tokenFile = path.join(dir, 'tokens.csv');
+  writeFileSync(tokenFile, lines.join('\n') + '\n', { mode: 0o600 });
 
   // Service-account signing key (the apiserver derives the public key from the private key file).
-  const saKeyFile = path.join(dir, "sa.key");
-  const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
-  writeFileSync(
-    saKeyFile,
-    privateKey.export({ type: "pkcs1", format: "pem" }),
-    { mode: 0o600 },
-  );
+  const saKeyFile = path.join(dir, 'sa.key');
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  writeFileSync(saKeyFile, privateKey.export({ type: 'pkcs1', format: 'pem' }), { mode: 0o600 });
 
-  const [etcdClientPort, etcdPeerPort, securePort] = await Promise.all([
-    freePort(),
-    freePort(),
-    freePort(),
-  ]);
+  const [etcdClientPort, etcdPeerPort, securePort] = await Promise.all([freePort(), freePort(), freePort()]);
   const etcdUrl = `http://127.0.0.1:${etcdClientPort}`;
   const peerUrl = `http://127.0.0.1:${etcdPeerPort}`;
 
@@ -274,21 +227,21 @@ export async function startKube(
 
   try {
     const etcd = new Server(
-      "etcd",
+      'etcd',
       etcdBin,
       [
-        "--name=default",
+        '--name=default',
         `--data-dir=${etcdDir}`,
         `--listen-client-urls=${etcdUrl}`,
         `--advertise-client-urls=${etcdUrl}`,
         `--listen-peer-urls=${peerUrl}`,
         `--initial-advertise-peer-urls=${peerUrl}`,
         `--initial-cluster=default=${peerUrl}`,
-        "--initial-cluster-state=new",
-        "--unsafe-no-fsync=true",
-        "--log-level=warn",
+        '--initial-cluster-state=new',
+        '--unsafe-no-fsync=true',
+        '--log-level=warn',
       ],
-      path.join(logDir, "etcd.log"),
+      path.join(logDir, 'etcd.log'),
     );
     started.push(etcd);
     live.add(etcd);
@@ -299,66 +252,66 @@ export async function startKube(
 
     const server = `https://127.0.0.1:${securePort}`;
     const apiserver = new Server(
-      "kube-apiserver",
+      'kube-apiserver',
       apiserverBin,
       [
         `--etcd-servers=${etcdUrl}`,
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        '--bind-address=127.0.0.1',
+        '--advertise-address=127.0.0.1',
         // Since 1.37 the lease/master-count reconcilers reject a loopback advertise address; no
         // pods reach the `kubernetes` service here, so do not maintain its endpoints.
-        "--endpoint-reconciler-type=none",
+        '--endpoint-reconciler-type=none',
         `--secure-port=${securePort}`,
         `--cert-dir=${certDir}`,
         `--token-auth-file=${tokenFile}`,
-        "--authorization-mode=RBAC",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        '--authorization-mode=RBAC',
+        '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
         `--service-account-key-file=${saKeyFile}`,
         `--service-account-signing-key-file=${saKeyFile}`,
-        "--service-cluster-ip-range=10.0.0.0/24",
-        "--disable-admission-plugins=ServiceAccount",
-        "--allow-privileged=true",
-        "--anonymous-auth=false",
-        "--v=1",
+        '--service-cluster-ip-range=10.0.0.0/24',
+        '--disable-admission-plugins=ServiceAccount',
+        '--allow-privileged=true',
+        '--anonymous-auth=false',
+        '--v=1',
       ],
-      path.join(logDir, "kube-apiserver.log"),
+      path.join(logDir, 'kube-apiserver.log'),
     );
     started.push(apiserver);
     live.add(apiserver);
 
     // With --cert-dir and no --tls-cert-file the apiserver writes a self-signed CA + serving cert.
-    const caFile = path.join(certDir, "apiserver.crt");
+    const caFile = path.join(certDir, 'apiserver.crt');
     await waitReady(apiserver, `${server}/readyz`, timeoutMs, async () => {
       if (!existsSync(caFile)) return false;
       const r = await httpGet(`${server}/readyz`, {
         ca: readFileSync(caFile),
         headers: { Authorization: `Bearer ${adminToken}` },
       });
-      return r.status === 200 && r.body.trim() === "ok";
+      return r.status === 200 && r.body.trim() === 'ok';
     });
-    const caData = readFileSync(caFile).toString("base64");
+    const caData = readFileSync(caFile).toString('base64');
 
     const kubeconfig = (token: string = adminToken): string =>
       [
-        "apiVersion: v1",
-        "kind: Config",
-        "clusters:",
-        "- name: streamspace-test",
-        "  cluster:",
+        'apiVersion: v1',
+        'kind: Config',
+        'clusters:',
+        '- name: streamspace-test',
+        '  cluster:',
         `    server: ${server}`,
         `    certificate-authority-data: ${caData}`,
-        "users:",
-        "- name: streamspace-test-user",
-        "  user:",
+        'users:',
+        '- name: streamspace-test-user',
+        '  user:',
         `    token: ${JSON.stringify(token)}`,
-        "contexts:",
-        "- name: streamspace-test",
-        "  context:",
-        "    cluster: streamspace-test",
-        "    user: streamspace-test-user",
-        "current-context: streamspace-test",
-        "",
-      ].join("\n");
+        'contexts:',
+        '- name: streamspace-test',
+        '  context:',
+        '    cluster: streamspace-test',
+        '    user: streamspace-test-user',
+        'current-context: streamspace-test',
+        '',
+      ].join('\n');
 
     let stopped: Promise<void> | undefined;
     return {

@@ -180,7 +180,12 @@ export class Stack {
     this.pool = new Pool({ connectionString: this.databaseUrl, max: 5 });
     this.apiPort = await freePort();
     this.agentPort = await freePort();
-    this.api = new Proc('api', 'api/main.js', { ...this.commonEnv, PORT: String(this.apiPort), AGENT_WS_PORT: String(this.agentPort), HOST: '127.0.0.1' }, this.logDir).start();
+    this.api = new Proc(
+      'api',
+      'api/main.js',
+      { ...this.commonEnv, PORT: String(this.apiPort), AGENT_WS_PORT: String(this.agentPort), HOST: '127.0.0.1' },
+      this.logDir,
+    ).start();
     await this.api.waitForLog(/Server started/);
     if (opts.worker !== false) await this.startWorker();
     this.temporalConnection = await Connection.connect({ address: TEST_ENV.temporalAddress });
@@ -207,21 +212,26 @@ export class Stack {
   async startDockerAgent(agentId: string, env: NodeJS.ProcessEnv = {}, waitRegistered = true): Promise<Proc> {
     let proc = this.agents.get(agentId);
     if (!proc) {
-      proc = new Proc(`agent-${agentId}`, 'agents/docker/main.js', {
-        ...this.commonEnv,
-        AGENT_ID: agentId,
-        AGENT_TOKEN: this.agentToken(agentId),
-        CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
-        PLATFORM: 'docker',
-        REGION: 'local',
-        DOCKER_NETWORK: 'host',
-        NETWORK_PREFIX: `sst${this.id}`,
-        VNC_LISTEN: '127.0.0.1',
-        VNC_PORT_RANGE: env.VNC_PORT_RANGE ?? '15900-15999',
-        HEALTH_PORT: '0',
-        MAX_SESSIONS: '50',
-        ...env,
-      }, this.logDir);
+      proc = new Proc(
+        `agent-${agentId}`,
+        'agents/docker/main.js',
+        {
+          ...this.commonEnv,
+          AGENT_ID: agentId,
+          AGENT_TOKEN: this.agentToken(agentId),
+          CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
+          PLATFORM: 'docker',
+          REGION: 'local',
+          DOCKER_NETWORK: 'host',
+          NETWORK_PREFIX: `sst${this.id}`,
+          VNC_LISTEN: '127.0.0.1',
+          VNC_PORT_RANGE: env.VNC_PORT_RANGE ?? '15900-15999',
+          HEALTH_PORT: '0',
+          MAX_SESSIONS: '50',
+          ...env,
+        },
+        this.logDir,
+      );
       this.agents.set(agentId, proc);
     }
     proc.start();
@@ -280,18 +290,24 @@ export class Stack {
     const labels = [...this.agents.keys()].length ? [] : [];
     void labels;
     const all = await this.docker.listContainers({ all: true, filters: { label: ['io.streamspace.managed=true'] } });
-    return all.filter(
-      (c) => this.agents.has(c.Labels['io.streamspace.agent-id']) && (!sessionId || c.Labels['io.streamspace.session-id'] === sessionId),
-    );
+    return all.filter((c) => this.agents.has(c.Labels['io.streamspace.agent-id']) && (!sessionId || c.Labels['io.streamspace.session-id'] === sessionId));
   }
 
   async stop(): Promise<void> {
     for (const a of this.agents.values()) await a.kill('SIGTERM');
     await this.worker?.kill('SIGTERM');
     await this.api?.kill('SIGTERM');
-    for (const c of await this.containers().catch(() => [])) await this.docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+    for (const c of await this.containers().catch(() => []))
+      await this.docker
+        .getContainer(c.Id)
+        .remove({ force: true })
+        .catch(() => undefined);
     const vols = await this.docker.listVolumes({ filters: { name: [`sst${this.id}-home-`] } }).catch(() => ({ Volumes: [] }));
-    for (const v of vols.Volumes ?? []) await this.docker.getVolume(v.Name).remove().catch(() => undefined);
+    for (const v of vols.Volumes ?? [])
+      await this.docker
+        .getVolume(v.Name)
+        .remove()
+        .catch(() => undefined);
     await this.temporalConnection?.close().catch(() => undefined);
     await this.pool?.end().catch(() => undefined);
     const admin = new PgClient({ connectionString: TEST_ENV.pgAdminUrl });

@@ -92,14 +92,7 @@ export const V1_USERS: ReadonlyArray<Omit<V1User, 'id'>> = [
   { username: 'erin', email: 'erin@example.com', role: 'user' },
 ];
 
-function templateSpec(
-  displayName: string,
-  description: string,
-  category: string,
-  image: string,
-  capabilities: string[],
-  tags: string[],
-): V1TemplateSpec {
+function templateSpec(displayName: string, description: string, category: string, image: string, capabilities: string[], tags: string[]): V1TemplateSpec {
   return {
     displayName,
     description,
@@ -200,14 +193,11 @@ export function generateV1Sessions(count: number, seed: number, now: Date): V1Se
   const users = V1_USERS.map((u) => u.username);
   const pairs = users.flatMap((u) => V1_TEMPLATE_NAMES.map((t) => [u, t] as const));
   const perPair = new Map<string, number>();
-  const hex = (n: number) =>
-    Array.from({ length: n }, () => Math.floor(rand() * 16).toString(16)).join('');
-  const alnum = (n: number) =>
-    Array.from({ length: n }, () => 'bcdfghjklmnpqrstvwxz2456789'[Math.floor(rand() * 27)]).join('');
+  const hex = (n: number) => Array.from({ length: n }, () => Math.floor(rand() * 16).toString(16)).join('');
+  const alnum = (n: number) => Array.from({ length: n }, () => 'bcdfghjklmnpqrstvwxz2456789'[Math.floor(rand() * 27)]).join('');
   const out: V1Session[] = [];
   for (let i = 0; i < count; i++) {
-    const [user, template] =
-      i < pairs.length ? pairs[i] : pairs[Math.floor(rand() * pairs.length)];
+    const [user, template] = i < pairs.length ? pairs[i] : pairs[Math.floor(rand() * pairs.length)];
     const n = (perPair.get(`${user}/${template}`) ?? 0) + 1;
     perPair.set(`${user}/${template}`, n);
     const id = `ss-${user}-${template}-${n}`;
@@ -216,10 +206,7 @@ export function generateV1Sessions(count: number, seed: number, now: Date): V1Se
     const res = pickWeighted(rand, RESOURCE_CHOICES);
     const created = now.getTime() - Math.floor(rand() * 30 * DAY);
     // Running sessions were active in the last hour; others some time after they were created.
-    const last =
-      state === 'running'
-        ? now.getTime() - Math.floor(rand() * 3_600_000)
-        : created + Math.floor(rand() * (now.getTime() - created));
+    const last = state === 'running' ? now.getTime() - Math.floor(rand() * 3_600_000) : created + Math.floor(rand() * (now.getTime() - created));
     out.push({
       id,
       user,
@@ -401,18 +388,46 @@ export async function createV1Database(adminUrl: string, opts: V1DbOptions): Pro
         ),
       );
       const columns = [
-        'id', 'user_id', 'template_name', stateColumn, 'url', 'namespace', 'pod_name', 'memory', 'cpu',
-        'persistent_home', 'idle_timeout', 'max_session_duration', 'last_activity', 'created_at', 'updated_at',
+        'id',
+        'user_id',
+        'template_name',
+        stateColumn,
+        'url',
+        'namespace',
+        'pod_name',
+        'memory',
+        'cpu',
+        'persistent_home',
+        'idle_timeout',
+        'max_session_duration',
+        'last_activity',
+        'created_at',
+        'updated_at',
       ];
       for (let i = 0; i < sessions.length; i += 500) {
         await c.query(
           insertSql(
             'sessions',
             columns,
-            sessions.slice(i, i + 500).map((s) => [
-              s.id, s.user, s.template, s.state, s.url, s.namespace, s.podName, s.memory, s.cpu,
-              s.persistentHome, s.idleTimeout, s.maxSessionDuration, ts(s.lastActivity), ts(s.createdAt), ts(s.lastActivity),
-            ]),
+            sessions
+              .slice(i, i + 500)
+              .map((s) => [
+                s.id,
+                s.user,
+                s.template,
+                s.state,
+                s.url,
+                s.namespace,
+                s.podName,
+                s.memory,
+                s.cpu,
+                s.persistentHome,
+                s.idleTimeout,
+                s.maxSessionDuration,
+                ts(s.lastActivity),
+                ts(s.createdAt),
+                ts(s.lastActivity),
+              ]),
           ),
         );
       }
@@ -645,7 +660,13 @@ export async function createV1Cluster(kubeconfigYaml: string, opts: V1ClusterOpt
       badIds.push({ id: name, namespace, reason });
       objects.push({ plural: 'sessions', kind: 'Session', namespace, name, spec, status });
     };
-    bad('streamspace', 'ss-broken-no-user-1', 'missing spec.user', { template: 'firefox-browser', state: 'running', resources: { memory: '2Gi', cpu: '1000m' } }, { phase: 'Failed' });
+    bad(
+      'streamspace',
+      'ss-broken-no-user-1',
+      'missing spec.user',
+      { template: 'firefox-browser', state: 'running', resources: { memory: '2Gi', cpu: '1000m' } },
+      { phase: 'Failed' },
+    );
     bad('streamspace', 'ss-bob-broken-no-template-1', 'missing spec.template', { user: 'bob', state: 'hibernated' }, { phase: 'Pending' });
     bad('streamspace', 'ss-carol-vscode-bad-memory-1', 'resources.memory', {
       user: 'carol',
@@ -654,12 +675,18 @@ export async function createV1Cluster(kubeconfigYaml: string, opts: V1ClusterOpt
       resources: { memory: 'lots', cpu: '1000m' },
       persistentHome: true,
     });
-    bad('workspaces', 'ss-dan-no-such-template-1', 'unknown template "no-such-template"', {
-      user: 'dan',
-      template: 'no-such-template',
-      state: 'hibernated',
-      resources: { memory: '2Gi', cpu: '1000m' },
-    }, { phase: 'Hibernated' });
+    bad(
+      'workspaces',
+      'ss-dan-no-such-template-1',
+      'unknown template "no-such-template"',
+      {
+        user: 'dan',
+        template: 'no-such-template',
+        state: 'hibernated',
+        resources: { memory: '2Gi', cpu: '1000m' },
+      },
+      { phase: 'Hibernated' },
+    );
     // An older install's leftover with the same name as a live session in `streamspace`.
     const original = opts.sessions.find((s) => (s.namespace ?? 'streamspace') === 'streamspace');
     if (original) {
