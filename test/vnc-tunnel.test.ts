@@ -20,7 +20,7 @@ function sumMetric(text: string, name: string): number {
 const openFds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 
 describe('VNC tunnel through the agent', () => {
-  const stack = new Stack('vnc-tunnel', { VNC_TICKET_TTL: '2s' });
+  const stack = new Stack('vnc-tunnel', { VNC_TICKET_TTL: '2s', VNC_PROXY_TIMEOUT: '1500ms' });
   const AGENT = 'docker-vnc-1';
   let alice: string;
   let bob: string;
@@ -113,6 +113,16 @@ describe('VNC tunnel through the agent', () => {
     expect(again).toMatchObject({ greeting: 'RFB 003.008\n' });
     if ('ws' in again) again.ws.close();
     await waitFor('tunnel closed', async () => metric(await metrics(), 'streamspace_vnc_active_tunnels') === 0);
+  });
+
+  test('an idle tunnel closes after VNC_PROXY_TIMEOUT', async () => {
+    const v = await openViewer((await ticket()).body.url);
+    if (!('ws' in v)) throw new Error(`refused: ${v.status}`);
+    const opened = Date.now();
+    const code = await new Promise<number>((r) => v.ws.on('close', (c) => r(c)));
+    expect(Date.now() - opened).toBeGreaterThanOrEqual(1000);
+    expect(code).toBe(1000);
+    await waitFor('tunnel gone', async () => metric(await metrics(), 'streamspace_vnc_active_tunnels') === 0);
   });
 
   test('500 connect/disconnect cycles: sockets back to baseline, heap stable', async () => {

@@ -2,13 +2,14 @@
  * Agent side of the VNC tunnel. For each open_stream request the agent dials a dedicated
  * WebSocket back to the gateway (never the control socket, so VNC bytes cannot delay commands
  * or heartbeats) and a TCP connection to the session's VNC server, then pipes them together.
- * stream.pipeline gives backpressure both ways and tears both sides down on any error or close.
+ * The relay (protocol/relay.ts) keeps backpressure both ways and tears both sides down on any
+ * error or close.
  */
 import net from 'node:net';
-import { pipeline } from 'node:stream';
-import WebSocket, { createWebSocketStream } from 'ws';
+import WebSocket from 'ws';
 import type { Logger } from '../../config/log';
 import type { OpenStreamMessage } from '../../protocol/messages';
+import { relayTcpWebSocket } from '../../protocol/relay';
 import type { AgentRuntime } from './runtime';
 
 export function attachTunnel(runtime: AgentRuntime, log: Logger): { open: () => number } {
@@ -53,12 +54,6 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
   });
   ws.once('open', () => {
     (ws as unknown as { _socket?: net.Socket })._socket?.setNoDelay(true);
-    const wsStream = createWebSocketStream(ws);
-    const done = () => {
-      tcp.destroy();
-      wsStream.destroy();
-    };
-    pipeline(tcp, wsStream, done);
-    pipeline(wsStream, tcp, done);
+    relayTcpWebSocket(tcp, ws);
   });
 }

@@ -6,7 +6,7 @@
  * 2. The gateway asks the session's agent (over its control socket, via the AgentHub) to open a
  *    stream; the agent dials a dedicated stream socket back to AGENT_STREAM_PATH?stream_id=…
  *    (its own TCP connection: VNC bytes never queue behind commands or heartbeats).
- * 3. The two sockets are piped with stream.pipeline: backpressure end to end, and a close or
+ * 3. The two sockets are relayed (protocol/relay.ts): backpressure end to end, and a close or
  *    error on either side closes the other. Idle tunnels close after VNC_PROXY_TIMEOUT.
  *
  * Multi-pod: the stream socket must land on the pod that holds the browser socket. Each pod can
@@ -17,11 +17,11 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { pipeline } from 'node:stream';
 import type { Pool } from 'pg';
-import WebSocket, { createWebSocketStream, WebSocketServer } from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 import type { Logger } from '../../config/log';
 import { AGENT_STREAM_PATH } from '../../protocol/messages';
+import { relayWebSockets } from '../../protocol/relay';
 import { rejectUpgrade } from '../agents/gateway';
 import type { AgentHub } from '../agents/hub';
 import { bearer, TokenService } from '../auth/tokens';
@@ -60,6 +60,17 @@ export class VncTunnel {
   });
   private readonly pending = new Map<string, PendingStream>();
   private readonly open = new Set<WebSocket>();
+  /** Per-tunnel byte counts, added to the metrics once a second (not per message). */
+  private readonly byteCounters = new Set<{ toSession: number; toViewer: number }>();
+  private readonly flushTimer = setInterval(() => this.flushBytes(), 1000).unref();
+
+  private flushBytes(): void {
+    for (const c of this.byteCounters) {
+      if (c.toSession) this.o.metrics.vncBytes.inc({ direction: 'to_session' }, c.toSession);
+      if (c.toViewer) this.o.metrics.vncBytes.inc({ direction: 'to_viewer' }, c.toViewer);
+      c.toSession = c.toViewer = 0;
+    }
+  }
 
   constructor(private readonly o: VncTunnelOptions) {}
 
@@ -182,38 +193,36 @@ export class VncTunnel {
     this.open.add(agentWs);
     m.vncActiveTunnels.inc();
     for (const ws of [browserWs, agentWs]) (ws as unknown as { _socket?: { setNoDelay(v: boolean): void } })._socket?.setNoDelay(true);
-    const browser = createWebSocketStream(browserWs);
-    const agent = createWebSocketStream(agentWs);
-    let idle: NodeJS.Timeout;
-    const touch = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => close(1000, 'idle timeout (VNC_PROXY_TIMEOUT)'), this.o.idleTimeoutMs);
+    let idle: NodeJS.Timeout | undefined;
+    let lastActivity = Date.now();
+    // Idle check on a timer rather than re-arming a timeout per message (cheaper on a hot stream).
+    const checkIdle = () => {
+      const quiet = Date.now() - lastActivity;
+      if (quiet >= this.o.idleTimeoutMs) stop();
+      else idle = setTimeout(checkIdle, this.o.idleTimeoutMs - quiet);
     };
-    let closed = false;
-    const close = (code = 1000, reason = '') => {
-      if (closed) return;
-      closed = true;
-      clearTimeout(idle);
-      for (const ws of [browserWs, agentWs]) {
-        if (ws.readyState === WebSocket.OPEN) ws.close(code, reason);
-        setTimeout(() => ws.terminate(), 2000).unref();
-      }
-      browser.destroy();
-      agent.destroy();
-      this.open.delete(browserWs);
-      this.open.delete(agentWs);
-      m.vncActiveTunnels.dec();
-    };
-    browser.on('data', (d: Buffer) => (m.vncBytes.inc({ direction: 'to_session' }, d.length), touch()));
-    agent.on('data', (d: Buffer) => (m.vncBytes.inc({ direction: 'to_viewer' }, d.length), touch()));
-    touch();
-    pipeline(browser, agent, () => close(1001, 'peer closed'));
-    pipeline(agent, browser, () => close(1001, 'peer closed'));
-    browserWs.once('close', () => close());
-    agentWs.once('close', () => close(1011, 'session stream closed'));
+    idle = setTimeout(checkIdle, this.o.idleTimeoutMs);
+    const bytes = { toSession: 0, toViewer: 0 };
+    this.byteCounters.add(bytes);
+    const stop = relayWebSockets(browserWs, agentWs, {
+      onBytes: (dir, n) => {
+        lastActivity = Date.now();
+        if (dir === 'ab') bytes.toSession += n;
+        else bytes.toViewer += n;
+      },
+      onClose: () => {
+        clearTimeout(idle);
+        this.open.delete(browserWs);
+        this.open.delete(agentWs);
+        m.vncActiveTunnels.dec();
+        this.flushBytes();
+        this.byteCounters.delete(bytes);
+      },
+    });
   }
 
   close(): void {
+    clearInterval(this.flushTimer);
     for (const ws of this.open) ws.terminate();
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
