@@ -43,6 +43,10 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
     headers: { authorization: `Bearer ${runtime.config.token}` },
     perMessageDeflate: false,
     handshakeTimeout: 10_000,
+    // Client frames must be masked, but the mask only protects browsers' intermediaries from
+    // crafted bytes; an agent is not a browser, and an all-zero mask lets ws skip the XOR pass
+    // over every VNC byte.
+    generateMask: (mask: Buffer) => void mask.fill(0),
   });
   ws.once('unexpected-response', (_req, res) => {
     log.warn('gateway refused the stream socket', { stream: msg.stream_id, status: res.statusCode });
