@@ -15,6 +15,7 @@ import { ROUTING_KEY, RoutingState } from '../../api/routing/state';
 import { migrate } from '../../db/migrate';
 import type { MigrationOptions } from '../../workflows/migration-api';
 import { convertSession, convertTemplate } from './convert';
+import { saveImportedSession } from './store';
 import { Kube, V1Object } from './kube';
 
 const run = promisify(execFile);
@@ -333,30 +334,7 @@ export function createMigrationActivities(deps: MigrationActivityDeps) {
             await record(id, ns, 'failed', conv.reason);
             continue;
           }
-          const s = conv.record;
-          await c.query(
-            `INSERT INTO sessions (id, user_id, template_name, state, platform, memory, cpu, persistent_home, idle_timeout,
-                                   max_session_duration, tags, platform_metadata, namespace)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, platform = EXCLUDED.platform, tags = EXCLUDED.tags,
-                 platform_metadata = COALESCE(sessions.platform_metadata, '{}'::jsonb) || EXCLUDED.platform_metadata, updated_at = NOW()`,
-            [
-              s.id,
-              s.user,
-              s.template,
-              s.state,
-              s.platform,
-              s.memory,
-              s.cpu,
-              s.persistentHome,
-              s.idleTimeout,
-              s.maxSessionDuration,
-              JSON.stringify(s.tags),
-              { ...s.metadata, migration_run: o.runId },
-              s.metadata.v1_namespace,
-            ],
-          );
-          await c.query(`INSERT INTO users (username, role) VALUES ($1, 'user') ON CONFLICT (username) DO NOTHING`, [s.user]);
+          await saveImportedSession(c, conv.record, { onConflict: 'update', runId: o.runId });
           await record(id, ns, 'imported', null);
           result.imported++;
         }

@@ -6,6 +6,7 @@ import { Type } from '@sinclair/typebox';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { convertSession } from '../../activities/migration/convert';
+import { saveImportedSession } from '../../activities/migration/store';
 import {
   abortSignal,
   approveSignal,
@@ -108,27 +109,8 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
           continue;
         }
         seen.add(conv.record.id);
-        const s = conv.record;
-        await pool.query(`INSERT INTO users (username, role) VALUES ($1, 'user') ON CONFLICT (username) DO NOTHING`, [s.user]);
-        const r = await pool.query(
-          `INSERT INTO sessions (id, user_id, template_name, state, platform, memory, cpu, persistent_home, idle_timeout, max_session_duration, tags, platform_metadata)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING RETURNING id`,
-          [
-            s.id,
-            s.user,
-            s.template,
-            s.state,
-            s.platform,
-            s.memory,
-            s.cpu,
-            s.persistentHome,
-            s.idleTimeout,
-            s.maxSessionDuration,
-            JSON.stringify(s.tags),
-            s.metadata,
-          ],
-        );
-        results.push({ index, id: s.id, status: r.rowCount ? 'imported' : 'unchanged' });
+        const written = await saveImportedSession(pool, conv.record, { onConflict: 'keep' });
+        results.push({ index, id: conv.record.id, status: written ? 'imported' : 'unchanged' });
       }
       const count = (st: string) => results.filter((r) => r.status === st).length;
       return { total: items.length, imported: count('imported'), unchanged: count('unchanged'), failed: count('failed'), results };
