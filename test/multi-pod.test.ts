@@ -220,6 +220,19 @@ describe('two API pods sharing one agent through Redis', () => {
     if ('ws' in again) again.ws.close();
   });
 
+  test("an agent that cannot reach the session's VNC server tells the viewer's pod at once, not after a timeout", async () => {
+    const [container] = await stack.containers(sessionId);
+    await stack.docker.getContainer(container.Id).stop({ t: 1 });
+    try {
+      const started = Date.now();
+      const v = await openViewer(pod2Port, (await call(pod2Url(), 'POST', `/api/v1/sessions/${sessionId}/vnc-ticket`, {}, alice)).body.url);
+      expect(v).toMatchObject({ status: 502, body: expect.stringMatching(/not running/) });
+      expect(Date.now() - started).toBeLessThan(5_000); // VNC_OPEN_TIMEOUT is 10 s
+    } finally {
+      await stack.docker.getContainer(container.Id).start();
+    }
+  });
+
   test('a pod that cannot reach Redis refuses to start, saying why', async () => {
     const deadPort = await freePort();
     const p = new Proc(

@@ -23,7 +23,7 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
   try {
     endpoint = await runtime.driver.vncEndpoint(msg.session_id);
   } catch (err) {
-    runtime.streamError(msg.stream_id, `cannot locate the session's VNC server: ${(err as Error).message}`);
+    reportFailure(runtime, msg, `cannot locate the session's VNC server: ${(err as Error).message}`);
     return;
   }
   const tcp = net.connect({ host: endpoint.host, port: endpoint.port, noDelay: true });
@@ -35,7 +35,7 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
       tcp.once('error', reject);
     });
   } catch (err) {
-    runtime.streamError(msg.stream_id, `cannot connect to ${endpoint.host}:${endpoint.port}: ${(err as Error).message}`);
+    reportFailure(runtime, msg, `cannot connect to ${endpoint.host}:${endpoint.port}: ${(err as Error).message}`);
     return;
   }
   const url = new URL(msg.url, runtime.url.replace(/^http/, 'ws')).toString();
@@ -60,4 +60,18 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
     (ws as unknown as { _socket?: net.Socket })._socket?.setNoDelay(true);
     relayTcpWebSocket(tcp, ws);
   });
+}
+
+/**
+ * Tells the gateway why a stream cannot open: on the control socket, and on the stream URL itself
+ * (the pod waiting for the stream may not be the one holding the control socket).
+ */
+function reportFailure(runtime: AgentRuntime, msg: OpenStreamMessage, error: string): void {
+  runtime.streamError(msg.stream_id, error);
+  const url = new URL(msg.url, runtime.url.replace(/^http/, 'ws'));
+  url.searchParams.set('error', error.slice(0, 1000));
+  const ws = new WebSocket(url.toString(), { headers: { authorization: `Bearer ${runtime.config.token}` }, handshakeTimeout: 5000 });
+  ws.on('unexpected-response', (req) => req.destroy());
+  ws.on('error', () => undefined);
+  ws.on('open', () => ws.terminate());
 }

@@ -3,7 +3,7 @@
  * heartbeats, relays commands from the command log to the agent and the agent's answers back.
  */
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import { IncomingMessage, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Pool } from 'pg';
 import WebSocket, { WebSocketServer } from 'ws';
@@ -313,10 +313,7 @@ export class AgentGateway {
 
 /** Answers an upgrade request with a plain HTTP error and a JSON reason, then closes it. */
 export function rejectUpgrade(socket: Duplex, status: number, reason: string): void {
-  const body = JSON.stringify({ statusCode: status, error: status === 401 ? 'Unauthorized' : status === 403 ? 'Forbidden' : 'Bad Request', message: reason });
-  socket.end(
-    `HTTP/1.1 ${status} ${status === 401 ? 'Unauthorized' : status === 403 ? 'Forbidden' : status === 404 ? 'Not Found' : 'Bad Request'}\r\n` +
-      'Content-Type: application/json\r\nConnection: close\r\n' +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
+  const text = STATUS_CODES[status] ?? 'Error';
+  const body = JSON.stringify({ statusCode: status, error: text, message: reason });
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }

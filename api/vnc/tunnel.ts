@@ -133,7 +133,8 @@ export class VncTunnel {
 
   /** Agent side: the agent dials back with its stream socket. */
   handleAgentStreamUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const streamId = new URL(req.url ?? '/', 'http://x').searchParams.get('stream_id') ?? '';
+    const query = new URL(req.url ?? '/', 'http://x').searchParams;
+    const streamId = query.get('stream_id') ?? '';
     let agentId: string;
     try {
       agentId = this.o.tokens.verifyAgent(bearer(req.headers.authorization) ?? '').sub;
@@ -143,6 +144,13 @@ export class VncTunnel {
     const p = this.pending.get(streamId);
     if (!p) return rejectUpgrade(socket, 404, 'no such stream (expired or already connected)');
     if (p.agentId !== agentId) return rejectUpgrade(socket, 403, 'this stream belongs to another agent');
+    // The agent reports a failure here too: this is the pod that waits for the stream, which
+    // need not be the pod holding the agent's control socket.
+    const error = query.get('error');
+    if (error) {
+      this.streamFailed(streamId, error.slice(0, 1000));
+      return rejectUpgrade(socket, 410, 'stream failure recorded');
+    }
     this.pending.delete(streamId);
     this.wss.handleUpgrade(req, socket, head, (ws) => p.resolve(ws));
   }
