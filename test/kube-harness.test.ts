@@ -70,8 +70,8 @@ describe('kube harness (real kube-apiserver + etcd)', () => {
       // client-node 1.x sends JSON patch (application/json-patch+json) by default.
       body: [
         { op: 'add', path: '/status/phase', value: 'Running' },
-        { op: 'add', path: '/status/podIP', value: '10.244.0.5' },
-        { op: 'add', path: '/status/podIPs', value: [{ ip: '10.244.0.5' }] },
+        { op: 'add', path: '/status/podIP', value: '127.0.0.5' },
+        { op: 'add', path: '/status/podIPs', value: [{ ip: '127.0.0.5' }] },
         { op: 'add', path: '/status/startTime', value: now },
         {
           op: 'add',
@@ -111,7 +111,7 @@ describe('kube harness (real kube-apiserver + etcd)', () => {
       name: 'session-1',
     });
     expect(pod.status?.phase).toBe('Running');
-    expect(pod.status?.podIP).toBe('10.244.0.5');
+    expect(pod.status?.podIP).toBe('127.0.0.5');
     expect(pod.status?.conditions?.find((c) => c.type === 'Ready')?.status).toBe('True');
     expect(pod.status?.containerStatuses?.[0]?.ready).toBe(true);
 
