@@ -14,7 +14,6 @@ import {
   hibernateUpdate,
   SESSION_WORKFLOW_TYPE,
   sessionWorkflowId,
-  SessionStatus,
   SessionWorkflowInput,
   statusQuery,
   stopUpdate,
@@ -113,9 +112,9 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
 
     const id = randomUUID();
     const workflowId = sessionWorkflowId(id);
-    const r = await pool.query<SessionRow>(
+    await pool.query(
       `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace)
-       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL) RETURNING id`,
+       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL)`,
       [id, owner, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
     );
     const input: SessionWorkflowInput = {
@@ -143,7 +142,6 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2 WHERE id = $1`, [id, `workflow not started: ${(err as Error).message}`]);
       throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
     }
-    void r;
     return reply.status(201).send(present(await loadOwned(req, id), claims.role === 'admin'));
   });
 
@@ -210,13 +208,11 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       return present(await loadOwned(req, row.id), req.user!.role === 'admin');
     }
     const handle = app.deps.temporal.workflow.getHandle(sessionWorkflowId(row.id));
-    let status: SessionStatus;
     try {
-      status = await handle.executeUpdate(updates[op]);
+      await handle.executeUpdate(updates[op]);
     } catch (err) {
       throw toHttpError(err, op, row.state);
     }
-    void status;
     return present(await loadOwned(req, row.id), req.user!.role === 'admin');
   }
 

@@ -287,8 +287,6 @@ export class Stack {
 
   /** Containers this stack's agents created. */
   async containers(sessionId?: string): Promise<Docker.ContainerInfo[]> {
-    const labels = [...this.agents.keys()].length ? [] : [];
-    void labels;
     const all = await this.docker.listContainers({ all: true, filters: { label: ['io.streamspace.managed=true'] } });
     return all.filter((c) => this.agents.has(c.Labels['io.streamspace.agent-id']) && (!sessionId || c.Labels['io.streamspace.session-id'] === sessionId));
   }
