@@ -4,6 +4,7 @@ import { envBool } from '../config/env';
 import { migrate } from '../db/migrate';
 import { loadGatewayConfig } from './config';
 import { startGateway } from './server';
+import { onShutdown, runMain } from '../config/process';
 
 async function main() {
   const log = createLogger('api');
@@ -13,19 +14,10 @@ async function main() {
     if (r.applied.length) log.info('Applied migrations', { applied: r.applied });
   }
   const gw = await startGateway(config, log);
-  let stopping = false;
-  const stop = async () => {
-    if (stopping) return;
-    stopping = true;
+  onShutdown(async () => {
     log.info('Shutting down');
     await gw.close();
-    process.exit(0);
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  });
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runMain(main);

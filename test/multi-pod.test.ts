@@ -8,7 +8,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import Redis from 'ioredis';
-import WebSocket from 'ws';
 import type { AgentConnection } from '../api/agents/hub';
 import { agentKey, RedisAgentHub } from '../api/agents/redis-hub';
 import { createMetrics } from '../api/metrics';
@@ -16,6 +15,7 @@ import type { Logger } from '../config/log';
 import type { ControlPlaneMessage } from '../protocol/messages';
 import { TEST_ENV } from './harness/env';
 import { ApiResponse, freePort, Proc, Stack, waitFor } from './harness/stack';
+import { openViewer } from './harness/viewer';
 
 jest.setTimeout(300_000);
 
@@ -41,24 +41,6 @@ async function call<T = any>(base: string, method: string, urlPath: string, body
     // not JSON
   }
   return { status: res.status, body: parsed as T };
-}
-
-/** Opens a viewer socket and resolves with the first 12 bytes (the RFB greeting) or the refusal. */
-function openViewer(port: number, url: string): Promise<{ ws: WebSocket; greeting: string } | { status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}${url}`);
-    ws.on('unexpected-response', (_req, res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode!, body }));
-    });
-    let buf = Buffer.alloc(0);
-    ws.on('message', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      if (buf.length >= 12) resolve({ ws, greeting: buf.subarray(0, 12).toString('latin1') });
-    });
-    ws.on('error', (e) => reject(e));
-  });
 }
 
 describe('two API pods sharing one agent through Redis', () => {

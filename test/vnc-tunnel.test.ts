@@ -5,6 +5,7 @@
 import { readdirSync } from 'node:fs';
 import WebSocket, { createWebSocketStream } from 'ws';
 import { Stack, waitFor } from './harness/stack';
+import { openViewer as openViewerOn } from './harness/viewer';
 
 jest.setTimeout(300_000);
 
@@ -29,23 +30,7 @@ describe('VNC tunnel through the agent', () => {
   const metrics = async () => (await stack.call('GET', '/metrics')).body as string;
   const ticket = async (token = alice, id = sessionId) => stack.call('POST', `/api/v1/sessions/${id}/vnc-ticket`, {}, token);
 
-  /** Opens a viewer socket and resolves with the first 12 bytes (the RFB greeting) or the refusal. */
-  function openViewer(url: string): Promise<{ ws: WebSocket; greeting: string } | { status: number; body: string }> {
-    return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://127.0.0.1:${stack.apiPort}${url}`);
-      ws.on('unexpected-response', (_req, res) => {
-        let body = '';
-        res.on('data', (d: Buffer) => (body += d));
-        res.on('end', () => resolve({ status: res.statusCode!, body }));
-      });
-      let buf = Buffer.alloc(0);
-      ws.on('message', (d: Buffer) => {
-        buf = Buffer.concat([buf, d]);
-        if (buf.length >= 12) resolve({ ws, greeting: buf.subarray(0, 12).toString('latin1') });
-      });
-      ws.on('error', (e) => reject(e));
-    });
-  }
+  const openViewer = (url: string) => openViewerOn(stack.apiPort, url);
 
   beforeAll(async () => {
     await stack.start();

@@ -7,6 +7,7 @@ import { createLogger } from '../config/log';
 import { createPool } from '../db/pool';
 import { ensureSearchAttributes } from './search-attributes';
 import { createSessionWorker } from './worker';
+import { runMain } from '../config/process';
 
 async function main() {
   const log = createLogger('worker');
@@ -40,7 +41,4 @@ async function main() {
   log.info('Worker stopped');
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runMain(main);

@@ -5,6 +5,7 @@ import { loadAgentConfig } from '../common/config';
 import { AgentRuntime } from '../common/runtime';
 import { attachTunnel } from '../common/tunnel';
 import { DockerDriver } from './driver';
+import { onShutdown, runMain } from '../../config/process';
 
 async function main() {
   const log = createLogger('docker-agent');
@@ -31,15 +32,7 @@ async function main() {
   await runtime.startHealthServer();
   runtime.start();
   log.info(`Agent ID: ${config.agentId}`);
-  const stop = async () => {
-    await runtime.stop();
-    process.exit(0);
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  onShutdown(() => runtime.stop());
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runMain(main);

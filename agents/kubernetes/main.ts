@@ -12,6 +12,7 @@ import { AgentRuntime } from '../common/runtime';
 import { attachTunnel } from '../common/tunnel';
 import { KubernetesDriver } from './driver';
 import { LeaderElector } from './leader';
+import { onShutdown, runMain } from '../../config/process';
 
 async function main() {
   const log = createLogger('k8s-agent');
@@ -55,19 +56,10 @@ async function main() {
   } else {
     runtime.start();
   }
-  let stopping = false;
-  const stop = async () => {
-    if (stopping) return;
-    stopping = true;
-    if (elector) await elector.stop();
+  onShutdown(async () => {
+    if (elector) await elector.stop(); // releases the Lease for an immediate hand-over
     await runtime.stop();
-    process.exit(0);
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  });
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+runMain(main);

@@ -51,7 +51,7 @@ export class AgentGateway {
       if (channel === CHANNEL_COMMAND_PENDING && o.hub.local(agentDbId)) this.flush(agentDbId, false);
     });
     // After a lost LISTEN connection, catch up on whatever was queued meanwhile.
-    this.listener.on('reconnected', () => this.flushAll());
+    this.listener.on('reconnected', () => this.flushAll().catch((err) => this.o.log.warn('catch-up delivery failed', { error: (err as Error).message })));
   }
 
   async start(): Promise<void> {
@@ -287,14 +287,21 @@ export class AgentGateway {
     if (ok) this.o.metrics.commandsSent.inc({ type: row.command_type });
   }
 
-  private flushAll(): void {
-    for (const c of this.o.hub.localConnections()) this.flush(c.agentDbId, false);
+  /** Flushes every local agent that has queued commands (one query, not one per agent). */
+  private async flushAll(): Promise<void> {
+    const local = this.o.hub.localConnections().map((c) => c.agentDbId);
+    if (!local.length) return;
+    const r = await this.o.pool.query<{ agent_id: string }>(
+      `SELECT DISTINCT agent_id FROM agent_commands WHERE status = 'pending' AND agent_id = ANY($1::uuid[])`,
+      [local],
+    );
+    for (const row of r.rows) this.flush(row.agent_id, false);
   }
 
   /** Safety net: deliver anything a missed NOTIFY left queued, and retire silent agents. */
   private async sweep(): Promise<void> {
     try {
-      this.flushAll();
+      await this.flushAll();
       const stale = await this.o.pool.query<{ id: string; agent_id: string }>(
         `UPDATE agents SET status = 'offline', websocket_conn_id = NULL
           WHERE status = 'online' AND last_heartbeat < NOW() - ($1::int * INTERVAL '1 millisecond')
