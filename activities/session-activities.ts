@@ -48,9 +48,18 @@ export function createSessionActivities(deps: SessionActivityDeps) {
   const pollMs = deps.pollIntervalMs ?? 1000;
 
   async function loadStartData(sessionId: string): Promise<StartSessionData> {
-    const r = await pool.query<{ user_id: string; template_name: string; persistent_home: boolean | null; manifest: TemplateManifest | null }>(
-      `SELECT s.user_id, s.template_name, s.persistent_home, t.manifest
-         FROM sessions s LEFT JOIN templates t ON t.name = s.template_name
+    const r = await pool.query<{
+      username: string | null;
+      user_id: string;
+      template_name: string;
+      persistent_home: boolean | null;
+      home_volume: string | null;
+      manifest: TemplateManifest | null;
+    }>(
+      `SELECT u.username, s.user_id, s.template_name, s.persistent_home, s.platform_metadata->>'home_volume' AS home_volume, t.manifest
+         FROM sessions s
+         LEFT JOIN users u ON u.id::text = s.user_id
+         LEFT JOIN template_catalog t ON t.name = s.template_name
         WHERE s.id = $1`,
       [sessionId],
     );
@@ -58,7 +67,13 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     if (!row) throw ApplicationFailure.nonRetryable(`session ${sessionId} does not exist`, FailureType.InvalidTemplate);
     if (!row.manifest) throw ApplicationFailure.nonRetryable(`template "${row.template_name}" does not exist`, FailureType.InvalidTemplate);
     try {
-      return { user: row.user_id, template: templateToSpec(row.template_name, row.manifest), persistent_home: row.persistent_home !== false };
+      return {
+        user: row.username ?? row.user_id,
+        template: templateToSpec(row.template_name, row.manifest),
+        persistent_home: row.persistent_home !== false,
+        // Imported v1 sessions keep the home volume v1 gave them (home-<user>).
+        ...(row.home_volume ? { home_volume: row.home_volume } : {}),
+      };
     } catch (err) {
       if (err instanceof InvalidTemplateError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidTemplate);
       throw err;

@@ -10,6 +10,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Pool } from 'pg';
 import { createLogger, Logger } from '../config/log';
 import { createPool } from '../db/pool';
+import { ensureUser } from '../db/users';
 import { AGENT_CONNECT_PATH, AGENT_STREAM_PATH } from '../protocol/messages';
 import { AgentGateway, rejectUpgrade } from './agents/gateway';
 import { AgentHub, MemoryAgentHub } from './agents/hub';
@@ -163,11 +164,9 @@ function pathOf(req: http.IncomingMessage): string {
 async function bootstrap(pool: Pool, config: GatewayConfig, log: Logger): Promise<void> {
   const admins = await pool.query(`SELECT 1 FROM users WHERE role = 'admin' LIMIT 1`);
   if (!admins.rowCount) {
-    await pool.query(
-      `INSERT INTO users (username, role, password_hash) VALUES ($1, 'admin', $2)
-       ON CONFLICT (username) DO UPDATE SET role = 'admin', password_hash = EXCLUDED.password_hash`,
-      [config.adminUsername, await hashPassword(config.adminPassword)],
-    );
+    const hash = await hashPassword(config.adminPassword);
+    const { created } = await ensureUser(pool, { username: config.adminUsername, role: 'admin', passwordHash: hash });
+    if (!created) await pool.query(`UPDATE users SET role = 'admin', password_hash = $2 WHERE username = $1`, [config.adminUsername, hash]);
     log.info('Bootstrapped admin user', { username: config.adminUsername });
     if (config.adminPassword === 'admin') log.warn('ADMIN_PASSWORD is the default "admin": set it before exposing this gateway');
   }
@@ -187,8 +186,10 @@ async function bootstrap(pool: Pool, config: GatewayConfig, log: Logger): Promis
     ['terminal', manifest('Terminal', 'Desktop session with a terminal', 'development')],
   ] as const;
   for (const [name, m] of defaults) {
+    // Not over a template of the same name in v1's catalog (a migrated install keeps its own).
     await pool.query(
-      `INSERT INTO templates (name, display_name, description, category, manifest) VALUES ($1, $2, $3, $4, $5)
+      `INSERT INTO templates (name, display_name, description, category, manifest)
+       SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM template_catalog WHERE name = $1)
        ON CONFLICT (name) DO NOTHING`,
       [name, m.displayName, m.description, m.category, m],
     );

@@ -8,6 +8,15 @@
 --     CRD name), so a UUID foreign key to it cannot be created.
 --   * the agents updated_at trigger is dropped before it is created, so the file can be re-run
 --     (CREATE TRIGGER has no IF NOT EXISTS before PostgreSQL 14's CREATE OR REPLACE TRIGGER).
+--   * StreamSpace v1.0.0 already has a platform_controllers table of another shape (controller_id,
+--     platform, display_name, ...; no controller_type/name). The guide's indexes on
+--     controller_type failed there ("column controller_type does not exist") and nothing of v2 was
+--     created. The table is created only where it is absent, and its indexes only on that shape;
+--     v1's own table is left exactly as it is.
+--   * the guide's step 5 backfill (UPDATE sessions SET platform = ..., platform_metadata = ...) is
+--     dropped: it rewrote v1's rows (on v1.0.0 `platform` is v1's own column) while v1 may still be
+--     serving them (blue-green). v2 tells v1 rows apart without touching them: a row v2 manages
+--     has a workflow_id (003); a NULL platform reads as kubernetes.
 -- Every statement is idempotent: running this file twice is harmless.
 
 -- 1. Create agents table
@@ -87,7 +96,7 @@ COMMENT ON COLUMN sessions.agent_id IS 'Agent managing this session (NULL if usi
 COMMENT ON COLUMN sessions.platform IS 'Platform where session is running: kubernetes, docker, vm, cloud';
 COMMENT ON COLUMN sessions.platform_metadata IS 'Platform-specific session metadata';
 
--- 4. Create platform_controllers table (for future Docker/VM agents)
+-- 4. Create platform_controllers table (for future Docker/VM agents), unless v1 already has one
 CREATE TABLE IF NOT EXISTS platform_controllers (
     id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     controller_type VARCHAR(50) NOT NULL,         -- "kubernetes", "docker", "vmware"
@@ -103,18 +112,22 @@ CREATE TABLE IF NOT EXISTS platform_controllers (
     UNIQUE(controller_type, name)
 );
 
--- Indexes for platform_controllers
-CREATE INDEX IF NOT EXISTS idx_platform_controllers_type ON platform_controllers(controller_type);
-CREATE INDEX IF NOT EXISTS idx_platform_controllers_status ON platform_controllers(status);
+-- Indexes and comment only on the guide's shape: v1.0.0's own table (controller_id, platform, ...)
+-- keeps its indexes and comments.
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute
+        WHERE attrelid = to_regclass('platform_controllers') AND attname = 'controller_type'
+          AND attnum > 0 AND NOT attisdropped
+    ) THEN
+        CREATE INDEX IF NOT EXISTS idx_platform_controllers_type ON platform_controllers(controller_type);
+        CREATE INDEX IF NOT EXISTS idx_platform_controllers_status ON platform_controllers(status);
+        COMMENT ON TABLE platform_controllers IS 'Legacy table for controller-based architecture (used by admin UI)';
+    END IF;
+END $$;
 
--- Comments
-COMMENT ON TABLE platform_controllers IS 'Legacy table for controller-based architecture (used by admin UI)';
-
--- 5. Backfill existing sessions (mark as v1.x)
-UPDATE sessions
-SET platform = 'kubernetes',
-    platform_metadata = jsonb_build_object('source', 'v1.x', 'controller', 'kubebuilder')
-WHERE platform IS NULL;
+-- 5. (The guide's backfill of v1 rows is intentionally not done: see the header.)
 
 -- 6. Create migration tracking table
 CREATE TABLE IF NOT EXISTS schema_migrations (

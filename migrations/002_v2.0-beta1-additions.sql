@@ -6,10 +6,10 @@
 -- Differences from the migration guide's v2.0-beta1-additions.sql (bugs fixed, everything else kept):
 --   * sessions.cluster_id is added (the guide's "Check new columns" step greps sessions for
 --     cluster_id, but the guide only ever added agents.cluster_id).
---   * the status -> state rename looks only at the sessions table that ALTER TABLE sessions will
---     actually touch (resolved through search_path, i.e. the current schema), not at any table
---     called "sessions" in any schema the way an unfiltered information_schema query does; it
---     also ignores dropped columns and does not depend on column privileges.
+--   * no status -> state rename: a `state` column is added beside `status` and kept equal to it by
+--     a trigger, so a v1 still reading and writing `status` keeps working during a blue-green
+--     migration (the rename broke it). The check looks only at the sessions table that ALTER
+--     TABLE sessions touches (search_path), ignores dropped columns and needs no column privileges.
 -- Every statement is idempotent: running this file twice is harmless.
 
 -- 1. Add cluster_id column to agents (for multi-cluster HA)
@@ -85,29 +85,54 @@ COMMENT ON TABLE leader_election_leases IS 'Tracks leader election leases for HA
 COMMENT ON COLUMN leader_election_leases.holder_identity IS 'Current lease holder (agent pod name or Docker agent instance ID)';
 
 -- 7. Add state column to sessions (was missing, caused P0-WRONG-COLUMN bug)
--- Check if 'status' column exists and rename to 'state' if needed.
--- to_regclass('sessions') resolves the name exactly as the ALTER TABLE below does (current
--- schema via search_path), so a "sessions" table in another schema cannot mislead the check.
+-- Installs whose sessions table calls the column `status` get a `state` column BESIDE it, kept
+-- equal to `status` by a trigger in both directions. The guide renamed `status` to `state`, which
+-- breaks a v1 that is still serving during a blue-green migration (every v1 query on `status`
+-- fails the moment this file commits). The rename can happen once v1 is decommissioned.
+-- to_regclass('sessions') resolves the name exactly as ALTER TABLE sessions does (current schema
+-- via search_path), so a "sessions" table in another schema cannot mislead the check.
+CREATE OR REPLACE FUNCTION sessions_sync_status_state()
+RETURNS TRIGGER AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        -- v1 writes only `status`; v2 always writes `state`.
+        IF NEW.state IS NULL THEN
+            NEW.state := NEW.status;
+        ELSE
+            NEW.status := NEW.state;
+        END IF;
+    ELSIF NEW.state IS DISTINCT FROM OLD.state THEN
+        NEW.status := NEW.state;
+    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        NEW.state := NEW.status;
+    END IF;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
 DO $$
 DECLARE
     sessions_table regclass := to_regclass('sessions');
+    has_status boolean;
+    has_state boolean;
 BEGIN
-    IF sessions_table IS NOT NULL
-       AND EXISTS (
-           SELECT 1 FROM pg_catalog.pg_attribute
-           WHERE attrelid = sessions_table AND attname = 'status'
-             AND attnum > 0 AND NOT attisdropped
-       )
-       AND NOT EXISTS (
-           SELECT 1 FROM pg_catalog.pg_attribute
-           WHERE attrelid = sessions_table AND attname = 'state'
-             AND attnum > 0 AND NOT attisdropped
-       ) THEN
-        ALTER TABLE sessions RENAME COLUMN status TO state;
+    SELECT bool_or(attname = 'status'), bool_or(attname = 'state') INTO has_status, has_state
+      FROM pg_catalog.pg_attribute
+     WHERE attrelid = sessions_table AND attnum > 0 AND NOT attisdropped;
+    IF has_status AND NOT has_state THEN
+        -- No default on state: a NULL state on INSERT is how the trigger knows v1 wrote the row.
+        ALTER TABLE sessions ADD COLUMN state VARCHAR(50);
+        UPDATE sessions SET state = status WHERE state IS DISTINCT FROM status;
+    END IF;
+    IF has_status THEN
+        DROP TRIGGER IF EXISTS trigger_sessions_sync_status_state ON sessions;
+        CREATE TRIGGER trigger_sessions_sync_status_state
+        BEFORE INSERT OR UPDATE ON sessions
+        FOR EACH ROW EXECUTE FUNCTION sessions_sync_status_state();
     END IF;
 END $$;
 
--- Ensure state column exists
+-- Ensure state column exists (a table with neither column gets the guide's column and default)
 ALTER TABLE sessions
 ADD COLUMN IF NOT EXISTS state VARCHAR(50) DEFAULT 'pending';
 

@@ -35,8 +35,17 @@ COMMENT ON COLUMN sessions.error_message IS 'Why the session failed (NULL unless
 COMMENT ON COLUMN sessions.workflow_id IS 'Temporal workflow id of the session lifecycle workflow';
 
 -- 3. New sessions start pending (v1 defaulted to running); existing rows are not touched.
-ALTER TABLE sessions
-ALTER COLUMN state SET DEFAULT 'pending';
+--    Not where `state` mirrors v1's `status` (002): there a NULL state on INSERT marks a row
+--    written by v1, so `state` must keep no default.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute
+        WHERE attrelid = to_regclass('sessions') AND attname = 'status' AND attnum > 0 AND NOT attisdropped
+    ) THEN
+        ALTER TABLE sessions ALTER COLUMN state SET DEFAULT 'pending';
+    END IF;
+END $$;
 
 COMMENT ON COLUMN sessions.state IS 'Session state: pending, running, hibernated, terminating, terminated, failed';
 

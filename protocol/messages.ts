@@ -72,6 +72,8 @@ export const StartSessionData = Type.Object(
     user: Type.String({ minLength: 1 }),
     template: TemplateSpec,
     persistent_home: Type.Boolean(),
+    /** The home volume (Docker) or PVC (Kubernetes) to mount; absent: the driver's own per-user name. */
+    home_volume: Type.Optional(Type.String({ pattern: '^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$' })),
   },
   { additionalProperties: false },
 );

@@ -124,15 +124,16 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     }
   }
 
-  async function start() {
-    transition = 'starting';
+  /** Places the session on an agent and creates it there; `label`/`interim` say why (a first start, or waking an imported session). */
+  async function start(label: Transition = 'starting', interim: SessionState = 'pending') {
+    transition = label;
     progress = 'placing session on an agent';
     const placed = await placement.placeSession({ sessionId: input.sessionId, platform: input.platform });
     agentDbId = placed.agentDbId;
     agentId = placed.agentId;
     upsertSearchAttributes([{ key: SA.agent, value: placed.agentId }]);
-    await db.recordSessionState({ sessionId: input.sessionId, state: 'pending', agentDbId, error: null });
-    const result = await runCommand('start_session', 'starting', input.startTimeoutMs);
+    await db.recordSessionState({ sessionId: input.sessionId, state: interim, agentDbId, error: null });
+    const result = await runCommand('start_session', label, input.startTimeoutMs);
     await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
   }
 
@@ -173,6 +174,21 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       exclusive(async () => {
         if (state === 'running') return status();
         if (state !== 'hibernated') throw invalid('wake', state);
+        // An imported v1 session has never run on v2: waking it places and creates it (with the
+        // home volume v1 gave it). A failed attempt leaves it hibernated and unplaced.
+        if (!agentDbId) {
+          try {
+            await start('waking', 'hibernated');
+          } catch (err) {
+            lastError = `wake failed: ${errorMessage(err)}`;
+            if (agentDbId) await runCommand('stop_session', 'waking', COMMAND_TIMEOUT_MS).catch(() => undefined);
+            agentDbId = null;
+            agentId = null;
+            await setState('hibernated', { error: lastError });
+            throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
+          }
+          return status();
+        }
         const result = await runCommand('wake_session', 'waking', COMMAND_TIMEOUT_MS);
         await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
         return status();

@@ -1,22 +1,48 @@
-/** Writes an imported v1 session (and its owner) into a v2 database. */
+/**
+ * Writes an imported v1 session into the database v1 and v2 share. Blue-green: the row v1 wrote
+ * stays the row; importing takes it over for v2 once (state, owner as users.id, platform, tags,
+ * provenance). v1's own values are kept in platform_metadata (v1_state, v1_platform, v1_user_id,
+ * v1_inserted) so a rollback can put them back. A row v2 already manages (it has a workflow) is
+ * never touched again.
+ */
+import { ensureUser, resolveV1Owner } from '../../db/users';
 import type { V2SessionRecord } from './convert';
 
 interface Queryable {
-  query(sql: string, args?: unknown[]): Promise<{ rowCount: number | null }>;
+  query<R extends Record<string, unknown> = Record<string, unknown>>(sql: string, args?: unknown[]): Promise<{ rows: R[]; rowCount: number | null }>;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const USERNAME = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
+
+export class ImportError extends Error {}
+
+/**
+ * The users.id of a v1 session's owner: a v1 user by id, else by username; a username no user
+ * has yet (a CRD made by hand) becomes a new user. A uuid nobody has is an error, not a new user.
+ */
+export async function ownerId(db: Queryable, owner: string): Promise<string> {
+  const found = await resolveV1Owner(db, owner);
+  if (found) return found.id;
+  if (UUID.test(owner) || !USERNAME.test(owner)) throw new ImportError(`owner "${owner}" is not a v1 user`);
+  return (await ensureUser(db, { username: owner })).id;
 }
 
 /**
- * Inserts the session; an existing row with the same id is refreshed (`onConflict: 'update'`,
- * the migration run re-importing its own v1 rows) or left alone (`'keep'`, bulk import). Returns
- * whether a row was written.
+ * Inserts the session, or takes over v1's row of the same id (`onConflict: 'update'`, the
+ * migration run) or leaves an existing row alone (`'keep'`, bulk import). Returns whether a row
+ * was written. Throws ImportError when the owner cannot be resolved.
  */
 export async function saveImportedSession(db: Queryable, s: V2SessionRecord, opts: { onConflict: 'update' | 'keep'; runId?: string }): Promise<boolean> {
-  await db.query(`INSERT INTO users (username, role) VALUES ($1, 'user') ON CONFLICT (username) DO NOTHING`, [s.user]);
+  const uid = await ownerId(db, s.owner);
   const conflict =
     opts.onConflict === 'update'
-      ? `DO UPDATE SET state = EXCLUDED.state, platform = EXCLUDED.platform, tags = EXCLUDED.tags,
-           platform_metadata = COALESCE(sessions.platform_metadata, '{}'::jsonb) || EXCLUDED.platform_metadata, updated_at = NOW()`
+      ? // v1's values recorded by the first import win (a re-run after a crash sees v2's values in the row).
+        `DO UPDATE SET state = EXCLUDED.state, user_id = EXCLUDED.user_id, platform = EXCLUDED.platform, tags = EXCLUDED.tags,
+           platform_metadata = EXCLUDED.platform_metadata || COALESCE(sessions.platform_metadata, '{}'::jsonb)
+         WHERE sessions.workflow_id IS NULL`
       : 'DO NOTHING';
+  const metadata = { ...s.metadata, home_volume: s.homeVolume, ...(opts.runId ? { migration_run: opts.runId } : {}) };
   const r = await db.query(
     `INSERT INTO sessions (id, user_id, template_name, state, platform, memory, cpu, persistent_home, idle_timeout,
                            max_session_duration, tags, platform_metadata, namespace)
@@ -24,7 +50,7 @@ export async function saveImportedSession(db: Queryable, s: V2SessionRecord, opt
      ON CONFLICT (id) ${conflict}`,
     [
       s.id,
-      s.user,
+      uid,
       s.template,
       s.state,
       s.platform,
@@ -34,7 +60,7 @@ export async function saveImportedSession(db: Queryable, s: V2SessionRecord, opt
       s.idleTimeout,
       s.maxSessionDuration,
       JSON.stringify(s.tags),
-      opts.runId ? { ...s.metadata, migration_run: opts.runId } : s.metadata,
+      metadata,
       s.metadata.v1_namespace ?? null,
     ],
   );

@@ -65,8 +65,9 @@ export class DockerDriver implements SessionDriver {
     return `ss-${sessionId.toLowerCase().replace(/[^a-z0-9_.-]/g, '-')}`;
   }
 
-  homeVolume(user: string): string {
-    return `${this.o.networkPrefix}-home-${user.toLowerCase().replace(/[^a-z0-9_.-]/g, '-')}`;
+  /** The session's home volume: the one the control plane names (an imported v1 session's), else one per user. */
+  homeVolume(data: Pick<StartSessionData, 'user' | 'home_volume'>): string {
+    return data.home_volume ?? `${this.o.networkPrefix}-home-${data.user.toLowerCase().replace(/[^a-z0-9_.-]/g, '-')}`;
   }
 
   async start(sessionId: string, data: StartSessionData, progress: Progress): Promise<CommandResult> {
@@ -218,7 +219,7 @@ export class DockerDriver implements SessionDriver {
       // agents may share one host.
       env.VNC_DISPLAY = String(port);
     }
-    const volume = data.persistent_home ? this.homeVolume(data.user) : null;
+    const volume = data.persistent_home ? this.homeVolume(data) : null;
     if (volume) {
       await this.docker.createVolume({ Name: volume, Labels: { [LABEL.managed]: 'true', [LABEL.user]: data.user } }).catch((err) => {
         if ((err as { statusCode?: number }).statusCode !== 409) throw err;

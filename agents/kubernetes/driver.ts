@@ -55,8 +55,9 @@ export class KubernetesDriver implements SessionDriver {
     return dnsName(`ss-${sessionId}`);
   }
 
-  homeClaim(user: string): string {
-    return dnsName(`ss-home-${user}`);
+  /** The session's home PVC: the one the control plane names (an imported v1 session keeps v1's home-<user>), else one per user. */
+  homeClaim(data: Pick<StartSessionData, 'user' | 'home_volume'>): string {
+    return data.home_volume ?? dnsName(`ss-home-${data.user}`);
   }
 
   async init(): Promise<void> {
@@ -181,7 +182,7 @@ export class KubernetesDriver implements SessionDriver {
 
   private pvc(data: StartSessionData) {
     return {
-      metadata: { name: this.homeClaim(data.user), labels: { [LABEL.managedBy]: 'streamspace', [LABEL.user]: labelValue(data.user) } },
+      metadata: { name: this.homeClaim(data), labels: { [LABEL.managedBy]: 'streamspace', [LABEL.user]: labelValue(data.user) } },
       spec: {
         accessModes: ['ReadWriteOnce'],
         resources: { requests: { storage: this.o.homeSize } },
@@ -219,7 +220,7 @@ export class KubernetesDriver implements SessionDriver {
             volumeMounts: data.persistent_home ? [{ name: 'home', mountPath: t.home_mount }] : [],
           },
         ],
-        volumes: data.persistent_home ? [{ name: 'home', persistentVolumeClaim: { claimName: this.homeClaim(data.user) } }] : [],
+        volumes: data.persistent_home ? [{ name: 'home', persistentVolumeClaim: { claimName: this.homeClaim(data) } }] : [],
       },
     };
   }
@@ -241,7 +242,7 @@ export class KubernetesDriver implements SessionDriver {
     };
     if (created.includes('pod')) await this.core.deleteNamespacedPod({ name, namespace: ns, gracePeriodSeconds: 0 }).catch(ignore404);
     if (created.includes('service')) await this.core.deleteNamespacedService({ name, namespace: ns }).catch(ignore404);
-    if (created.includes('pvc')) await this.core.deleteNamespacedPersistentVolumeClaim({ name: this.homeClaim(data.user), namespace: ns }).catch(ignore404);
+    if (created.includes('pvc')) await this.core.deleteNamespacedPersistentVolumeClaim({ name: this.homeClaim(data), namespace: ns }).catch(ignore404);
   }
 
   private async readPod(name: string): Promise<V1Pod | null> {

@@ -2,11 +2,11 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { HttpError } from '../app';
-import { bearer, TokenError, UserClaims } from './tokens';
+import { bearer, RequestUser, Role, TokenError } from './tokens';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    user: UserClaims | null;
+    user: RequestUser | null;
   }
   interface FastifyInstance {
     authenticate: (req: FastifyRequest) => Promise<void>;
@@ -19,11 +19,22 @@ export const authPlugin = fp(async (app: FastifyInstance) => {
   app.decorate('authenticate', async (req: FastifyRequest) => {
     const token = bearer(req.headers.authorization);
     if (!token) throw new HttpError(401, 'missing bearer token (Authorization: Bearer <token from /api/v1/auth/login>)');
+    let claims;
     try {
-      req.user = app.deps.tokens.verifyUser(token);
+      claims = app.deps.tokens.verifyUser(token);
     } catch (err) {
       throw new HttpError(401, err instanceof TokenError ? err.message : 'invalid token');
     }
+    // The token says who; the users table says what they may do now: a removed or disabled user
+    // is refused, and a role change applies on the next request.
+    const r = await app.deps.pool.query<{ uid: string; role: string; active: boolean | null }>(
+      'SELECT id::text AS uid, role, active FROM users WHERE username = $1',
+      [claims.sub],
+    );
+    const u = r.rows[0];
+    if (!u || u.active === false) throw new HttpError(401, 'this account no longer exists or is disabled');
+    const role: Role = u.role === 'admin' ? 'admin' : 'user';
+    req.user = { ...claims, role, uid: u.uid };
   });
   app.decorate('requireAdmin', async (req: FastifyRequest) => {
     await app.authenticate(req);

@@ -5,15 +5,23 @@
  */
 import { randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
+import bcrypt from 'bcryptjs';
 import jwt from 'jsonwebtoken';
 
 const scrypt = promisify(scryptCb) as (pw: string, salt: Buffer, keylen: number) => Promise<Buffer>;
 
 export type Role = 'admin' | 'user';
 export interface UserClaims {
+  /** The username. */
   sub: string;
   role: Role;
   typ: 'user';
+}
+
+/** The signed-in user as the gateway knows them on this request (read from `users`, not the token). */
+export interface RequestUser extends UserClaims {
+  /** users.id: what sessions.user_id holds (a uuid string on v1 databases; 'admin' for v1's seeded admin). */
+  uid: string;
 }
 export interface AgentClaims {
   sub: string;
@@ -70,8 +78,17 @@ export async function hashPassword(password: string): Promise<string> {
   return `scrypt$${salt.toString('base64')}$${hash.toString('base64')}`;
 }
 
+/** bcrypt as StreamSpace v1 stored it (golang.org/x/crypto/bcrypt: `$2a$`, also `$2b$`/`$2y$`). */
+const BCRYPT = /^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$/;
+
+/**
+ * Checks a password against a stored hash: v2's scrypt, or v1's bcrypt. v1 hashes are kept as they
+ * are (not re-hashed on login), so a v1 still serving the same database during a blue-green
+ * migration keeps accepting the same password.
+ */
 export async function verifyPassword(password: string, stored: string | null): Promise<boolean> {
   if (!stored) return false;
+  if (BCRYPT.test(stored)) return bcrypt.compare(password, stored);
   const [scheme, saltB64, hashB64] = stored.split('$');
   if (scheme !== 'scrypt' || !saltB64 || !hashB64) return false;
   const expected = Buffer.from(hashB64, 'base64');

@@ -6,7 +6,8 @@ import { Type } from '@sinclair/typebox';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { convertSession } from '../../activities/migration/convert';
-import { saveImportedSession } from '../../activities/migration/store';
+import { ImportError, saveImportedSession } from '../../activities/migration/store';
+import { adoptSessions } from '../../activities/session-adoption';
 import {
   abortSignal,
   approveSignal,
@@ -79,25 +80,44 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
   signal('rollback', (id, b) => handle(id).executeUpdate(rollbackUpdate, { args: [b.reason ?? ''] }));
 
   // The spec's Option B: v1 Session CRDs (kubectl get sessions -o json) or converted records.
-  app.post<{ Body: unknown }>(
+  // Each imported session becomes a managed v2 session (its workflow, hibernated until woken).
+  app.post<{ Body: unknown; Querystring: { platform?: 'kubernetes' | 'docker' } }>(
     '/api/v1/sessions/bulk-import',
-    { ...admin, bodyLimit: 10 * 1024 * 1024, schema: { tags: ['sessions'], security: [{ bearer: [] }] } },
+    {
+      ...admin,
+      bodyLimit: 10 * 1024 * 1024,
+      schema: {
+        tags: ['sessions'],
+        security: [{ bearer: [] }],
+        querystring: Type.Object(
+          { platform: Type.Optional(Type.Union([Type.Literal('kubernetes'), Type.Literal('docker')], { description: 'where imported sessions run when woken (default kubernetes)' })) },
+          { additionalProperties: false },
+        ),
+      },
+    },
     async (req) => {
       const body = req.body as { items?: unknown[] } | unknown[];
       const items = Array.isArray(body) ? body : Array.isArray(body?.items) ? body.items : null;
       if (!items) throw new HttpError(400, 'body must be a JSON array or {"items": [...]} of v1 Sessions');
-      const { pool } = app.deps;
-      const templates = new Set((await pool.query('SELECT name FROM templates')).rows.map((r) => r.name as string));
+      const { pool, temporal, config } = app.deps;
+      const platform = req.query.platform ?? 'kubernetes';
+      const templates = new Set((await pool.query('SELECT name FROM template_catalog')).rows.map((r) => r.name as string));
       const seen = new Set<string>();
       const results: Array<{ index: number; id: string | null; status: 'imported' | 'unchanged' | 'failed'; reason?: string }> = [];
       for (const [index, raw] of items.entries()) {
         const item = (raw ?? {}) as Record<string, any>;
         const isCrd = typeof item.apiVersion === 'string' || item.metadata;
         const conv = isCrd
-          ? convertSession({ crd: item }, templates)
+          ? convertSession({ crd: item }, templates, { platform })
           : convertSession(
-              { row: { id: item.id, user_id: item.user, template_name: item.template, state: item.state ?? 'hibernated', memory: item.memory, cpu: item.cpu } },
+              {
+                crd: {
+                  metadata: { name: item.id },
+                  spec: { user: item.user, template: item.template, state: item.state ?? 'hibernated', resources: { memory: item.memory, cpu: item.cpu } },
+                },
+              },
               templates,
+              { platform },
             );
         const id = conv.ok ? conv.record.id : String(item.metadata?.name ?? item.id ?? '') || null;
         if (!conv.ok) {
@@ -109,8 +129,22 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
           continue;
         }
         seen.add(conv.record.id);
-        const written = await saveImportedSession(pool, conv.record, { onConflict: 'keep' });
-        results.push({ index, id: conv.record.id, status: written ? 'imported' : 'unchanged' });
+        try {
+          const written = await saveImportedSession(pool, conv.record, { onConflict: 'update' });
+          results.push({ index, id: conv.record.id, status: written ? 'imported' : 'unchanged' });
+        } catch (err) {
+          if (!(err instanceof ImportError)) throw err;
+          results.push({ index, id: conv.record.id, status: 'failed', reason: err.message });
+        }
+      }
+      const imported = results.filter((r) => r.status === 'imported').map((r) => r.id!);
+      const adoption = await adoptSessions(
+        { pool, temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
+        imported,
+      );
+      for (const f of adoption.failures) {
+        const r = results.find((x) => x.id === f.id);
+        if (r) Object.assign(r, { status: 'failed', reason: f.reason });
       }
       const count = (st: string) => results.filter((r) => r.status === st).length;
       return { total: items.length, imported: count('imported'), unchanged: count('unchanged'), failed: count('failed'), results };

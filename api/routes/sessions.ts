@@ -8,17 +8,16 @@ import { WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/cl
 import { ApplicationFailure } from '@temporalio/common';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
-import { SA } from '../../workflows/search-attributes';
 import {
   FailureType,
   hibernateUpdate,
-  SESSION_WORKFLOW_TYPE,
   sessionWorkflowId,
-  SessionWorkflowInput,
   statusQuery,
   stopUpdate,
   wakeUpdate,
 } from '../../workflows/session-api';
+import { startSessionWorkflow } from '../../activities/session-adoption';
+import { ensureUser } from '../../db/users';
 import { HttpError } from '../app';
 import { USERNAME_PATTERN } from './users';
 
@@ -49,7 +48,9 @@ const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 255 })
 
 interface SessionRow {
   id: string;
+  /** users.id */
   user_id: string;
+  username: string | null;
   template_name: string;
   state: string;
   platform: string | null;
@@ -64,16 +65,18 @@ interface SessionRow {
 }
 
 const SELECT_SESSION = `
-  SELECT s.id, s.user_id, s.template_name, s.state, s.platform, s.agent_id, a.agent_id AS agent_name,
+  SELECT s.id, s.user_id, u.username, s.template_name, s.state, s.platform, s.agent_id, a.agent_id AS agent_name,
          s.cluster_id, s.tags, s.platform_metadata, s.error_message, s.created_at, s.updated_at
-    FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id`;
+    FROM sessions s
+    LEFT JOIN agents a ON a.id = s.agent_id
+    LEFT JOIN users u ON u.id::text = s.user_id`;
 
 function present(row: SessionRow, admin: boolean) {
   const meta = { ...(row.platform_metadata ?? {}) };
   delete meta.vnc; // the session's internal address is the agent's business, not the browser's
   return {
     id: row.id,
-    user: row.user_id,
+    user: row.username ?? row.user_id,
     template: row.template_name,
     state: row.state,
     platform: row.platform,
@@ -96,7 +99,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     const r = await app.deps.pool.query<SessionRow>(`${SELECT_SESSION} WHERE s.id = $1`, [id]);
     const row = r.rows[0];
     // Another user's session is reported exactly like a missing one: ids are not disclosed.
-    if (!row || (req.user!.role !== 'admin' && row.user_id !== req.user!.sub)) throw new HttpError(404, `session "${id}" not found`);
+    if (!row || (req.user!.role !== 'admin' && row.user_id !== req.user!.uid)) throw new HttpError(404, `session "${id}" not found`);
     return row;
   }
 
@@ -105,39 +108,23 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     const claims = req.user!;
     const owner = req.body.user ?? claims.sub;
     if (owner !== claims.sub && claims.role !== 'admin') throw new HttpError(403, 'only admins create sessions for other users');
-    const tpl = await pool.query('SELECT 1 FROM templates WHERE name = $1', [req.body.template]);
+    const tpl = await pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [req.body.template]);
     if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
     // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
-    await pool.query(`INSERT INTO users (username, role) VALUES ($1, 'user') ON CONFLICT (username) DO NOTHING`, [owner]);
+    const ownerId = owner === claims.sub ? claims.uid : (await ensureUser(pool, { username: owner })).id;
 
     const id = randomUUID();
     const workflowId = sessionWorkflowId(id);
     await pool.query(
       `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace)
        VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL)`,
-      [id, owner, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
+      [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
     );
-    const input: SessionWorkflowInput = {
-      sessionId: id,
-      user: owner,
-      template: req.body.template,
-      platform: req.body.platform,
-      startTimeoutMs: config.sessionStartTimeoutMs,
-      maxHistoryEvents: config.sessionHistoryLimit,
-    };
     try {
-      await temporal.workflow.start(SESSION_WORKFLOW_TYPE, {
-        workflowId,
-        taskQueue: config.taskQueue,
-        args: [input],
-        memo: { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
-        typedSearchAttributes: [
-          { key: SA.sessionId, value: id },
-          { key: SA.user, value: owner },
-          { key: SA.platform, value: req.body.platform },
-          { key: SA.state, value: 'pending' },
-        ],
-      });
+      await startSessionWorkflow(
+        { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
+        { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
+      );
     } catch (err) {
       await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2 WHERE id = $1`, [id, `workflow not started: ${(err as Error).message}`]);
       throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
@@ -156,8 +143,8 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         args.push(v);
         where.push(sql.replace('?', `$${args.length}`));
       };
-      if (claims.role !== 'admin') add('s.user_id = ?', claims.sub);
-      else if (req.query.user) add('s.user_id = ?', req.query.user);
+      if (claims.role !== 'admin') add('s.user_id = ?', claims.uid);
+      else if (req.query.user) add('u.username = ?', req.query.user);
       if (req.query.state) add('s.state = ?', req.query.state);
       if (req.query.platform) add('s.platform = ?', req.query.platform);
       if (req.query.tag) add('s.tags @> ?::jsonb', JSON.stringify([req.query.tag]));

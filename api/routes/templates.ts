@@ -17,11 +17,12 @@ interface TemplateRow {
   category: string | null;
   icon: string | null;
   manifest: Record<string, unknown>;
+  source: string;
 }
 
 export async function templateRoutes(app: FastifyInstance): Promise<void> {
   app.get('/api/v1/templates', { onRequest: app.authenticate, schema: { tags: ['templates'], security: [{ bearer: [] }] } }, async () => {
-    const r = await app.deps.pool.query<TemplateRow>('SELECT name, display_name, description, category, icon, manifest FROM templates ORDER BY name');
+    const r = await app.deps.pool.query<TemplateRow>('SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog ORDER BY name');
     return r.rows.map((t) => ({
       name: t.name,
       display_name: t.display_name,
@@ -30,6 +31,7 @@ export async function templateRoutes(app: FastifyInstance): Promise<void> {
       icon: t.icon,
       image: (t.manifest as { baseImage?: string }).baseImage ?? null,
       tags: (t.manifest as { tags?: string[] }).tags ?? [],
+      source: t.source,
     }));
   });
 
@@ -38,6 +40,8 @@ export async function templateRoutes(app: FastifyInstance): Promise<void> {
     { onRequest: app.requireAdmin, schema: { tags: ['templates'], security: [{ bearer: [] }], body: CreateTemplate } },
     async (req, reply) => {
       const { name, manifest } = req.body;
+      if (await app.deps.pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [name]).then((r) => r.rowCount))
+        throw new HttpError(409, `template "${name}" already exists`);
       const r = await app.deps.pool.query(
         `INSERT INTO templates (name, display_name, description, category, icon, manifest)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING name`,

@@ -72,7 +72,7 @@ export async function viewerRoutes(app: FastifyInstance): Promise<void> {
       const user = req.user!;
       const r = await app.deps.pool.query<{ user_id: string; state: string }>('SELECT user_id, state FROM sessions WHERE id = $1', [req.params.id]);
       const s = r.rows[0];
-      if (!s || (user.role !== 'admin' && s.user_id !== user.sub)) throw new HttpError(404, `session "${req.params.id}" not found`);
+      if (!s || (user.role !== 'admin' && s.user_id !== user.uid)) throw new HttpError(404, `session "${req.params.id}" not found`);
       if (s.state !== 'running') throw new HttpError(409, `session is ${s.state}: only a running session can be viewed`);
       const { ticket, expiresIn } = await app.deps.vnc.issueTicket(req.params.id, user.sub);
       return reply.status(201).send({
