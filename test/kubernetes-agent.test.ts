@@ -7,8 +7,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import Docker from 'dockerode';
-import { rfbGreeting } from '../agents/docker/driver';
+import { FakeKubelet } from './harness/fake-kubelet';
 import { KubeCluster, loadKubeClient, startKube } from './harness/kube';
 import { Proc, ROOT, Stack, waitFor } from './harness/stack';
 
@@ -26,95 +25,6 @@ const code = async (p: Promise<unknown>) =>
     () => 200,
     (err: { code?: number }) => err.code ?? 0,
   );
-
-/** Plays kubelet + container runtime for session pods (see file comment). */
-class FakeKubelet {
-  private timer: NodeJS.Timeout | null = null;
-  private readonly docker = new Docker({ socketPath: '/var/run/docker.sock' });
-  private readonly running = new Map<string, string>();
-  constructor(private readonly core: import('@kubernetes/client-node').CoreV1Api) {}
-
-  start(): void {
-    const tick = async () => {
-      try {
-        await this.sync();
-      } catch {
-        // next tick
-      }
-      if (this.timer) this.timer = setTimeout(tick, 100);
-    };
-    this.timer = setTimeout(tick, 100);
-  }
-
-  private async sync(): Promise<void> {
-    const pods = (await this.core.listNamespacedPod({ namespace: NS, labelSelector: 'app.kubernetes.io/managed-by=streamspace' })).items;
-    const live = new Set(pods.map((p) => p.metadata!.name!));
-    for (const [pod, container] of this.running) {
-      if (!live.has(pod)) {
-        this.running.delete(pod);
-        await this.docker
-          .getContainer(container)
-          .remove({ force: true })
-          .catch(() => undefined);
-      }
-    }
-    for (const pod of pods) {
-      const name = pod.metadata!.name!;
-      if (pod.metadata?.deletionTimestamp) continue;
-      if (!this.running.has(name)) {
-        const c = pod.spec!.containers[0];
-        const port = c.ports![0].containerPort;
-        const container = await this.docker.createContainer({
-          name: `kubelet-${name}`,
-          Image: c.image!,
-          Env: [...(c.env ?? []).map((e) => `${e.name}=${e.value}`), `VNC_LISTEN=127.0.0.1`, `VNC_DISPLAY=${port - 15900}`],
-          HostConfig: { NetworkMode: 'host', AutoRemove: false },
-          Labels: { 'io.streamspace.fake-kubelet': 'true' },
-        });
-        await container.start();
-        this.running.set(name, container.id);
-      }
-      const ready = (pod.status?.conditions ?? []).some((x) => x.type === 'Ready' && x.status === 'True');
-      if (!ready) {
-        const port = pod.spec!.containers[0].ports![0].containerPort;
-        const up = await rfbGreeting({ host: '127.0.0.1', port }, 500).then(
-          () => true,
-          () => false,
-        );
-        if (!up) continue;
-        const now = new Date();
-        await this.core.replaceNamespacedPodStatus({
-          name,
-          namespace: NS,
-          body: {
-            ...pod,
-            status: {
-              phase: 'Running',
-              podIP: '127.0.0.1',
-              hostIP: '127.0.0.1',
-              startTime: now,
-              conditions: [
-                { type: 'Ready', status: 'True', lastTransitionTime: now },
-                { type: 'ContainersReady', status: 'True', lastTransitionTime: now },
-              ],
-            },
-          },
-        });
-      }
-    }
-  }
-
-  async stop(): Promise<void> {
-    const t = this.timer;
-    this.timer = null;
-    if (t) clearTimeout(t);
-    for (const c of this.running.values())
-      await this.docker
-        .getContainer(c)
-        .remove({ force: true })
-        .catch(() => undefined);
-  }
-}
 
 describe('Kubernetes agent on a real API server', () => {
   let cluster: KubeCluster;
@@ -160,7 +70,7 @@ describe('Kubernetes agent on a real API server', () => {
     kubeconfigPath = path.join(stack.logDir, 'agent-kubeconfig.yaml');
     writeFileSync(kubeconfigPath, cluster.kubeconfig(cluster.tokens[SA_USER]));
 
-    kubelet = new FakeKubelet(adminCore);
+    kubelet = new FakeKubelet(adminCore, NS);
     kubelet.start();
     await stack.start();
     admin = await stack.login();
@@ -284,6 +194,41 @@ describe('Kubernetes agent on a real API server', () => {
     expect((await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, admin)).body.state).toBe('terminated');
     expect(await objects(id)).toEqual({ pods: [], services: [] });
     expect(await code(adminCore.readNamespacedPersistentVolumeClaim({ name: 'ss-home-kate', namespace: NS }))).toBe(200);
+  });
+
+  test("an imported v1 session wakes on the Kubernetes agent with v1's home PVC home-<user>, which outlives it", async () => {
+    // v1's controller had made the PVC home-<Spec.User>; the session's files live there.
+    await adminCore.createNamespacedPersistentVolumeClaim({
+      namespace: NS,
+      body: {
+        metadata: { name: 'home-vera', labels: { app: 'streamspace' } },
+        spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } },
+      },
+    });
+    const crd = {
+      apiVersion: 'stream.space/v1alpha1',
+      kind: 'Session',
+      metadata: { name: 'vera-k8s-desktop-5e6f7a8b', namespace: NS },
+      spec: { user: 'vera', template: 'k8s-desktop', state: 'hibernated', persistentHome: true },
+    };
+    const imported = await stack.call('POST', '/api/v1/sessions/bulk-import', [crd], admin);
+    expect(imported.body).toEqual(expect.objectContaining({ imported: 1, failed: 0 }));
+    const id = crd.metadata.name;
+    expect((await stack.call('GET', `/api/v1/sessions/${id}`, undefined, admin)).body).toEqual(
+      expect.objectContaining({ state: 'hibernated', platform: 'kubernetes', user: 'vera' }),
+    );
+
+    expect((await stack.call('POST', `/api/v1/sessions/${id}/wake`, undefined, admin)).body.state).toBe('running');
+    const { pods } = await objects(id);
+    expect(pods).toHaveLength(1);
+    expect(pods[0].spec!.volumes).toEqual([{ name: 'home', persistentVolumeClaim: { claimName: 'home-vera' } }]);
+    expect(pods[0].spec!.containers[0].volumeMounts).toEqual([{ name: 'home', mountPath: '/config' }]);
+    expect(await code(adminCore.readNamespacedPersistentVolumeClaim({ name: 'ss-home-vera', namespace: NS }))).toBe(404);
+
+    expect((await stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, admin)).body.state).toBe('hibernated');
+    expect((await objects(id)).pods).toHaveLength(0);
+    expect((await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, admin)).body.state).toBe('terminated');
+    expect(await code(adminCore.readNamespacedPersistentVolumeClaim({ name: 'home-vera', namespace: NS }))).toBe(200);
   });
 
   test('bad templates fail the session with a clear reason and leave no object behind', async () => {

@@ -143,6 +143,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         args.push(v);
         where.push(sql.replace('?', `$${args.length}`));
       };
+      where.push(`s.state IS DISTINCT FROM 'deleted'`); // v1's soft delete: v1 hides these rows too
       if (claims.role !== 'admin') add('s.user_id = ?', claims.uid);
       else if (req.query.user) add('u.username = ?', req.query.user);
       if (req.query.state) add('s.state = ?', req.query.state);

@@ -171,11 +171,17 @@ export class Stack {
     };
   }
 
-  async start(opts: { worker?: boolean } = {}): Promise<this> {
-    const admin = new PgClient({ connectionString: TEST_ENV.pgAdminUrl });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${this.dbName}`);
-    await admin.end();
+  /**
+   * Creates the stack's database (unless `existingDatabase`: the test made it already, e.g. a v1
+   * install, under this.dbName), applies the migrations, starts the gateway and the worker.
+   */
+  async start(opts: { worker?: boolean; existingDatabase?: boolean } = {}): Promise<this> {
+    if (!opts.existingDatabase) {
+      const admin = new PgClient({ connectionString: TEST_ENV.pgAdminUrl });
+      await admin.connect();
+      await admin.query(`CREATE DATABASE ${this.dbName}`);
+      await admin.end();
+    }
     await migrate(this.databaseUrl, { log: () => undefined });
     this.pool = new Pool({ connectionString: this.databaseUrl, max: 5 });
     this.apiPort = await freePort();
