@@ -5,7 +5,8 @@
  *   status <runId> [--watch]          phases with progress bars (from the workflow's query)
  *   approve <runId> [cohort]          approve the cohort the run waits on
  *   retry <runId>                     retry the phase that blocked
- *   rollback <runId> [reason]         undo everything done so far, newest first
+ *   rollback <runId> [reason] [--restore]  undo everything done so far, newest first (--restore:
+ *                                     restore the database from the dump instead of undoing v2's changes)
  *   abort <runId>                     stop where it is, without compensation
  *   keep-v1 <runId>                   cancel the pending decommission
  */
@@ -61,11 +62,13 @@ export function render(p: MigrationProgress): string[] {
     lines.push(`  ${ph.name.padEnd(13)} ${bar(amount, 1)}  ${ph.status}`);
   }
   if (p.import.total) lines.push(`  import: ${p.import.processed}/${p.import.total} sessions, ${p.import.imported} imported, ${p.import.failed} not imported`);
+  if (p.import.delta)
+    lines.push(`  cut-over deltas: ${p.import.delta.processed} sessions of moving users checked, ${p.import.delta.reimported} re-imported (v1 wrote them), ${p.import.delta.adopted} adopted`);
   if (p.awaitingApproval) lines.push(`  waiting for approval of cohort "${p.awaitingApproval}": npm run migrate -- approve ${p.runId}`);
   if (p.blockedReason) lines.push(`  ${p.blockedReason}`);
   if (p.decommissionAt && p.status === 'waiting-to-decommission')
     lines.push(`  v1 is decommissioned at ${p.decommissionAt} (keep it: npm run migrate -- keep-v1 ${p.runId})`);
-  for (const s of p.rollback) lines.push(`  rollback: ${s.status === 'done' ? 'ok  ' : 'FAIL'} ${s.step}${s.detail ? ` — ${s.detail}` : ''}`);
+  for (const s of p.rollback) lines.push(`  rollback: ${s.status === 'done' ? 'ok  ' : s.status === 'skipped' ? 'skip' : 'FAIL'} ${s.step}${s.detail ? ` — ${s.detail}` : ''}`);
   return lines;
 }
 
@@ -117,10 +120,12 @@ export const MIGRATION_COMMANDS: Record<string, CliCommand> = {
     run: (a) => withClient((c) => c.workflow.getHandle(migrationWorkflowId(need(a))).signal(retrySignal)).then(() => 0),
   },
   rollback: {
-    summary: '<runId> [reason]: undo everything, newest first',
+    summary: "<runId> [reason] [--restore]: undo everything, newest first (v1's writes kept; --restore: from the dump)",
     run: (a, io) =>
       withClient(async (c) => {
-        await c.workflow.getHandle(migrationWorkflowId(need(a))).executeUpdate(rollbackUpdate, { args: [a.slice(1).join(' ')] });
+        const restore = a.includes('--restore');
+        const reason = a.slice(1).filter((x) => x !== '--restore').join(' ');
+        await c.workflow.getHandle(migrationWorkflowId(need(a))).executeUpdate(rollbackUpdate, { args: [reason, restore ? { database: 'restore' } : {}] });
         io.out(`rollback of ${a[0]} accepted; watch: npm run migrate -- progress ${a[0]} --watch`);
         return 0;
       }),

@@ -81,13 +81,32 @@ export interface PhaseProgress {
   detail?: string;
 }
 
+export interface ImportFailure {
+  kind: string;
+  id: string;
+  namespace: string | null;
+  reason: string;
+}
+
 export interface ImportProgress {
   total: number;
   processed: number;
   imported: number;
   failed: number;
-  /** Rows that were not imported, with the reason (first 1000). */
-  failures: Array<{ kind: string; id: string; namespace: string | null; reason: string }>;
+  /** Rows that were not imported, with the reason (first 1000; all are in migration_import_results). */
+  failures: ImportFailure[];
+  /** Delta imports of the cut-over: sessions v1 changed since the import, re-imported as their users moved. */
+  delta?: { processed: number; reimported: number; adopted: number };
+}
+
+/** Totals of one import child run (carried across its continue-as-new). */
+export interface ImportTotals {
+  processed: number;
+  imported: number;
+  unchanged: number;
+  failed: number;
+  adopted: number;
+  pages: number;
 }
 
 export type RunStatus =
@@ -104,8 +123,13 @@ export interface MigrationProgress {
   awaitingApproval: string | null;
   blockedReason: string | null;
   decommissionAt: string | null;
-  rollback: Array<{ step: string; status: 'done' | 'failed'; detail?: string }>;
+  rollback: Array<{ step: string; status: 'done' | 'failed' | 'skipped'; detail?: string }>;
   plan: string[];
+}
+
+/** How a rollback brings the database back: undo v2's additive changes (default), or restore the dump (last resort). */
+export interface RollbackOptions {
+  database?: 'undo' | 'restore';
 }
 
 /** Approve the cohort (or phase) the run waits on. */
@@ -115,7 +139,9 @@ export const retrySignal = defineSignal('retry');
 /** Keep v1 (skip decommission) but finish the run. */
 export const cancelDecommissionSignal = defineSignal('cancelDecommission');
 /** Undo everything done so far, newest first. Returns once the rollback has been accepted. */
-export const rollbackUpdate = defineUpdate<MigrationProgress, [string]>('rollback');
+export const rollbackUpdate = defineUpdate<MigrationProgress, [string, RollbackOptions?]>('rollback');
+/** From the import child to its parent run: totals so far (throttled). */
+export const importProgressSignal = defineSignal<[ImportTotals & { failures: ImportFailure[]; delta: boolean }]>('importProgress');
 /** Stop where it is, without compensation. */
 export const abortSignal = defineSignal<[string?]>('abort');
 export const progressQuery = defineQuery<MigrationProgress>('progress');

@@ -67,6 +67,7 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
         try {
           await fn(req.params.runId, req.body ?? {});
         } catch (err) {
+          if (err instanceof HttpError) throw err;
           if (err instanceof WorkflowNotFoundError) throw new HttpError(404, `migration run "${req.params.runId}" not found`);
           throw new HttpError(409, (err as Error).message);
         }
@@ -77,7 +78,11 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
   signal('retry', (id) => handle(id).signal(retrySignal));
   signal('cancel-decommission', (id) => handle(id).signal(cancelDecommissionSignal));
   signal('abort', (id, b) => handle(id).signal(abortSignal, b.reason));
-  signal('rollback', (id, b) => handle(id).executeUpdate(rollbackUpdate, { args: [b.reason ?? ''] }));
+  // {reason?, database?: 'undo' (default: undo v2's changes, v1's writes kept) | 'restore' (the dump; last resort)}
+  signal('rollback', (id, b) => {
+    if (b.database !== undefined && b.database !== 'undo' && b.database !== 'restore') throw new HttpError(400, 'database must be "undo" or "restore"');
+    return handle(id).executeUpdate(rollbackUpdate, { args: [b.reason ?? '', b.database ? { database: b.database } : {}] });
+  });
 
   // The spec's Option B: v1 Session CRDs (kubectl get sessions -o json) or converted records.
   // Each imported session becomes a managed v2 session (its workflow, hibernated until woken).

@@ -1,0 +1,23 @@
+/** Phase 4, agents: wait (heartbeating) until every platform in use has an online v2 agent. */
+import { beat, withDb } from '../common';
+import type { MigrationOptions } from '../../../workflows/migration-api';
+
+export function agentsActivities() {
+  return {
+    async waitForAgents(o: MigrationOptions): Promise<Record<string, string[]>> {
+      const url = o.v2.databaseUrl ?? o.v1.databaseUrl;
+      for (;;) {
+        const online = await withDb(url, async (c) => {
+          const r = await c.query(`SELECT agent_id, platform FROM agents WHERE status = 'online' AND last_heartbeat > NOW() - INTERVAL '2 minutes'`);
+          return r.rows as Array<{ agent_id: string; platform: string }>;
+        });
+        const byPlatform: Record<string, string[]> = {};
+        for (const p of o.v2.platforms) byPlatform[p] = online.filter((a) => a.platform === p).map((a) => a.agent_id);
+        const missing = o.v2.platforms.filter((p) => !byPlatform[p].length);
+        if (!missing.length) return byPlatform;
+        beat({ waitingFor: missing });
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    },
+  };
+}
