@@ -4,11 +4,12 @@
  * spec/peer figures. No thresholds are asserted: the table is the output.
  *
  *   npm run bench                       all benches
- *   node dist/bench/run.js --only=vnc   one of: dispatch, session-start, reconnect, vnc
+ *   node dist/bench/run.js --only=vnc   one of: dispatch, session-start, reconnect, vnc, migration
  */
 import os from 'node:os';
 import { Metric, ms, now, stopActiveStacks } from './common';
 import { dispatchBench } from './dispatch';
+import { migrationBench } from './migration';
 import { reconnectBench } from './reconnect';
 import { sessionStartBench } from './session-start';
 import { vncBench } from './vnc';
@@ -18,6 +19,7 @@ const BENCHES: Record<string, () => Promise<Metric[]>> = {
   'session-start': sessionStartBench,
   reconnect: reconnectBench,
   vnc: vncBench,
+  migration: migrationBench,
 };
 
 function table(rows: Metric[]): string {
