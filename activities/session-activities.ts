@@ -8,7 +8,7 @@ import { ensureCommand, getCommand, requeueCommand, withdrawPending } from '../d
 import type { CommandResult, CommandType, Platform, StartSessionData } from '../protocol/messages';
 import { FailureType, SessionState } from '../workflows/session-api';
 import type { CommandWaiter } from './command-waiter';
-import { InvalidTemplateError, TemplateManifest, templateToSpec } from './templates';
+import { InvalidTemplateError, manifestSpec, templateToSpec } from './templates';
 
 export interface SessionActivityDeps {
   pool: Pool;
@@ -54,7 +54,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       template_name: string;
       persistent_home: boolean | null;
       home_volume: string | null;
-      manifest: TemplateManifest | null;
+      manifest: unknown;
     }>(
       `SELECT u.username, s.user_id, s.template_name, s.persistent_home, s.platform_metadata->>'home_volume' AS home_volume, t.manifest
          FROM sessions s
@@ -69,7 +69,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     try {
       return {
         user: row.username ?? row.user_id,
-        template: templateToSpec(row.template_name, row.manifest),
+        template: templateToSpec(row.template_name, manifestSpec(row.manifest)),
         persistent_home: row.persistent_home !== false,
         // Imported v1 sessions keep the home volume v1 gave them (home-<user>).
         ...(row.home_volume ? { home_volume: row.home_volume } : {}),

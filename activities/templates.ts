@@ -22,6 +22,44 @@ export interface TemplateManifest {
 
 export class InvalidTemplateError extends Error {}
 
+/**
+ * The Template spec inside whatever a catalog row holds: v2's own manifests are the spec itself
+ * (camelCase); v1's `catalog_templates.manifest` is the whole Template YAML as v1's repository
+ * sync marshalled it with encoding/json, and its Go struct has yaml tags only, so the keys are Go
+ * field names (`Spec.BaseImage`, `Spec.VNC.Port`, `Ports[].ContainerPort`; Env and VolumeMounts
+ * are maps and keep their YAML keys). Both come out as the camelCase spec.
+ */
+export function manifestSpec(raw: unknown): TemplateManifest {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return {};
+  const o = raw as Record<string, any>;
+  const spec = (o.spec ?? o.Spec ?? o) as Record<string, any>;
+  if (!spec || typeof spec !== 'object') return {};
+  const pick = (k: string) => spec[k] ?? spec[k.charAt(0).toUpperCase() + k.slice(1)];
+  const vnc = spec.vnc ?? spec.VNC;
+  const kasm = spec.kasmvnc ?? spec.KasmVNC;
+  const flag = (x: Record<string, any> | null | undefined) =>
+    x && typeof x === 'object' ? { enabled: x.enabled ?? x.Enabled, port: x.port ?? x.Port, protocol: x.protocol ?? x.Protocol } : undefined;
+  const out: TemplateManifest = {
+    displayName: pick('displayName'),
+    description: pick('description'),
+    category: pick('category'),
+    icon: pick('icon'),
+    baseImage: pick('baseImage'),
+    defaultResources: pick('defaultResources') ?? undefined,
+    ports: Array.isArray(pick('ports'))
+      ? pick('ports').map((p: Record<string, any>) => ({ name: p?.name ?? p?.Name, containerPort: p?.containerPort ?? p?.ContainerPort }))
+      : undefined,
+    env: Array.isArray(pick('env')) ? pick('env') : undefined,
+    volumeMounts: Array.isArray(pick('volumeMounts')) ? pick('volumeMounts') : undefined,
+    vnc: flag(vnc),
+    kasmvnc: flag(kasm),
+    capabilities: Array.isArray(pick('capabilities')) ? pick('capabilities') : undefined,
+    tags: Array.isArray(pick('tags')) ? pick('tags') : undefined,
+  };
+  for (const k of Object.keys(out) as Array<keyof TemplateManifest>) if (out[k] === undefined || out[k] === null || out[k] === '') delete out[k];
+  return out;
+}
+
 const CPU = /^(\d+(\.\d+)?)(m)?$/;
 const MEMORY = /^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?$/;
 

@@ -189,9 +189,9 @@ async function bootstrap(pool: Pool, config: GatewayConfig, log: Logger): Promis
     // Not over a template of the same name in v1's catalog (a migrated install keeps its own).
     await pool.query(
       `INSERT INTO templates (name, display_name, description, category, manifest)
-       SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM template_catalog WHERE name = $1)
+       SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM template_catalog WHERE name = $6)
        ON CONFLICT (name) DO NOTHING`,
-      [name, m.displayName, m.description, m.category, m],
+      [name, m.displayName, m.description, m.category, m, name],
     );
   }
 }

@@ -7,8 +7,9 @@
 --     its own ids, so v1 is unaffected).
 --   * users.active: v1.0.0 has it; older schemas get it (disabled users cannot log in).
 --   * template_catalog: one view of the catalog v2 serves, v2's own `templates` first, then v1's
---     `catalog_templates` (the repository sync cache; manifest is the whole Template YAML as JSON,
---     so the spec is manifest->'spec'). Recreated by this file only; nothing is copied.
+--     `catalog_templates` (the repository sync cache; manifest is the whole Template YAML as v1's
+--     encoding/json wrote it, with Go field names: activities/templates.ts manifestSpec reads it).
+--     Nothing is copied.
 -- Only additive schema changes; no v1 row is written. Idempotent.
 
 DO $$
@@ -46,7 +47,7 @@ BEGIN
           FROM templates t
         UNION ALL
         SELECT c.name, c.display_name, c.description, c.category, c.icon_url AS icon,
-               COALESCE(c.manifest->'spec', c.manifest) AS manifest, 'v1-catalog'::text AS source
+               c.manifest, 'v1-catalog'::text AS source
           FROM (SELECT DISTINCT ON (name) * FROM catalog_templates
                  WHERE name IS NOT NULL AND manifest IS NOT NULL
                  ORDER BY name, id) c

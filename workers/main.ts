@@ -1,8 +1,8 @@
 /** Worker process: runs session workflows and their activities. Stateless; run as many as you like. */
 import { NativeConnection } from '@temporalio/worker';
-import { Connection } from '@temporalio/client';
+import { Client, Connection } from '@temporalio/client';
 import os from 'node:os';
-import { databaseUrl, envDuration, envOptional, taskQueue, temporalAddress, temporalNamespace } from '../config/env';
+import { databaseUrl, envDuration, envInt, envOptional, taskQueue, temporalAddress, temporalNamespace } from '../config/env';
 import { createLogger } from '../config/log';
 import { createPool } from '../db/pool';
 import { ensureSearchAttributes } from './search-attributes';
@@ -15,9 +15,9 @@ async function main() {
   const namespace = temporalNamespace();
   const url = databaseUrl();
   const pool = createPool(url);
-  const client = await Connection.connect({ address });
-  await ensureSearchAttributes(client, namespace);
-  await client.close();
+  const clientConnection = await Connection.connect({ address });
+  await ensureSearchAttributes(clientConnection, namespace);
+  const temporal = new Client({ connection: clientConnection, namespace });
   const connection = await NativeConnection.connect({ address });
   const { worker, close } = await createSessionWorker({
     connection,
@@ -29,6 +29,13 @@ async function main() {
     log,
     identity: `worker-${os.hostname()}-${process.pid}`,
     redisUrl: envOptional('REDIS_URL'),
+    adoption: {
+      pool,
+      temporal,
+      taskQueue: taskQueue(),
+      startTimeoutMs: envDuration('SESSION_START_TIMEOUT', '5m'),
+      historyLimit: envInt('SESSION_HISTORY_LIMIT', 2000),
+    },
   });
   log.info('Worker started', { address, namespace, taskQueue: taskQueue() });
   const stop = () => worker.shutdown();
@@ -38,6 +45,7 @@ async function main() {
   await close();
   await pool.end();
   await connection.close();
+  await clientConnection.close();
   log.info('Worker stopped');
 }
 

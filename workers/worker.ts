@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import type { Pool } from 'pg';
 import { CommandWaiter } from '../activities/command-waiter';
 import { createMigrationActivities } from '../activities/migration/activities';
+import type { AdoptionDeps } from '../activities/session-adoption';
 import { createSessionActivities } from '../activities/session-activities';
 import { CHANNEL_COMMAND_DONE } from '../db/commands';
 import { PgListener } from '../db/listener';
@@ -21,6 +22,8 @@ export interface SessionWorkerOptions {
   identity?: string;
   /** Redis for the migration's cut-over routing (REDIS_URL). */
   redisUrl?: string;
+  /** Lets the migration's import start workflows for the sessions it imports. */
+  adoption?: AdoptionDeps;
 }
 
 export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
@@ -32,7 +35,7 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
       waiter: new CommandWaiter(listener),
       heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
     }),
-    ...createMigrationActivities({ redisUrl: opts.redisUrl }),
+    ...createMigrationActivities({ redisUrl: opts.redisUrl, adoption: opts.adoption }),
   };
   const worker = await Worker.create({
     connection: opts.connection,

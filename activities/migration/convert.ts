@@ -24,7 +24,7 @@ export interface V2SessionRecord {
   tags: string[];
   /** v1's home for the session: PVC `home-<spec.user>` (the v1 controller's name), kept on v2. */
   homeVolume: string;
-  /** Provenance and v1's own values (v1_state, v1_platform, v1_user_id): what a rollback restores. */
+  /** Provenance; with store.ts's v1_* values, what a rollback restores. */
   metadata: Record<string, unknown>;
 }
 
@@ -93,10 +93,10 @@ export function convertSession(src: { crd?: V1Object; row?: Record<string, unkno
       homeVolume: `home-${owner}`.toLowerCase(),
       metadata: {
         source: 'v1.x',
+        // For a session v1 has no row for (a CRD only): the import inserts it. Where v1 has a row,
+        // store.ts records the row's own v1_state, v1_platform and v1_user_id instead.
         v1_state: rowState === undefined ? v1State : rowState,
-        v1_platform: row.platform ?? null,
-        v1_user_id: src.row ? (row.user_id ?? null) : null,
-        v1_inserted: !src.row,
+        v1_inserted: true,
         v1_phase: status.phase ?? null,
         v1_pod: status.podName ?? row.pod_name ?? null,
         v1_namespace: crd?.metadata?.namespace ?? row.namespace ?? null,

@@ -1,8 +1,8 @@
 /**
  * Writes an imported v1 session into the database v1 and v2 share. Blue-green: the row v1 wrote
  * stays the row; importing takes it over for v2 once (state, owner as users.id, platform, tags,
- * provenance). v1's own values are kept in platform_metadata (v1_state, v1_platform, v1_user_id,
- * v1_inserted) so a rollback can put them back. A row v2 already manages (it has a workflow) is
+ * provenance). v1's own values of those columns are kept in platform_metadata (v1_state,
+ * v1_platform, v1_user_id; v1_inserted when v1 had no row) so a rollback can put them back. A row v2 already manages (it has a workflow) is
  * never touched again.
  */
 import { ensureUser, resolveV1Owner } from '../../db/users';
@@ -37,9 +37,12 @@ export async function saveImportedSession(db: Queryable, s: V2SessionRecord, opt
   const uid = await ownerId(db, s.owner);
   const conflict =
     opts.onConflict === 'update'
-      ? // v1's values recorded by the first import win (a re-run after a crash sees v2's values in the row).
+      ? // v1's own values of the columns taken over are recorded from the row itself; those recorded
+        // by a first import win (a re-run after a crash finds v2's values in the row).
         `DO UPDATE SET state = EXCLUDED.state, user_id = EXCLUDED.user_id, platform = EXCLUDED.platform, tags = EXCLUDED.tags,
-           platform_metadata = EXCLUDED.platform_metadata || COALESCE(sessions.platform_metadata, '{}'::jsonb)
+           platform_metadata = EXCLUDED.platform_metadata
+             || jsonb_build_object('v1_state', sessions.state, 'v1_platform', sessions.platform, 'v1_user_id', sessions.user_id, 'v1_inserted', false)
+             || COALESCE(sessions.platform_metadata, '{}'::jsonb)
          WHERE sessions.workflow_id IS NULL`
       : 'DO NOTHING';
   const metadata = { ...s.metadata, home_volume: s.homeVolume, ...(opts.runId ? { migration_run: opts.runId } : {}) };

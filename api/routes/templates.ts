@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import { manifestSpec } from '../../activities/templates';
 import { HttpError } from '../app';
 
 const CreateTemplate = Type.Object(
@@ -22,17 +23,22 @@ interface TemplateRow {
 
 export async function templateRoutes(app: FastifyInstance): Promise<void> {
   app.get('/api/v1/templates', { onRequest: app.authenticate, schema: { tags: ['templates'], security: [{ bearer: [] }] } }, async () => {
-    const r = await app.deps.pool.query<TemplateRow>('SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog ORDER BY name');
-    return r.rows.map((t) => ({
-      name: t.name,
-      display_name: t.display_name,
-      description: t.description,
-      category: t.category,
-      icon: t.icon,
-      image: (t.manifest as { baseImage?: string }).baseImage ?? null,
-      tags: (t.manifest as { tags?: string[] }).tags ?? [],
-      source: t.source,
-    }));
+    const r = await app.deps.pool.query<TemplateRow>(
+      'SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog ORDER BY name',
+    );
+    return r.rows.map((t) => {
+      const spec = manifestSpec(t.manifest);
+      return {
+        name: t.name,
+        display_name: t.display_name,
+        description: t.description,
+        category: t.category,
+        icon: t.icon,
+        image: spec.baseImage ?? null,
+        tags: spec.tags ?? [],
+        source: t.source,
+      };
+    });
   });
 
   app.post<{ Body: { name: string; manifest: Record<string, unknown> & { displayName: string } } }>(
