@@ -8,14 +8,7 @@ import { WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/cl
 import { ApplicationFailure } from '@temporalio/common';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
-import {
-  FailureType,
-  hibernateUpdate,
-  sessionWorkflowId,
-  statusQuery,
-  stopUpdate,
-  wakeUpdate,
-} from '../../workflows/session-api';
+import { FailureType, hibernateUpdate, sessionWorkflowId, statusQuery, stopUpdate, wakeUpdate } from '../../workflows/session-api';
 import { startSessionWorkflow } from '../../activities/session-adoption';
 import { ensureUser } from '../../db/users';
 import { HttpError } from '../app';

@@ -34,7 +34,9 @@ export async function userRoutes(app: FastifyInstance): Promise<void> {
   );
 
   app.get('/api/v1/users', { onRequest: app.requireAdmin, schema: { tags: ['users'], security: [{ bearer: [] }] } }, async () => {
-    const r = await app.deps.pool.query('SELECT id::text AS id, username, email, role, COALESCE(active, true) AS active, created_at FROM users ORDER BY username');
+    const r = await app.deps.pool.query(
+      'SELECT id::text AS id, username, email, role, COALESCE(active, true) AS active, created_at FROM users ORDER BY username',
+    );
     return r.rows;
   });
 }

@@ -97,4 +97,3 @@ export class FakeKubelet {
         .catch(() => undefined);
   }
 }
-
