@@ -165,6 +165,14 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     expect(p.plan.join('\n')).toMatch(/import: \d+ template CRDs; \d+ Session CRDs and 220 database rows/);
     expect(p.phases.map((x) => x.status)).toEqual(['done', 'skipped', 'skipped', 'skipped', 'skipped', 'skipped', 'skipped']);
     expect(await tableStates(v1.url)).toEqual(before);
+    // A plan writes nothing anywhere: no backup folder, no table, no Redis key.
+    expect(existsSync(path.join(backupDir, runId))).toBe(false);
+    const c = new Client({ connectionString: v1.url });
+    await c.connect();
+    const tables = (await c.query(`SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1`)).rows.map((r) => r.tablename);
+    await c.end();
+    expect(tables).toEqual(['sessions', 'templates', 'users']);
+    expect(await redis.keys('streamspace:migration*')).toEqual([]);
   });
 
   // Rollback from a run stopped at each kind of point; every time v1 must be back exactly as it was.
@@ -209,7 +217,9 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     if (existsSync(manifestPath)) expect(JSON.parse(readFileSync(manifestPath, 'utf8')).tables).toEqual(before);
     const after = await replicas();
     for (const [d, n] of Object.entries(V1_DEPLOYMENTS)) expect(after[d]).toBe(n);
-    expect(after).toMatchObject({ ...replicasBefore, 'streamspace-v2/streamspace-control-plane': 0, 'streamspace-v2/streamspace-worker': 0 });
+    // v2 down, except the worker running the rollback (never scaled).
+    expect(after).toMatchObject({ ...replicasBefore, 'streamspace-v2/streamspace-control-plane': 0 });
+    expect(after['streamspace-v2/streamspace-worker']).toBe(replicasBefore['streamspace-v2/streamspace-worker']);
     expect(JSON.parse((await redis.get(ROUTING_KEY))!).mode).toBe('v1');
     expect(await routedTo(alice)).toBe('v1');
     await redis.del(ROUTING_KEY);
@@ -278,9 +288,14 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     const history = await stack.temporal.workflow.getHandle(migrationWorkflowId(runId)).fetchHistory();
     const scheduled = (history.events ?? []).map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean) as string[];
     const count = (n: string) => scheduled.filter((x) => x === n).length;
-    expect([count('preflight'), count('backup'), count('migrateSchema'), count('waitForAgents'), count('planImport')]).toEqual([1, 1, 1, 1, 1]);
-    expect(count('importSessions')).toBe(Math.ceil(final.import.total / 10));
+    expect([count('preflight'), count('backup'), count('migrateSchema'), count('waitForAgents'), count('prepareImport')]).toEqual([1, 1, 1, 1, 1]);
     expect(count('setRouting')).toBe(3);
+    // The pages run in child workflows (a cursor each, never the list of ids); no page ran twice.
+    const child = await stack.temporal.workflow.getHandle(`${migrationWorkflowId(runId)}/import`).fetchHistory();
+    const pages = (child.events ?? []).filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'importPage').length;
+    expect(pages).toBeGreaterThanOrEqual(Math.ceil(final.import.total / 10));
+    expect(pages).toBeLessThanOrEqual(Math.ceil(final.import.total / 10) + 6);
+    expect(scheduled).not.toContain('importPage');
 
     // Decommissioned: v1 scaled to 0, CRDs gone, archive written.
     const after = await replicas();
