@@ -197,7 +197,8 @@ describe('Kubernetes agent on a real API server', () => {
   });
 
   test("an imported v1 session wakes on the Kubernetes agent with v1's home PVC home-<user>, which outlives it", async () => {
-    // v1's controller had made the PVC home-<Spec.User>; the session's files live there.
+    // v1's controller had made the PVC home-<Spec.User> (the username); the session's files live there.
+    expect((await stack.call('POST', '/api/v1/users', { username: 'vera', password: 'vera-password' }, admin)).status).toBe(201);
     await adminCore.createNamespacedPersistentVolumeClaim({
       namespace: NS,
       body: {
@@ -208,7 +209,7 @@ describe('Kubernetes agent on a real API server', () => {
     const crd = {
       apiVersion: 'stream.space/v1alpha1',
       kind: 'Session',
-      metadata: { name: 'vera-k8s-desktop-5e6f7a8b', namespace: NS },
+      metadata: { name: `vera-k8s-desktop-${stack.id}`, namespace: NS },
       spec: { user: 'vera', template: 'k8s-desktop', state: 'hibernated', persistentHome: true },
     };
     const imported = await stack.call('POST', '/api/v1/sessions/bulk-import', [crd], admin);

@@ -90,8 +90,16 @@ describe('migration files', () => {
       '002_v2.0-beta1-additions.sql',
       '003_v2.0.1-runtime.sql',
       '004_v2.0.2-vnc-tickets.sql',
+      '005_v2.0.3-v1-users-catalog.sql',
     ]);
-    expect(list.map((m) => m.version)).toEqual(['v1.0.0-baseline', 'v2.0.0-agents', 'v2.0.0-beta1-ha', 'v2.0.1-runtime', 'v2.0.2-vnc-tickets']);
+    expect(list.map((m) => m.version)).toEqual([
+      'v1.0.0-baseline',
+      'v2.0.0-agents',
+      'v2.0.0-beta1-ha',
+      'v2.0.1-runtime',
+      'v2.0.2-vnc-tickets',
+      'v2.0.3-v1-users-catalog',
+    ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });
 });
@@ -260,16 +268,19 @@ describe('migrate()', () => {
                 (SELECT count(*) FROM sessions)::int AS sessions`,
       );
       expect(counts.rows[0]).toEqual({ users: 50, templates: 50, sessions: 50 });
+      // `state` is added beside v1's `status` (a v1 still serving keeps reading `status`), and equal to it.
       const cols = await columns(c, 'sessions');
       expect(cols).toContain('state');
-      expect(cols).not.toContain('status');
-      const { rows } = await c.query('SELECT id, state, platform, platform_metadata, url, memory FROM sessions');
+      expect(cols).toContain('status');
+      const { rows } = await c.query('SELECT id, state, status, platform, platform_metadata, url, memory FROM sessions');
       expect(rows).toHaveLength(50);
       rows.forEach((r) => {
         const i = Number(/^user(\d+)-/.exec(r.id)![1]);
         expect(r.state).toBe(STATES[i % 3]);
-        expect(r.platform).toBe('kubernetes');
-        expect(r.platform_metadata).toEqual({ source: 'v1.x', controller: 'kubebuilder' });
+        expect(r.status).toBe(STATES[i % 3]);
+        // No v1 row is rewritten (the guide's backfill of platform/platform_metadata is not done).
+        expect(r.platform).toBeNull();
+        expect(r.platform_metadata).toBeNull();
         expect(r.url).toBe(`https://ss.example.com/s/${i}`);
         expect(r.memory).toBe('2Gi');
       });
@@ -286,6 +297,18 @@ describe('migrate()', () => {
       ).toEqual(['id', 'state']);
       // v1 sessions can be targeted by v2 commands (TEXT id foreign key).
       await c.query(`INSERT INTO agent_commands (session_id, command_type) VALUES ('user3-tmpl-3', 'wake_session')`);
+      // Both versions write: v1's `status` reaches `state`, v2's `state` reaches `status`.
+      await c.query(`UPDATE sessions SET status = 'hibernated' WHERE id = 'user1-tmpl-1'`);
+      await c.query(`UPDATE sessions SET state = 'terminated' WHERE id = 'user2-tmpl-2'`);
+      await c.query(`INSERT INTO sessions (id, user_id, template_name, status) VALUES ('v1-new', 'user4', 'tmpl-4', 'running')`);
+      await c.query(`INSERT INTO sessions (id, user_id, template_name, state) VALUES ('v2-new', 'user4', 'tmpl-4', 'pending')`);
+      const synced = await c.query(`SELECT id, state, status FROM sessions WHERE id IN ('user1-tmpl-1', 'user2-tmpl-2', 'v1-new', 'v2-new') ORDER BY id`);
+      expect(synced.rows).toEqual([
+        { id: 'user1-tmpl-1', state: 'hibernated', status: 'hibernated' },
+        { id: 'user2-tmpl-2', state: 'terminated', status: 'terminated' },
+        { id: 'v1-new', state: 'running', status: 'running' },
+        { id: 'v2-new', state: 'pending', status: 'pending' },
+      ]);
     });
   });
 

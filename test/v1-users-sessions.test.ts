@@ -135,7 +135,7 @@ describe('a StreamSpace v1.0.0 install, as v1 created it, on v2', () => {
     // A template in v1's catalog whose image exists here, and a v1 session of it, both written as v1 writes them.
     const db = new Client({ connectionString: v1.url });
     await db.connect();
-    const sessionId = `${owner.username}-local-desktop-0a1b2c3d`;
+    const sessionId = `${owner.username}-local-desktop-${stack.id}`; // workflow ids are namespace-wide: unique per run
     try {
       await db.query(
         `INSERT INTO catalog_templates (repository_id, name, display_name, description, category, app_type, icon_url, manifest, tags)
@@ -158,16 +158,13 @@ describe('a StreamSpace v1.0.0 install, as v1 created it, on v2', () => {
           }),
         ],
       );
-      await db.query(
-        `INSERT INTO sessions (id, user_id, template_name, state, app_type, namespace, platform, memory, cpu, persistent_home, idle_timeout, max_session_duration, created_at, updated_at)
-         VALUES ($1, $2, 'local-desktop', 'running', 'desktop', 'streamspace', 'kubernetes', '1Gi', '500m', true, '30m', '8h', NOW(), NOW())`,
-        [sessionId, owner.id],
-      );
     } finally {
       await db.end();
     }
-    // v1 named the home after Spec.User (= sessions.user_id): home-<that>.
-    const volume = `home-${owner.id}`;
+    // v1's API puts the username the UI sends into Spec.User, and its controller names the home
+    // after it: home-<username>. (Its sessions-table insert for that session fails v1's own
+    // foreign key to users.id, so a non-admin's v1 session is a CRD only.)
+    const volume = `home-${owner.username}`;
     volumes.push(volume);
     await writeIntoVolume(stack, volume, 'written-on-v1.txt', 'hello from v1');
 
@@ -175,7 +172,7 @@ describe('a StreamSpace v1.0.0 install, as v1 created it, on v2', () => {
       apiVersion: 'stream.space/v1alpha1',
       kind: 'Session',
       metadata: { name: sessionId, namespace: 'streamspace' },
-      spec: { user: owner.id, template: 'local-desktop', state: 'running', persistentHome: true },
+      spec: { user: owner.username, template: 'local-desktop', state: 'running', persistentHome: true },
     };
     const imported = await stack.call('POST', '/api/v1/sessions/bulk-import?platform=docker', { items: [crd] }, adminToken);
     expect(imported.status).toBe(200);
@@ -212,6 +209,12 @@ describe('a StreamSpace v1.0.0 install, as v1 created it, on v2', () => {
     // What v1 had in the row is kept for a rollback.
     const row = await stack.pool.query(`SELECT user_id, platform_metadata FROM sessions WHERE id = $1`, [sessionId]);
     expect(row.rows[0].user_id).toBe(owner.id);
-    expect(row.rows[0].platform_metadata).toEqual(expect.objectContaining({ v1_state: 'running', v1_platform: 'kubernetes', home_volume: volume }));
+    expect(row.rows[0].platform_metadata).toEqual(expect.objectContaining({ v1_state: 'running', v1_inserted: true, home_volume: volume }));
+
+    // An owner who is not a user is a failure with the reason; no user is created by an import.
+    const stray = { ...crd, metadata: { ...crd.metadata, name: `nobody-local-desktop-${stack.id}` }, spec: { ...crd.spec, user: 'nobody' } };
+    const refused = await stack.call('POST', '/api/v1/sessions/bulk-import?platform=docker', [stray], adminToken);
+    expect(refused.body.results).toEqual([expect.objectContaining({ status: 'failed', reason: expect.stringContaining('"nobody" is not a user') })]);
+    expect((await stack.pool.query(`SELECT 1 FROM users WHERE username = 'nobody'`)).rowCount).toBe(0);
   });
 });

@@ -1,2 +1,3 @@
 export { sessionWorkflow } from './session';
 export { migrationWorkflow } from './migration';
+export { migrationImportWorkflow } from './migration/import';

@@ -21,15 +21,12 @@
  *   → undo v2's database changes (v1's writes since the backup stay; restore-from-dump into a new
  *   database as the last resort) → restore v1 CRDs → v1 replicas as the backup manifest recorded
  */
-import type { ImportTotals, MigrationOptions, MigrationProgress, PhaseName } from './migration-api';
-import { importRun, ImportRunArgs, isImportRun } from './migration/import';
+import type { MigrationOptions, MigrationProgress, PhaseName } from './migration-api';
 import * as phase from './migration/phases';
 import * as undo from './migration/rollback';
 import { Run } from './migration/run';
 
-export async function migrationWorkflow(input: MigrationOptions | ImportRunArgs): Promise<MigrationProgress | ImportTotals> {
-  // The import's child runs (one per import and per cut-over delta) share this workflow type.
-  if (isImportRun(input)) return importRun(input);
+export async function migrationWorkflow(input: MigrationOptions): Promise<MigrationProgress> {
   const run = new Run(input);
   const p = run.p;
 

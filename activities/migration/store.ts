@@ -5,27 +5,24 @@
  * v1_platform, v1_user_id; v1_inserted when v1 had no row) so a rollback can put them back. A row v2 already manages (it has a workflow) is
  * never touched again.
  */
-import { ensureUser, resolveV1Owner } from '../../db/users';
+import { resolveV1Owner } from '../../db/users';
 import type { V2SessionRecord } from './convert';
 
 interface Queryable {
   query<R extends Record<string, unknown> = Record<string, unknown>>(sql: string, args?: unknown[]): Promise<{ rows: R[]; rowCount: number | null }>;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const USERNAME = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
-
 export class ImportError extends Error {}
 
 /**
- * The users.id of a v1 session's owner: a v1 user by id, else by username; a username no user
- * has yet (a CRD made by hand) becomes a new user. A uuid nobody has is an error, not a new user.
+ * The users.id of a v1 session's owner: a v1 user by id, else by username. An owner who is not a
+ * user is an import failure with that reason: the import never adds users (v1's users table is
+ * v1's; a rollback leaves it exactly as v1 has it).
  */
 export async function ownerId(db: Queryable, owner: string): Promise<string> {
   const found = await resolveV1Owner(db, owner);
-  if (found) return found.id;
-  if (UUID.test(owner) || !USERNAME.test(owner)) throw new ImportError(`owner "${owner}" is not a v1 user`);
-  return (await ensureUser(db, { username: owner })).id;
+  if (!found) throw new ImportError(`owner "${owner}" is not a user (create the user first, then import again)`);
+  return found.id;
 }
 
 /**

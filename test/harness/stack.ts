@@ -297,6 +297,16 @@ export class Stack {
     return all.filter((c) => this.agents.has(c.Labels['io.streamspace.agent-id']) && (!sessionId || c.Labels['io.streamspace.session-id'] === sessionId));
   }
 
+  /** Terminates this stack's running workflows (those on its task queue). */
+  async terminateWorkflows(): Promise<void> {
+    if (!this.temporal) return;
+    for await (const wf of this.temporal.workflow.list({ query: `TaskQueue = '${this.taskQueue}' AND ExecutionStatus = 'Running'` }))
+      await this.temporal.workflow
+        .getHandle(wf.workflowId, wf.runId)
+        .terminate('test stack stopped')
+        .catch(() => undefined);
+  }
+
   async stop(): Promise<void> {
     for (const a of this.agents.values()) await a.kill('SIGTERM');
     await this.worker?.kill('SIGTERM');
@@ -312,6 +322,9 @@ export class Stack {
         .getVolume(v.Name)
         .remove()
         .catch(() => undefined);
+    // Workflow ids are namespace-wide: leave none of this stack's running behind to collide with a
+    // later run's (a session or migration id reused by a deterministic fixture).
+    await this.terminateWorkflows().catch(() => undefined);
     await this.temporalConnection?.close().catch(() => undefined);
     await this.pool?.end().catch(() => undefined);
     const admin = new PgClient({ connectionString: TEST_ENV.pgAdminUrl });

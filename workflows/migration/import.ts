@@ -24,10 +24,8 @@ const PAGES_PER_RUN = 200;
 const SIGNAL_EVERY_MS = 1000;
 const ZERO: ImportTotals = { processed: 0, imported: 0, unchanged: 0, failed: 0, adopted: 0, pages: 0 };
 
-export const isImportRun = (x: unknown): x is ImportRunArgs => !!x && typeof x === 'object' && 'importRun' in x;
-
-/** Child side: pages until the cursor runs out. */
-export async function importRun({ importRun: a }: ImportRunArgs): Promise<ImportTotals> {
+/** The child workflow (`migration/<runId>/<name>`): pages until the cursor runs out. */
+export async function migrationImportWorkflow({ importRun: a }: ImportRunArgs): Promise<ImportTotals> {
   const parent = getExternalWorkflowHandle(a.parentId);
   const totals = { ...a.totals };
   let cursor = a.cursor;
@@ -54,7 +52,7 @@ export async function importRun({ importRun: a }: ImportRunArgs): Promise<Import
     if (cursor && a.o.importPaceMs > 0) await sleep(a.o.importPaceMs);
     if (cursor && pages >= a.pagesPerRun) {
       await report();
-      await continueAsNew<(x: ImportRunArgs) => Promise<ImportTotals>>({ importRun: { ...a, cursor, totals } });
+      await continueAsNew<typeof migrationImportWorkflow>({ importRun: { ...a, cursor, totals } });
     }
   }
   await report();
@@ -66,9 +64,9 @@ export function runImportChild(o: MigrationOptions, name: string, scope: ImportS
   const args: ImportRunArgs = {
     importRun: { o, parentId: migrationWorkflowId(o.runId), scope, v1Cols, cursor, totals: ZERO, pagesPerRun: PAGES_PER_RUN },
   };
-  return executeChild('migrationWorkflow', {
+  return executeChild(migrationImportWorkflow, {
     workflowId: `${migrationWorkflowId(o.runId)}/${name}`,
     args: [args],
     cancellationType: ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
-  }) as Promise<ImportTotals>;
+  });
 }

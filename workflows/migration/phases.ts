@@ -97,7 +97,8 @@ async function move(run: Run, name: string, before: RouteSet, after: RouteSet): 
   const o = run.o;
   run.p.cohort = name;
   const imports = STRATEGY_PHASES[o.strategy].includes('import');
-  const delta = (suffix: string) => runImportChild(o, `delta-${name}${suffix}`, { mode: 'delta', before, after, adopt: true }, v1Columns(run), { pass: 'crds', ns: 0 });
+  const delta = (suffix: string) =>
+    runImportChild(o, `delta-${name}${suffix}`, { mode: 'delta', before, after, adopt: true }, v1Columns(run), { pass: 'crds', ns: 0 });
   const add = (t: { processed: number; imported: number; adopted: number }) => {
     const d = run.deltaTotals;
     d.processed += t.processed;

@@ -17,7 +17,7 @@ import { adoptSessions } from '../../session-adoption';
 import { convertSession, convertTemplate } from '../convert';
 import { Kube, V1Object } from '../kube';
 import { moves, RouteSet } from '../routing-state';
-import { saveImportedSession } from '../store';
+import { ImportError, saveImportedSession } from '../store';
 import { beat, fingerprintSql, MigrationActivityDeps, quoteIdent, withDb } from '../common';
 import type { Client } from 'pg';
 import type { ImportFailure, MigrationOptions } from '../../../workflows/migration-api';
@@ -164,6 +164,7 @@ export function importActivities(deps: MigrationActivityDeps) {
     const converted = items.map((it) => ({ it, conv: convertSession(it.src, templates) }));
     const ok = converted.filter((x) => x.conv.ok);
     const ids = ok.map((x) => x.it.id);
+    const skipped = new Set<string>();
     if (v1Cols.sessions) await captureOriginals(c, o.runId, 'sessions', 'id', ids, v1Cols.sessions);
     for (const { it, conv } of converted) {
       if (!conv.ok) {
@@ -172,12 +173,23 @@ export function importActivities(deps: MigrationActivityDeps) {
         results.push({ kind: 'session', id: it.id, namespace: it.namespace, status: 'failed', reason: conv.reason, via: it.via, version: it.version });
         continue;
       }
-      await saveImportedSession(c, conv.record, { onConflict: 'update', runId: o.runId });
+      try {
+        await saveImportedSession(c, conv.record, { onConflict: 'update', runId: o.runId });
+      } catch (err) {
+        // Thrown before any write (the owner lookup): the page's transaction is intact.
+        if (!(err instanceof ImportError)) throw err;
+        skipped.add(it.id);
+        res.failed++;
+        if (res.failures.length < MAX_FAILURES_PER_PAGE) res.failures.push({ kind: 'session', id: it.id, namespace: it.namespace, reason: err.message });
+        results.push({ kind: 'session', id: it.id, namespace: it.namespace, status: 'failed', reason: err.message, via: it.via, version: it.version });
+        continue;
+      }
       res.imported++;
       results.push({ kind: 'session', id: it.id, namespace: it.namespace, status: 'imported', reason: null, via: it.via, version: it.version });
     }
-    if (v1Cols.sessions) await recordWritten(c, o.runId, 'sessions', 'id', ids, v1Cols.sessions);
-    return ids;
+    const written = ids.filter((id) => !skipped.has(id));
+    if (v1Cols.sessions) await recordWritten(c, o.runId, 'sessions', 'id', written, v1Cols.sessions);
+    return written;
   }
 
   async function adopt(ids: string[], res: ImportPageResult, scope: ImportScope): Promise<void> {
@@ -231,9 +243,7 @@ export function importActivities(deps: MigrationActivityDeps) {
     const ids = crds.map((x) => String(x.metadata?.name ?? ''));
     const toAdopt = await withDb(o.v1.databaseUrl, async (c) => {
       const fp = v1Cols.sessions ? fingerprintSql(v1Cols.sessions) : `''`;
-      const rows = new Map(
-        (await c.query(`SELECT x.*, ${fp} AS __fp FROM sessions x WHERE x.id = ANY($1::text[])`, [ids])).rows.map((r) => [String(r.id), r]),
-      );
+      const rows = new Map((await c.query(`SELECT x.*, ${fp} AS __fp FROM sessions x WHERE x.id = ANY($1::text[])`, [ids])).rows.map((r) => [String(r.id), r]));
       const prior = (
         await c.query(
           `SELECT source_id, namespace, status, source_version FROM migration_import_results WHERE run_id = $1 AND kind = 'session' AND source_id = ANY($2::text[])`,
@@ -241,11 +251,17 @@ export function importActivities(deps: MigrationActivityDeps) {
         )
       ).rows as Array<{ source_id: string; namespace: string; status: string; source_version: string | null }>;
       const written = new Map(
-        (await c.query(`SELECT key, written_fp FROM migration_originals WHERE run_id = $1 AND tbl = 'sessions' AND key = ANY($2::text[])`, [o.runId, ids])).rows.map(
-          (r) => [r.key as string, r.written_fp as string | null],
-        ),
+        (
+          await c.query(`SELECT key, written_fp FROM migration_originals WHERE run_id = $1 AND tbl = 'sessions' AND key = ANY($2::text[])`, [o.runId, ids])
+        ).rows.map((r) => [r.key as string, r.written_fp as string | null]),
       );
-      const names = scope.mode === 'delta' ? await usernames(c, crds.map((x) => String((x.spec as Record<string, unknown>)?.user ?? ''))) : new Map();
+      const names =
+        scope.mode === 'delta'
+          ? await usernames(
+              c,
+              crds.map((x) => String((x.spec as Record<string, unknown>)?.user ?? '')),
+            )
+          : new Map();
       const templates = await knownTemplates(c);
       const items: Parameters<typeof save>[3] = [];
       const results: ResultRow[] = [];
@@ -296,7 +312,11 @@ export function importActivities(deps: MigrationActivityDeps) {
   async function rowsPage(o: MigrationOptions, scope: ImportScope, v1Cols: V1Columns, cur: ImportCursor, res: ImportPageResult): Promise<ImportCursor | null> {
     const { next, toAdopt } = await withDb(o.v1.databaseUrl, async (c) => {
       const fp = v1Cols.sessions ? fingerprintSql(v1Cols.sessions) : `''`;
-      const hasWorkflowId = (await c.query(`SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'sessions' AND column_name = 'workflow_id'`)).rowCount;
+      const hasWorkflowId = (
+        await c.query(
+          `SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'sessions' AND column_name = 'workflow_id'`,
+        )
+      ).rowCount;
       // v1 rows without a CRD (those with one were done by the CRD pass); never v2's own sessions.
       const r = await c.query(
         `SELECT x.*, ${fp} AS __fp, m.written_fp AS __written, res.status AS __status
@@ -310,7 +330,13 @@ export function importActivities(deps: MigrationActivityDeps) {
           ORDER BY x.id LIMIT $3`,
         [o.runId, cur.after ?? '', o.importBatchSize],
       );
-      const names = scope.mode === 'delta' ? await usernames(c, r.rows.map((x) => String(x.user_id ?? ''))) : new Map();
+      const names =
+        scope.mode === 'delta'
+          ? await usernames(
+              c,
+              r.rows.map((x) => String(x.user_id ?? '')),
+            )
+          : new Map();
       const templates = await knownTemplates(c);
       const items: Parameters<typeof save>[3] = [];
       const results: ResultRow[] = [];
@@ -338,7 +364,10 @@ export function importActivities(deps: MigrationActivityDeps) {
       await recordResults(c, o.runId, results);
       await c.query('COMMIT');
       const last = r.rows.length ? String(r.rows[r.rows.length - 1].id) : null;
-      return { next: r.rows.length < o.importBatchSize || !last ? null : { pass: 'rows' as const, ns: 0, after: last }, toAdopt: [...new Set([...adoptIds, ...saved])] };
+      return {
+        next: r.rows.length < o.importBatchSize || !last ? null : { pass: 'rows' as const, ns: 0, after: last },
+        toAdopt: [...new Set([...adoptIds, ...saved])],
+      };
     });
     await adopt(toAdopt, res, scope);
     return next;
@@ -357,10 +386,9 @@ export function importActivities(deps: MigrationActivityDeps) {
       await withDb(o.v1.databaseUrl, async (c) => {
         let after = '';
         for (;;) {
-          const r = await c.query(
-            `SELECT id FROM sessions WHERE id > $1 AND COALESCE(platform_metadata->>'source', 'v1.x') = 'v1.x' ORDER BY id LIMIT 5000`,
-            [after],
-          );
+          const r = await c.query(`SELECT id FROM sessions WHERE id > $1 AND COALESCE(platform_metadata->>'source', 'v1.x') = 'v1.x' ORDER BY id LIMIT 5000`, [
+            after,
+          ]);
           for (const x of r.rows) ids.add(String(x.id));
           if (r.rows.length < 5000) break;
           after = String(r.rows[r.rows.length - 1].id);
