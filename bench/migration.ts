@@ -81,8 +81,14 @@ export async function migrationBench(): Promise<Metric[]> {
       const importMs = span('import');
       const rate = p.import.processed / (importMs / 1000);
       const cut = span('cutover');
-      log(NAME, `import: ${p.import.processed}/${p.import.total} sessions in ${(importMs / 1000).toFixed(1)} s = ${rate.toFixed(0)} sessions/s (${p.import.failed} not imported)`);
-      log(NAME, `backup ${(span('backup') / 1000).toFixed(1)} s, schema ${(span('schema') / 1000).toFixed(1)} s, cut-over with delta import ${(cut / 1000).toFixed(1)} s`);
+      log(
+        NAME,
+        `import: ${p.import.processed}/${p.import.total} sessions in ${(importMs / 1000).toFixed(1)} s = ${rate.toFixed(0)} sessions/s (${p.import.failed} not imported)`,
+      );
+      log(
+        NAME,
+        `backup ${(span('backup') / 1000).toFixed(1)} s, schema ${(span('schema') / 1000).toFixed(1)} s, cut-over with delta import ${(cut / 1000).toFixed(1)} s`,
+      );
       log(NAME, `whole run (preflight → decommissioned): ${(runMs / 1000).toFixed(1)} s`);
       const oldBatches50 = Math.ceil(N / 50);
       const baseline50 = (oldBatches50 * listMs) / 1000;

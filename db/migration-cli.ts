@@ -63,12 +63,15 @@ export function render(p: MigrationProgress): string[] {
   }
   if (p.import.total) lines.push(`  import: ${p.import.processed}/${p.import.total} sessions, ${p.import.imported} imported, ${p.import.failed} not imported`);
   if (p.import.delta)
-    lines.push(`  cut-over deltas: ${p.import.delta.processed} sessions of moving users checked, ${p.import.delta.reimported} re-imported (v1 wrote them), ${p.import.delta.adopted} adopted`);
+    lines.push(
+      `  cut-over deltas: ${p.import.delta.processed} sessions of moving users checked, ${p.import.delta.reimported} re-imported (v1 wrote them), ${p.import.delta.adopted} adopted`,
+    );
   if (p.awaitingApproval) lines.push(`  waiting for approval of cohort "${p.awaitingApproval}": npm run migrate -- approve ${p.runId}`);
   if (p.blockedReason) lines.push(`  ${p.blockedReason}`);
   if (p.decommissionAt && p.status === 'waiting-to-decommission')
     lines.push(`  v1 is decommissioned at ${p.decommissionAt} (keep it: npm run migrate -- keep-v1 ${p.runId})`);
-  for (const s of p.rollback) lines.push(`  rollback: ${s.status === 'done' ? 'ok  ' : s.status === 'skipped' ? 'skip' : 'FAIL'} ${s.step}${s.detail ? ` — ${s.detail}` : ''}`);
+  for (const s of p.rollback)
+    lines.push(`  rollback: ${s.status === 'done' ? 'ok  ' : s.status === 'skipped' ? 'skip' : 'FAIL'} ${s.step}${s.detail ? ` — ${s.detail}` : ''}`);
   return lines;
 }
 
@@ -124,7 +127,10 @@ export const MIGRATION_COMMANDS: Record<string, CliCommand> = {
     run: (a, io) =>
       withClient(async (c) => {
         const restore = a.includes('--restore');
-        const reason = a.slice(1).filter((x) => x !== '--restore').join(' ');
+        const reason = a
+          .slice(1)
+          .filter((x) => x !== '--restore')
+          .join(' ');
         await c.workflow.getHandle(migrationWorkflowId(need(a))).executeUpdate(rollbackUpdate, { args: [reason, restore ? { database: 'restore' } : {}] });
         io.out(`rollback of ${a[0]} accepted; watch: npm run migrate -- progress ${a[0]} --watch`);
         return 0;

@@ -50,7 +50,10 @@ async function v1ColumnsOf(url: string): Promise<Record<string, string[]>> {
 async function wholeRowStates(url: string) {
   const out: Record<string, { count: number; checksum: string }> = {};
   for (const t of ['users', 'templates', 'sessions']) {
-    const [r] = await q(url, `SELECT count(*)::int AS n, COALESCE(md5(string_agg(h, '' ORDER BY h)), '') AS sum FROM (SELECT md5(x::text) AS h FROM "${t}" x) y`);
+    const [r] = await q(
+      url,
+      `SELECT count(*)::int AS n, COALESCE(md5(string_agg(h, '' ORDER BY h)), '') AS sum FROM (SELECT md5(x::text) AS h FROM "${t}" x) y`,
+    );
     out[t] = { count: r.n, checksum: r.sum };
   }
   return out;
@@ -81,7 +84,9 @@ class V1Traffic {
           const user = onV1[this.n % onV1.length];
           const mine = [...this.existing.filter((s) => s.user === user)];
           const update = this.n % 2 === 1 && mine.length;
-          const target = update ? mine[this.n % mine.length] : { id: `cx-${user}-${this.n}`, user, template: V1_TEMPLATE_NAMES[this.n % V1_TEMPLATE_NAMES.length] };
+          const target = update
+            ? mine[this.n % mine.length]
+            : { id: `cx-${user}-${this.n}`, user, template: V1_TEMPLATE_NAMES[this.n % V1_TEMPLATE_NAMES.length] };
           const st = ['running', 'hibernated', 'terminated'][this.n % 3];
           for (const w of this.writers) await w.createSession({ id: target.id, userId: user, templateName: target.template, state: st }, NOW);
           this.last.set(target.id, { user, state: st });
@@ -186,7 +191,11 @@ describe('v1 keeps writing during the blue-green migration', () => {
     const v1 = await v1Db('cut');
     const writer = await V1Writer.connect(v1.url, { mode: 'legacy' });
     closers.push(() => writer.client.end());
-    const traffic = new V1Traffic([writer], redis, v1.sessions.map((s) => ({ id: s.id, user: s.user, template: s.template })));
+    const traffic = new V1Traffic(
+      [writer],
+      redis,
+      v1.sessions.map((s) => ({ id: s.id, user: s.user, template: s.template })),
+    );
     traffic.start();
     const runId = await start(options('coexist-full', v1.url));
     await until(runId, 'pilot awaiting approval', (p) => p.awaitingApproval === 'pilot');
@@ -228,10 +237,17 @@ describe('v1 keeps writing during the blue-green migration', () => {
     const replicasBefore = await v1k8s.deploymentReplicas();
     const w1 = await V1Writer.connect(v1.url, { mode: 'legacy' });
     const w2 = await V1Writer.connect(shadow.url, { mode: 'legacy' });
-    closers.push(() => w1.client.end(), () => w2.client.end());
+    closers.push(
+      () => w1.client.end(),
+      () => w2.client.end(),
+    );
     const runId = await start(options('coexist-rb', v1.url));
     await until(runId, 'backup done', (p) => p.phases[1].status === 'done');
-    const traffic = new V1Traffic([w1, w2], redis, v1.sessions.map((s) => ({ id: s.id, user: s.user, template: s.template })));
+    const traffic = new V1Traffic(
+      [w1, w2],
+      redis,
+      v1.sessions.map((s) => ({ id: s.id, user: s.user, template: s.template })),
+    );
     traffic.start();
     await until(runId, 'pilot awaiting approval', (p) => p.awaitingApproval === 'pilot');
     await sleep(1500);
@@ -281,9 +297,13 @@ describe('v1 keeps writing during the blue-green migration', () => {
     expect(r.status).toBe(202);
     const done = await until(runId, 'rolled back', (p) => p.status === 'rolled-back');
     expect(done.rollback.filter((s) => s.status === 'failed')).toEqual([]);
-    expect(done.rollback.find((s) => s.step.startsWith('restore the database'))?.detail).toMatch(/checksums match the backup; the database before the restore is kept as/);
+    expect(done.rollback.find((s) => s.step.startsWith('restore the database'))?.detail).toMatch(
+      /checksums match the backup; the database before the restore is kept as/,
+    );
     expect(await wholeRowStates(v1.url)).toEqual(before);
-    const kept = (await q(TEST_ENV.pgAdminUrl, `SELECT datname FROM pg_database WHERE datname LIKE $1`, [`${v1.name.slice(0, 40)}_prerb_%`])).map((x) => x.datname);
+    const kept = (await q(TEST_ENV.pgAdminUrl, `SELECT datname FROM pg_database WHERE datname LIKE $1`, [`${v1.name.slice(0, 40)}_prerb_%`])).map(
+      (x) => x.datname,
+    );
     expect(kept).toHaveLength(1);
     dbs.push({ drop: async () => void (await q(TEST_ENV.pgAdminUrl, `DROP DATABASE IF EXISTS "${kept[0]}" WITH (FORCE)`)) });
     expect(await v1k8s.countCrds()).toEqual(crdsBefore);

@@ -64,7 +64,8 @@ export class Kube {
         // The 410 carries a token that continues from the next key (on the latest snapshot): good
         // enough here, since rows changed meanwhile are picked up by the cut-over's delta imports.
         const body = (err as { body?: unknown }).body;
-        const parsed = typeof body === 'string' ? (JSON.parse(body || '{}') as { metadata?: { continue?: string } }) : (body as { metadata?: { continue?: string } });
+        const parsed =
+          typeof body === 'string' ? (JSON.parse(body || '{}') as { metadata?: { continue?: string } }) : (body as { metadata?: { continue?: string } });
         const next = parsed?.metadata?.continue;
         return next ? { items: [], continue: next } : { items: [], expired: true };
       }

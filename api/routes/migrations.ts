@@ -95,7 +95,11 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
         tags: ['sessions'],
         security: [{ bearer: [] }],
         querystring: Type.Object(
-          { platform: Type.Optional(Type.Union([Type.Literal('kubernetes'), Type.Literal('docker')], { description: 'where imported sessions run when woken (default kubernetes)' })) },
+          {
+            platform: Type.Optional(
+              Type.Union([Type.Literal('kubernetes'), Type.Literal('docker')], { description: 'where imported sessions run when woken (default kubernetes)' }),
+            ),
+          },
           { additionalProperties: false },
         ),
       },

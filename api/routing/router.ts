@@ -70,7 +70,8 @@ export const routingPlugin = fp(async (app: FastifyInstance) => {
     }
     headers['x-forwarded-for'] = req.ip;
     headers['x-streamspace-user'] = user.sub;
-    const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
+    const hasBody =
+      req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
     try {
       const res = await fetch(new URL(req.url, state.v1ApiUrl), {
         method: req.method,

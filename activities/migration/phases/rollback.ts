@@ -123,7 +123,10 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
             for (const [t, key] of Object.entries(KEYS)) {
               const v1Cols = want.tables[t]?.map((x) => x.name);
               if (!v1Cols || !have.tables[t]) continue;
-              const v2Ran = t === 'sessions' && sessionCols.includes('agent_id') && !want.tables.sessions.some((x) => x.name === 'agent_id') ? ' OR x.agent_id IS NOT NULL' : '';
+              const v2Ran =
+                t === 'sessions' && sessionCols.includes('agent_id') && !want.tables.sessions.some((x) => x.name === 'agent_id')
+                  ? ' OR x.agent_id IS NOT NULL'
+                  : '';
               const same = `(m.written_fp = ${fingerprintSql(v1Cols)}${v2Ran})`;
               const set = v1Cols.map((col) => `${quoteIdent(col)} = o.${quoteIdent(col)}`).join(', ');
               const reverted = await c.query(
@@ -167,8 +170,11 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
               const h = current.find((x) => x.name === w.name);
               if (!h) continue;
               if (h.default !== w.default)
-                await c.query(`ALTER TABLE ${quoteIdent(t)} ALTER COLUMN ${quoteIdent(w.name)} ${w.default === null ? 'DROP DEFAULT' : `SET DEFAULT ${w.default}`}`);
-              if (h.notNull !== w.notNull) await c.query(`ALTER TABLE ${quoteIdent(t)} ALTER COLUMN ${quoteIdent(w.name)} ${w.notNull ? 'SET' : 'DROP'} NOT NULL`);
+                await c.query(
+                  `ALTER TABLE ${quoteIdent(t)} ALTER COLUMN ${quoteIdent(w.name)} ${w.default === null ? 'DROP DEFAULT' : `SET DEFAULT ${w.default}`}`,
+                );
+              if (h.notNull !== w.notNull)
+                await c.query(`ALTER TABLE ${quoteIdent(t)} ALTER COLUMN ${quoteIdent(w.name)} ${w.notNull ? 'SET' : 'DROP'} NOT NULL`);
             }
           }
           const now = await schemaSnapshot(c);

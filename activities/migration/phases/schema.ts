@@ -22,7 +22,11 @@ export function schemaActivities() {
         const versions = await c.query(`SELECT version FROM schema_migrations WHERE version LIKE 'v2.0%'`);
         for (const v of ['v2.0.0-agents', 'v2.0.0-beta1-ha']) if (!versions.rows.some((x) => x.version === v)) missing.push(`schema_migrations ${v}`);
         if (missing.length) throw ApplicationFailure.nonRetryable(`schema verification failed: missing ${missing.join(', ')}`, 'SchemaVerification');
-        return ['tables agents, agent_commands, redis_agent_connections, leader_election_leases', 'sessions v2 columns', 'schema_migrations v2.0.0-agents, v2.0.0-beta1-ha'];
+        return [
+          'tables agents, agent_commands, redis_agent_connections, leader_election_leases',
+          'sessions v2 columns',
+          'schema_migrations v2.0.0-agents, v2.0.0-beta1-ha',
+        ];
       });
       return { ...r, verified };
     },
