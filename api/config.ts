@@ -1,7 +1,24 @@
 /** Gateway settings, read once from the environment (names as in the spec where it has them). */
-import { createHmac } from 'node:crypto';
 import os from 'node:os';
-import { databaseUrl, envDuration, envInt, envOptional, envString, taskQueue, temporalAddress, temporalNamespace } from '../config/env';
+import { Client as PgClient } from 'pg';
+import {
+  databaseUrl,
+  devMode,
+  envDuration,
+  envInt,
+  envOptional,
+  envString,
+  KNOWN_DEFAULT_SECRETS,
+  refuseToStart,
+  taskQueue,
+  temporalAddress,
+  temporalNamespace,
+} from '../config/env';
+
+/** Used only in STREAMSPACE_DEV_MODE when the variable is unset (and refused outside it). */
+export const DEV_JWT_SECRET = 'streamspace-dev-jwt-secret-not-for-production-use';
+export const DEV_AGENT_TOKEN_SECRET = 'streamspace-dev-agent-secret-not-for-production-use';
+export const DEV_ADMIN_PASSWORD = 'admin';
 
 export interface GatewayConfig {
   host: string;
@@ -16,7 +33,15 @@ export interface GatewayConfig {
   agentTokenSecret: string;
   jwtTtlSeconds: number;
   adminUsername: string;
+  /** For the first bootstrap only (no admin yet); '' when unset outside dev mode (main.ts refuses to bootstrap then). */
   adminPassword: string;
+  devMode: boolean;
+  /** Fastify trustProxy: false, true, a hop count, or addresses/CIDRs (TRUST_PROXY). */
+  trustProxy: boolean | number | string[];
+  /** Failed logins allowed per username / per client address within loginWindowMs before 429. */
+  loginMaxFailuresPerUser: number;
+  loginMaxFailuresPerAddress: number;
+  loginWindowMs: number;
   heartbeatTimeoutMs: number;
   vncProxyTimeoutMs: number;
   vncTicketTtlMs: number;
@@ -35,8 +60,14 @@ export interface GatewayConfig {
   sweepIntervalMs: number;
 }
 
+/**
+ * Parses the gateway's settings. Secrets are not judged here (main.ts runs requireSecrets first):
+ * outside dev mode an unset JWT_SECRET / AGENT_TOKEN_SECRET stays empty, which TokenService
+ * refuses to sign or verify with; in dev mode they get the public DEV_* values.
+ */
 export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
-  const jwtSecret = envString('JWT_SECRET', 'streamspace-dev-secret-change-me', env);
+  const dev = devMode(env);
+  const jwtSecret = envString('JWT_SECRET', dev ? DEV_JWT_SECRET : '', env);
   const hubBackend = envString('AGENT_HUB_BACKEND', 'memory', env);
   if (hubBackend !== 'memory' && hubBackend !== 'redis') throw new Error(`AGENT_HUB_BACKEND: "${hubBackend}" must be memory or redis`);
   const redisUrl = envOptional('REDIS_URL', env);
@@ -50,11 +81,16 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     temporalNamespace: temporalNamespace(env),
     taskQueue: taskQueue(env),
     jwtSecret,
-    // A separate key for agent credentials: derived from JWT_SECRET unless set explicitly.
-    agentTokenSecret: envString('AGENT_TOKEN_SECRET', createHmac('sha256', jwtSecret).update('streamspace-agent-tokens').digest('hex'), env),
+    // A separate key for agent credentials (never derived from JWT_SECRET).
+    agentTokenSecret: envString('AGENT_TOKEN_SECRET', dev ? DEV_AGENT_TOKEN_SECRET : '', env),
     jwtTtlSeconds: Math.round(envDuration('JWT_TTL', '8h', env) / 1000),
     adminUsername: envString('ADMIN_USERNAME', 'admin', env),
-    adminPassword: envString('ADMIN_PASSWORD', 'admin', env),
+    adminPassword: envString('ADMIN_PASSWORD', dev ? DEV_ADMIN_PASSWORD : '', env),
+    devMode: dev,
+    trustProxy: parseTrustProxy(envOptional('TRUST_PROXY', env)),
+    loginMaxFailuresPerUser: envInt('LOGIN_MAX_FAILURES_PER_USER', 5, env),
+    loginMaxFailuresPerAddress: envInt('LOGIN_MAX_FAILURES_PER_ADDRESS', 20, env),
+    loginWindowMs: envDuration('LOGIN_THROTTLE_WINDOW', '15m', env),
     heartbeatTimeoutMs: envDuration('AGENT_HEARTBEAT_TIMEOUT', '30s', env),
     vncProxyTimeoutMs: envDuration('VNC_PROXY_TIMEOUT', '5m', env),
     vncTicketTtlMs: envDuration('VNC_TICKET_TTL', '30s', env),
@@ -69,4 +105,48 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     defaultSessionImage: envString('DEFAULT_SESSION_IMAGE', 'streamspace/session:local', env),
     sweepIntervalMs: envDuration('AGENT_SWEEP_INTERVAL', '2s', env),
   };
+}
+
+/** TRUST_PROXY: unset/false, true, a number of hops, or a comma-separated list of proxy addresses/CIDRs. */
+function parseTrustProxy(v: string | undefined): boolean | number | string[] {
+  if (!v || /^(0|false|no|off)$/i.test(v)) return false;
+  if (/^(true|yes|on)$/i.test(v)) return true;
+  if (/^\d+$/.test(v)) return Number(v);
+  return v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+/** The minimum length of a bootstrap ADMIN_PASSWORD outside dev mode. */
+export const MIN_ADMIN_PASSWORD_LENGTH = 12;
+
+/**
+ * First start (no admin in `users`): outside dev mode ADMIN_PASSWORD must be set, at least
+ * MIN_ADMIN_PASSWORD_LENGTH characters and not a published default, or the gateway refuses to
+ * start (one line, exit 78). Once an admin exists ADMIN_PASSWORD is not read again.
+ */
+export async function checkAdminBootstrap(config: GatewayConfig): Promise<void> {
+  const pg = new PgClient({ connectionString: config.databaseUrl });
+  await pg.connect();
+  let admins: number;
+  try {
+    admins = (await pg.query(`SELECT 1 FROM users WHERE role = 'admin' LIMIT 1`)).rowCount ?? 0;
+  } finally {
+    await pg.end().catch(() => undefined);
+  }
+  if (admins) return;
+  const pw = config.adminPassword;
+  if (config.devMode) {
+    if (pw === DEV_ADMIN_PASSWORD) process.stderr.write(`WARNING: api bootstraps the admin with the dev-mode password "${DEV_ADMIN_PASSWORD}"\n`);
+    return;
+  }
+  const problem = !pw
+    ? 'ADMIN_PASSWORD must be set for the first start (no admin user exists yet)'
+    : KNOWN_DEFAULT_SECRETS.has(pw.toLowerCase())
+      ? 'ADMIN_PASSWORD is a published default value: set your own'
+      : pw.length < MIN_ADMIN_PASSWORD_LENGTH
+        ? `ADMIN_PASSWORD must be at least ${MIN_ADMIN_PASSWORD_LENGTH} characters long`
+        : null;
+  if (problem) refuseToStart('api', problem);
 }

@@ -82,3 +82,105 @@ export function logLevel(env: NodeJS.ProcessEnv = process.env): LogLevel {
   if (v === 'debug' || v === 'info' || v === 'warn' || v === 'error') return v;
   throw new Error(`LOG_LEVEL: "${v}" must be one of debug, info, warn, error`);
 }
+
+/**
+ * Dev mode: `STREAMSPACE_DEV_MODE=true` (set by `npm run dev` and the test harness, never by the
+ * Dockerfile, compose or the manifests). Only in dev mode may a process start with missing or
+ * well-known secrets; every process then logs a loud warning.
+ */
+export function devMode(env: NodeJS.ProcessEnv = process.env): boolean {
+  return envBool('STREAMSPACE_DEV_MODE', false, env);
+}
+
+/** Values that were shipped as defaults somewhere (code, compose, docs): never accepted as a secret. */
+export const KNOWN_DEFAULT_SECRETS: ReadonlySet<string> = new Set(
+  [
+    'streamspace-dev-secret-change-me',
+    'change-me-dev-only',
+    'change-me',
+    'changeme',
+    'secret',
+    'admin',
+    'password',
+    'streamspace',
+    'postgres',
+    'streamspace-dev-jwt-secret-not-for-production-use',
+    'streamspace-dev-agent-secret-not-for-production-use',
+  ].map((s) => s.toLowerCase()),
+);
+
+/** Minimum length of JWT_SECRET and AGENT_TOKEN_SECRET outside dev mode (bytes of the UTF-8 value). */
+export const MIN_SECRET_BYTES = 32;
+
+export interface SecretRule {
+  name: string;
+  /** Minimum UTF-8 length; 0: any non-empty value. */
+  minBytes?: number;
+  /** Must differ from these variables' values (e.g. AGENT_TOKEN_SECRET ≠ JWT_SECRET). */
+  distinctFrom?: string[];
+  /** Only checked when this returns true (e.g. DB_PASSWORD only when DATABASE_URL is unset). */
+  when?: (env: NodeJS.ProcessEnv) => boolean;
+  hint?: string;
+}
+
+/** The problems with the secrets `rules` name, one message each (empty: all good). */
+export function secretProblems(rules: SecretRule[], env: NodeJS.ProcessEnv = process.env): string[] {
+  const problems: string[] = [];
+  for (const r of rules) {
+    if (r.when && !r.when(env)) continue;
+    const v = env[r.name];
+    const hint = r.hint ? ` (${r.hint})` : '';
+    if (v === undefined || v.trim() === '') problems.push(`${r.name} must be set${hint}`);
+    else if (KNOWN_DEFAULT_SECRETS.has(v.trim().toLowerCase())) problems.push(`${r.name} is a published default value: set your own${hint}`);
+    else if (r.minBytes && Buffer.byteLength(v, 'utf8') < r.minBytes) problems.push(`${r.name} must be at least ${r.minBytes} bytes long${hint}`);
+    else {
+      const same = (r.distinctFrom ?? []).find((o) => env[o] !== undefined && env[o] === v);
+      if (same) problems.push(`${r.name} must differ from ${same}`);
+    }
+  }
+  return problems;
+}
+
+/** What each process needs (see docs/SECURITY.md). */
+const RANDOM_HINT = 'e.g. `openssl rand -base64 48`';
+export const DB_PASSWORD_RULE: SecretRule = {
+  name: 'DB_PASSWORD',
+  when: (env) => !envOptional('DATABASE_URL', env),
+  hint: 'or DATABASE_URL',
+};
+export const GATEWAY_SECRETS: SecretRule[] = [
+  { name: 'JWT_SECRET', minBytes: MIN_SECRET_BYTES, hint: RANDOM_HINT },
+  { name: 'AGENT_TOKEN_SECRET', minBytes: MIN_SECRET_BYTES, distinctFrom: ['JWT_SECRET'], hint: RANDOM_HINT },
+  DB_PASSWORD_RULE,
+];
+export const WORKER_SECRETS: SecretRule[] = [DB_PASSWORD_RULE];
+export const AGENT_SECRETS: SecretRule[] = [{ name: 'AGENT_TOKEN', minBytes: 20, hint: 'from POST /api/v1/agents/tokens' }];
+
+/**
+ * Start-up guard for every process: outside dev mode, exits with code 78 (EX_CONFIG) after one
+ * line on stderr naming the variable(s); in dev mode, warns loudly and goes on.
+ */
+export function requireSecrets(component: string, rules: SecretRule[], env: NodeJS.ProcessEnv = process.env): void {
+  let dev: boolean;
+  try {
+    dev = devMode(env);
+  } catch (err) {
+    refuseToStart(component, (err as Error).message);
+  }
+  const problems = secretProblems(rules, env);
+  if (dev) {
+    process.stderr.write(
+      `WARNING: ${component} runs in STREAMSPACE_DEV_MODE: missing secrets get public development defaults; never expose this process` +
+        (problems.length ? ` (${problems.join('; ')})` : '') +
+        '\n',
+    );
+    return;
+  }
+  if (problems.length) refuseToStart(component, problems.join('; '));
+}
+
+/** Prints `<component>: refusing to start: <reason>` (one line) and exits 78. */
+export function refuseToStart(component: string, reason: string): never {
+  process.stderr.write(`${component}: refusing to start: ${reason.replace(/\s*\n\s*/g, ' ')}\n`);
+  process.exit(78);
+}

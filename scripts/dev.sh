@@ -17,7 +17,9 @@ npm run build --silent
 
 export DATABASE_URL=${DATABASE_URL:-postgres://streamspace:streamspace@127.0.0.1:55432/streamspace}
 export TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:57233}
-export JWT_SECRET=${JWT_SECRET:-streamspace-dev-secret-change-me}
+# Explicit dev mode: unset JWT_SECRET / AGENT_TOKEN_SECRET / ADMIN_PASSWORD get public development
+# values (every process logs a warning). Never set this outside a developer machine.
+export STREAMSPACE_DEV_MODE=true
 export HOST=127.0.0.1 PORT=$API_PORT AGENT_WS_PORT
 export LOG_LEVEL=${LOG_LEVEL:-info}
 

@@ -2,7 +2,7 @@
 import { NativeConnection } from '@temporalio/worker';
 import { Client, Connection } from '@temporalio/client';
 import os from 'node:os';
-import { databaseUrl, envDuration, envInt, envOptional, taskQueue, temporalAddress, temporalNamespace } from '../config/env';
+import { databaseUrl, envDuration, envInt, envOptional, requireSecrets, taskQueue, temporalAddress, temporalNamespace, WORKER_SECRETS } from '../config/env';
 import { createLogger } from '../config/log';
 import { createPool } from '../db/pool';
 import { ensureSearchAttributes } from './search-attributes';
@@ -10,6 +10,8 @@ import { createSessionWorker } from './worker';
 import { runMain } from '../config/process';
 
 async function main() {
+  // Outside STREAMSPACE_DEV_MODE: one line naming the missing secret, exit 78.
+  requireSecrets('worker', WORKER_SECRETS);
   const log = createLogger('worker');
   const address = temporalAddress();
   const namespace = temporalNamespace();

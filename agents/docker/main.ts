@@ -1,5 +1,5 @@
 /** Docker agent process: `node dist/agents/docker/main.js` (env as in the spec's Docker agent section). */
-import { envDuration, envInt, envString } from '../../config/env';
+import { AGENT_SECRETS, envDuration, envInt, envString, requireSecrets } from '../../config/env';
 import { createLogger } from '../../config/log';
 import { loadAgentConfig } from '../common/config';
 import { AgentRuntime } from '../common/runtime';
@@ -8,6 +8,7 @@ import { DockerDriver } from './driver';
 import { onShutdown, runMain } from '../../config/process';
 
 async function main() {
+  requireSecrets('docker-agent', AGENT_SECRETS);
   const log = createLogger('docker-agent');
   const config = loadAgentConfig('docker');
   const prefix = envString('NETWORK_PREFIX', 'streamspace');

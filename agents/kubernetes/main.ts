@@ -5,7 +5,7 @@
  */
 import { KubeConfig } from '@kubernetes/client-node';
 import { randomUUID } from 'node:crypto';
-import { envBool, envDuration, envOptional, envString } from '../../config/env';
+import { AGENT_SECRETS, envBool, envDuration, envOptional, envString, requireSecrets } from '../../config/env';
 import { createLogger } from '../../config/log';
 import { loadAgentConfig } from '../common/config';
 import { AgentRuntime } from '../common/runtime';
@@ -15,6 +15,7 @@ import { LeaderElector } from './leader';
 import { onShutdown, runMain } from '../../config/process';
 
 async function main() {
+  requireSecrets('k8s-agent', AGENT_SECRETS);
   const log = createLogger('k8s-agent');
   const config = loadAgentConfig('kubernetes');
   const kc = new KubeConfig();

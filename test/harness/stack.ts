@@ -167,6 +167,8 @@ export class Stack {
       AGENT_TOKEN_SECRET: AGENT_SECRET,
       DEFAULT_SESSION_IMAGE: TEST_ENV.sessionImage,
       LOG_LEVEL: 'info',
+      // Explicit dev mode: test secrets are short and the admin is bootstrapped as admin/admin.
+      STREAMSPACE_DEV_MODE: 'true',
       ...this.extraEnv,
     };
   }
