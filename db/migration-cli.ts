@@ -12,7 +12,7 @@
  */
 import { Client, Connection } from '@temporalio/client';
 import { readFileSync } from 'node:fs';
-import { migrationOptions, MigrationRequest } from '../api/migrations/options';
+import { migrationOptions, RUN_ID_PATTERN } from '../api/migrations/options';
 import { taskQueue, temporalAddress, temporalNamespace } from '../config/env';
 import {
   abortSignal,
@@ -37,13 +37,21 @@ async function withClient<T>(fn: (c: Client) => Promise<T>): Promise<T> {
   }
 }
 
-function readConfig(args: string[]): MigrationRequest {
+/** The config file, as JSON: validated by migrationOptions with the API's schema (see api/migrations/options.ts). */
+function readConfig(args: string[]): unknown {
   const i = args.indexOf('--config');
-  return i >= 0 ? (JSON.parse(readFileSync(args[i + 1], 'utf8')) as MigrationRequest) : {};
+  if (i < 0) return {};
+  if (!args[i + 1]) throw new Error('--config needs a file');
+  try {
+    return JSON.parse(readFileSync(args[i + 1], 'utf8')) as unknown;
+  } catch (err) {
+    throw new Error(`--config ${args[i + 1]}: ${(err as Error).message}`);
+  }
 }
 
 const need = (args: string[]): string => {
   if (!args[0] || args[0].startsWith('--')) throw new Error('a run id is required (see `npm run migrate -- start`)');
+  if (!new RegExp(RUN_ID_PATTERN).test(args[0])) throw new Error(`run id must match ${RUN_ID_PATTERN}`);
   return args[0];
 };
 
@@ -76,7 +84,8 @@ export function render(p: MigrationProgress): string[] {
 }
 
 async function startRun(args: string[], io: CliIo, dryRun: boolean): Promise<number> {
-  const options = migrationOptions({ ...readConfig(args), ...(dryRun ? { dryRun: true } : {}) });
+  const config = readConfig(args);
+  const options = migrationOptions(dryRun && config && typeof config === 'object' && !Array.isArray(config) ? { ...config, dryRun: true } : config);
   return withClient(async (c) => {
     const h = await c.workflow.start(MIGRATION_WORKFLOW_TYPE, {
       workflowId: migrationWorkflowId(options.runId),

@@ -19,6 +19,14 @@ import { ROOT, Stack, sleep, waitFor } from './harness/stack';
 import { createV1Cluster, createV1Database, startFakeV1Api, V1_DEPLOYMENTS, V1_TEMPLATE_NAMES, V2_DEPLOYMENTS } from './harness/v1-fixture';
 import { v1TableStates, V1Writer } from './harness/v1-install';
 
+/** The database URL without its password: the worker reads the password from its own environment (V1_DATABASE_PASSWORD). */
+const noPassword = (url: string): string => {
+  const u = new URL(url);
+  u.password = '';
+  return u.toString();
+};
+const DB_SECRET_ENV = { V1_DATABASE_PASSWORD: decodeURIComponent(new URL(TEST_ENV.pgAdminUrl).password) };
+
 jest.setTimeout(900_000);
 
 const NOW = new Date('2025-06-01T12:00:00Z');
@@ -105,7 +113,7 @@ class V1Traffic {
 }
 
 describe('v1 keeps writing during the blue-green migration', () => {
-  const stack = new Stack('migration-coexist', { REDIS_URL: TEST_ENV.redisUrl });
+  const stack = new Stack('migration-coexist', { REDIS_URL: TEST_ENV.redisUrl, ...DB_SECRET_ENV });
   const redis = new Redis(TEST_ENV.redisUrl);
   const backupDir = path.join(ROOT, 'test-artifacts', 'migration-backups', stack.id);
   let cluster: KubeCluster;
@@ -125,8 +133,15 @@ describe('v1 keeps writing during the blue-green migration', () => {
   const options = (runId: string, url: string, extra: Record<string, unknown> = {}) => ({
     runId,
     strategy: 'blue-green',
-    v1: { apiUrl: v1Api.url, databaseUrl: url, kubeconfig, namespaces: ['streamspace', 'workspaces'], deployments: Object.keys(V1_DEPLOYMENTS) },
-    v2: { readyUrl: `${stack.url}/ready`, databaseUrl: stack.databaseUrl, deployments: Object.keys(V2_DEPLOYMENTS), platforms: [] },
+    v1: {
+      apiUrl: v1Api.url,
+      databaseUrl: noPassword(url),
+      databasePasswordRef: 'env:V1_DATABASE_PASSWORD',
+      kubeconfig,
+      namespaces: ['streamspace', 'workspaces'],
+      deployments: Object.keys(V1_DEPLOYMENTS),
+    },
+    v2: { readyUrl: `${stack.url}/ready`, databaseUrlRef: 'env:DATABASE_URL', deployments: Object.keys(V2_DEPLOYMENTS), platforms: [] },
     backupDir,
     cohorts: [
       { name: 'pilot', users: ['alice'] },

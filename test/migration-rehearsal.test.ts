@@ -17,6 +17,14 @@ import { KubeCluster, loadKubeClient, startKube } from './harness/kube';
 import { Proc, ROOT, Stack, waitFor } from './harness/stack';
 import { createV1Cluster, createV1Database, startFakeV1Api } from './harness/v1-fixture';
 
+/** The database URL without its password: the worker reads the password from its own environment (V1_DATABASE_PASSWORD). */
+const noPassword = (url: string): string => {
+  const u = new URL(url);
+  u.password = '';
+  return u.toString();
+};
+const DB_SECRET_ENV = { V1_DATABASE_PASSWORD: decodeURIComponent(new URL(TEST_ENV.pgAdminUrl).password) };
+
 jest.setTimeout(900_000);
 
 const k8s = loadKubeClient();
@@ -40,7 +48,7 @@ async function tableStates(url: string) {
 }
 
 describe('v1 → v2 blue-green migration rehearsal', () => {
-  const stack = new Stack('migration', { REDIS_URL: TEST_ENV.redisUrl });
+  const stack = new Stack('migration', { REDIS_URL: TEST_ENV.redisUrl, ...DB_SECRET_ENV });
   let cluster: KubeCluster;
   let v1: Awaited<ReturnType<typeof createV1Database>>;
   let v1k8s: Awaited<ReturnType<typeof createV1Cluster>>;
@@ -58,14 +66,15 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     strategy: 'blue-green',
     v1: {
       apiUrl: v1Api.url,
-      databaseUrl: v1.url,
+      databaseUrl: noPassword(v1.url),
+      databasePasswordRef: 'env:V1_DATABASE_PASSWORD',
       kubeconfig,
       namespaces: ['streamspace', 'workspaces'],
       deployments: Object.keys(V1_DEPLOYMENTS),
     },
     v2: {
       readyUrl: `${stack.url}/ready`,
-      databaseUrl: stack.databaseUrl,
+      databaseUrlRef: 'env:DATABASE_URL',
       deployments: ['streamspace-v2/streamspace-control-plane', 'streamspace-v2/streamspace-worker'],
       platforms: ['kubernetes'],
     },

@@ -28,6 +28,20 @@ export interface Cohort {
   percent?: number;
 }
 
+/**
+ * Where the worker finds a database, without its secret: workflow input, history, memo and API
+ * responses never hold a password. Either `urlRef` (the whole URL from the worker's environment or
+ * a mounted Secret file), or `url` without a password plus an optional `passwordRef`.
+ * A ref is `env:NAME` (NAME one of DATABASE_URL, V1_/V2_DATABASE_URL, V1_/V2_DATABASE_PASSWORD,
+ * or MIGRATION_*) or `file:/path` (inside $MIGRATION_SECRETS_DIR on the worker).
+ */
+export interface DatabaseRef {
+  /** postgres://user@host:port/db (no password). */
+  url?: string;
+  urlRef?: string;
+  passwordRef?: string;
+}
+
 export interface MigrationOptions {
   runId: string;
   strategy: Strategy;
@@ -36,9 +50,9 @@ export interface MigrationOptions {
   v1: {
     /** v1 API base URL (health check; v1 users are proxied here during the cut-over). */
     apiUrl: string;
-    /** The database v1 uses (v2 shares it, as the spec says). */
-    databaseUrl: string;
-    /** Kubeconfig file for the v1 cluster (in-cluster config when absent). */
+    /** The database v1 uses (v2 shares it, as the spec says): where the worker finds it (never a password). */
+    database: DatabaseRef;
+    /** Kubeconfig file for the v1 cluster, a path on the worker (in-cluster config when absent); never its content. */
     kubeconfig?: string;
     /** Namespaces holding v1 Session/Template CRDs (v1 used streamspace; older installs workspaces). */
     namespaces: string[];
@@ -49,7 +63,7 @@ export interface MigrationOptions {
     /** v2 gateway readiness URL (…/ready). */
     readyUrl: string;
     /** Database of the v2 control plane, where agents register (defaults to the v1 database). */
-    databaseUrl?: string;
+    database?: DatabaseRef;
     /** v2 Deployments scaled down on rollback, as "namespace/name". */
     deployments: string[];
     /** Platforms that must have an online agent before sessions move. */
@@ -145,3 +159,22 @@ export const importProgressSignal = defineSignal<[ImportTotals & { failures: Imp
 /** Stop where it is, without compensation. */
 export const abortSignal = defineSignal<[string?]>('abort');
 export const progressQuery = defineQuery<MigrationProgress>('progress');
+
+/**
+ * Strips secrets from text that may reach a Temporal failure, progress, a log or a response:
+ * `scheme://user:pass@` → `scheme://user:***@`, `password=…` (libpq keyword and URL query forms),
+ * PGPASSWORD=…. Pure (safe in workflow code).
+ */
+export function redactSecrets(text: string): string {
+  return text
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^\s:/@'"]*):[^\s@'"]*@/gi, '$1:***@')
+    .replace(/\b(password|passwd|pgpassword|sslpassword)(\s*[=:]\s*)('[^']*'|"[^"]*"|[^\s&;'",]+)/gi, '$1$2***');
+}
+
+/** redactSecrets over every string of a JSON-like value (progress, responses). */
+export function redactDeep<T>(v: T): T {
+  if (typeof v === 'string') return redactSecrets(v) as T;
+  if (Array.isArray(v)) return v.map((x) => redactDeep(x)) as T;
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, redactDeep(x)])) as T;
+  return v;
+}

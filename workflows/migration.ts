@@ -24,9 +24,10 @@
 import type { MigrationOptions, MigrationProgress, PhaseName } from './migration-api';
 import * as phase from './migration/phases';
 import * as undo from './migration/rollback';
-import { Run } from './migration/run';
+import { checkOptions, Run } from './migration/run';
 
 export async function migrationWorkflow(input: MigrationOptions): Promise<MigrationProgress> {
+  checkOptions(input);
   const run = new Run(input);
   const p = run.p;
 

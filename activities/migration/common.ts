@@ -6,12 +6,14 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, realpathSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import Redis from 'ioredis';
 import { Client } from 'pg';
 import type { AdoptionDeps } from '../session-adoption';
-import type { MigrationOptions } from '../../workflows/migration-api';
+import { redactSecrets } from '../../workflows/migration-api';
+import type { DatabaseRef, MigrationOptions } from '../../workflows/migration-api';
 
 export interface MigrationActivityDeps {
   redisUrl: string | undefined;
@@ -62,7 +64,110 @@ export async function withRedis<T>(redisUrl: string | undefined, fn: (r: Redis) 
   }
 }
 
-export const runDir = (o: MigrationOptions): string => path.join(o.backupDir, o.runId);
+const RUN_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+/** The run's folder: always a direct child of backupDir (the run id cannot climb out of it). */
+export function runDir(o: MigrationOptions): string {
+  if (!RUN_ID.test(o.runId)) throw ApplicationFailure.nonRetryable(`run id must match ${RUN_ID.source}`, 'ConfigError');
+  const base = path.resolve(o.backupDir);
+  const dir = path.resolve(base, o.runId);
+  if (path.dirname(dir) !== base || !dir.startsWith(base + path.sep))
+    throw ApplicationFailure.nonRetryable('the run directory would leave backupDir', 'ConfigError');
+  return dir;
+}
+
+/** A file directly in backupDir (the decommission archive), checked the same way. */
+export function inBackupDir(o: MigrationOptions, name: string): string {
+  const base = path.resolve(o.backupDir);
+  const file = path.resolve(base, name);
+  if (path.dirname(file) !== base || name.startsWith('-')) throw ApplicationFailure.nonRetryable(`${name} would leave backupDir`, 'ConfigError');
+  return file;
+}
+
+// --- Secrets: resolved here, in the worker, from its environment or a mounted Secret; never input. ---
+
+const ENV_REF_NAMES = /^((V1_|V2_)?DATABASE_(URL|PASSWORD)|MIGRATION_[A-Z0-9_]+)$/;
+
+/** `env:NAME` or `file:/path` (inside $MIGRATION_SECRETS_DIR): the secret's value. */
+export async function resolveRef(ref: string, env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  if (ref.startsWith('env:')) {
+    const name = ref.slice(4);
+    if (!ENV_REF_NAMES.test(name)) throw ApplicationFailure.nonRetryable(`env ref ${name} is not one a migration may read`, 'ConfigError');
+    const value = env[name] || (name === 'V1_DATABASE_URL' ? env.DATABASE_URL : undefined);
+    if (!value) throw ApplicationFailure.nonRetryable(`the worker's environment has no ${name}`, 'ConfigError');
+    return value;
+  }
+  if (ref.startsWith('file:')) {
+    const root = env.MIGRATION_SECRETS_DIR;
+    if (!root) throw ApplicationFailure.nonRetryable('file: refs need MIGRATION_SECRETS_DIR on the worker', 'ConfigError');
+    let file: string;
+    let dir: string;
+    try {
+      dir = realpathSync(root);
+      file = realpathSync(ref.slice(5));
+    } catch {
+      throw ApplicationFailure.nonRetryable(`secret file ${ref.slice(5)} not found`, 'ConfigError');
+    }
+    if (!file.startsWith(dir + path.sep)) throw ApplicationFailure.nonRetryable(`secret file ${ref.slice(5)} is outside MIGRATION_SECRETS_DIR`, 'ConfigError');
+    return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+  }
+  throw ApplicationFailure.nonRetryable('a secret ref is "env:NAME" or "file:/path"', 'ConfigError');
+}
+
+/** A database's connection string with its password (for node-postgres in this process only). */
+export async function databaseUrl(ref: DatabaseRef): Promise<string> {
+  const raw = ref.urlRef ? await resolveRef(ref.urlRef) : ref.url;
+  if (!raw) throw ApplicationFailure.nonRetryable('no database given', 'ConfigError');
+  if (!ref.passwordRef) return raw;
+  const u = new URL(raw);
+  u.password = encodeURIComponent(await resolveRef(ref.passwordRef));
+  return u.toString();
+}
+
+export const v1DatabaseUrl = (o: MigrationOptions): Promise<string> => databaseUrl(o.v1.database);
+/** v2's database (agents register there): v1's unless given. */
+export const v2DatabaseUrl = (o: MigrationOptions): Promise<string> => databaseUrl(o.v2.database ?? o.v1.database);
+
+/**
+ * How a pg_* child process reaches a database: `--dbname=<url without password>` on its command
+ * line (visible in ps, in errors) and the password in PGPASSWORD.
+ */
+export function pgTarget(url: string): { arg: string; env: NodeJS.ProcessEnv } {
+  const u = new URL(url);
+  const password = u.password ? decodeURIComponent(u.password) : undefined;
+  u.password = '';
+  return { arg: `--dbname=${u.toString()}`, env: password ? { PGPASSWORD: password } : {} };
+}
+
+/** Redacts an error (message, stack, causes) in place, keeping its class (a cancellation stays one). */
+export function redactError<E>(err: E, depth = 0): E {
+  if (err && typeof err === 'object' && depth < 10) {
+    const e = err as unknown as { message?: unknown; stack?: unknown; cause?: unknown };
+    try {
+      if (typeof e.message === 'string') e.message = redactSecrets(e.message);
+      if (typeof e.stack === 'string') e.stack = redactSecrets(e.stack);
+    } catch {
+      /* read-only: left as it is */
+    }
+    if (e.cause) redactError(e.cause, depth + 1);
+  }
+  return err;
+}
+
+/** Wraps a phase's activities: whatever they throw is redacted before Temporal records it. */
+export function redacting<T extends Record<string, (...args: any[]) => Promise<any>>>(activities: T): T {
+  const out: Record<string, (...args: any[]) => Promise<any>> = {};
+  for (const [name, fn] of Object.entries(activities)) {
+    out[name] = async (...args: any[]) => {
+      try {
+        return await fn(...args);
+      } catch (err) {
+        throw redactError(err);
+      }
+    };
+  }
+  return out as T;
+}
 export const quoteIdent = (s: string): string => `"${s.replace(/"/g, '""')}"`;
 
 /** Inside an activity: heartbeat now (also where a cancellation is noticed). Outside: no-op. */
@@ -97,12 +202,12 @@ export async function heartbeating<T>(detail: unknown, fn: () => Promise<T>, eve
  * Runs a child process (pg_dump, pg_restore, tar), heartbeating while it runs; the activity's
  * cancellation kills it (SIGTERM, then SIGKILL) and the activity fails as cancelled.
  */
-export function runProcess(cmd: string, args: string[], label = cmd): Promise<{ stdout: string; stderr: string }> {
+export function runProcess(cmd: string, args: string[], label = cmd, env: NodeJS.ProcessEnv = {}): Promise<{ stdout: string; stderr: string }> {
   const signal = activitySignal();
   return heartbeating({ step: label }, () => {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new Error(`${label}: cancelled before it started`));
-      const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (d: Buffer) => {
@@ -119,14 +224,14 @@ export function runProcess(cmd: string, args: string[], label = cmd): Promise<{ 
       signal?.addEventListener('abort', onAbort, { once: true });
       child.once('error', (err) => {
         signal?.removeEventListener('abort', onAbort);
-        reject(err);
+        reject(new Error(redactSecrets(`${label}: ${err.message}`)));
       });
       child.once('close', (code, sig) => {
         signal?.removeEventListener('abort', onAbort);
         if (killTimer) clearTimeout(killTimer);
         if (signal?.aborted) return reject(signal.reason ?? new Error(`${label}: cancelled`));
         if (code === 0) resolve({ stdout, stderr });
-        else reject(new Error(`${label} failed (${sig ?? `exit ${code}`}): ${stderr.trim().slice(-2000)}`));
+        else reject(new Error(redactSecrets(`${label} failed (${sig ?? `exit ${code}`}): ${stderr.trim().slice(-2000)}`)));
       });
     });
   });

@@ -3,7 +3,7 @@
  * back, abort; and the spec's Option B bulk import of v1 sessions.
  */
 import { Type } from '@sinclair/typebox';
-import { WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
 import { convertSession } from '../../activities/migration/convert';
 import { ImportError, saveImportedSession } from '../../activities/migration/store';
@@ -15,44 +15,55 @@ import {
   MIGRATION_WORKFLOW_TYPE,
   migrationWorkflowId,
   progressQuery,
+  redactDeep,
+  redactSecrets,
   retrySignal,
   rollbackUpdate,
 } from '../../workflows/migration-api';
 import { SA } from '../../workflows/search-attributes';
 import { HttpError } from '../app';
-import { migrationOptions, MigrationRequest } from '../migrations/options';
+import { MigrationInputError, migrationOptions, MigrationRequest, MigrationRequestSchema, RUN_ID_PATTERN } from '../migrations/options';
 
-const RunParams = Type.Object({ runId: Type.String({ pattern: '^[A-Za-z0-9._-]{1,100}$' }) });
+const RunParams = Type.Object({ runId: Type.String({ pattern: RUN_ID_PATTERN }) }, { additionalProperties: false });
 
 export async function migrationRoutes(app: FastifyInstance): Promise<void> {
   const admin = { onRequest: app.requireAdmin };
   const secured = { security: [{ bearer: [] }], tags: ['migrations'] };
   const handle = (runId: string) => app.deps.temporal.workflow.getHandle(migrationWorkflowId(runId));
 
+  // The body is validated as a whole (MigrationRequestSchema, then migrationOptions: URLs, paths,
+  // durations, database refs); a refused request starts nothing. Database passwords are never
+  // accepted here: the worker resolves them (see api/migrations/options.ts).
   app.post<{ Body: MigrationRequest }>(
     '/api/v1/migrations',
-    { ...admin, schema: { ...secured, body: Type.Object({}, { additionalProperties: true }) } },
+    { ...admin, bodyLimit: 1024 * 1024, schema: { ...secured, body: MigrationRequestSchema } },
     async (req, reply) => {
       let options;
       try {
-        options = migrationOptions(req.body ?? {}, { ...process.env, DATABASE_URL: app.deps.config.databaseUrl, PORT: String(app.deps.config.port) });
+        options = migrationOptions(req.body ?? {}, { ...process.env, PORT: String(app.deps.config.port) });
       } catch (err) {
-        throw new HttpError(400, (err as Error).message);
+        if (err instanceof MigrationInputError) throw new HttpError(400, err.message);
+        throw err;
       }
-      await app.deps.temporal.workflow.start(MIGRATION_WORKFLOW_TYPE, {
-        workflowId: migrationWorkflowId(options.runId),
-        taskQueue: app.deps.config.taskQueue,
-        args: [options],
-        memo: { runId: options.runId, strategy: options.strategy },
-        typedSearchAttributes: [{ key: SA.migrationPhase, value: 'starting' }],
-      });
+      await app.deps.temporal.workflow
+        .start(MIGRATION_WORKFLOW_TYPE, {
+          workflowId: migrationWorkflowId(options.runId),
+          taskQueue: app.deps.config.taskQueue,
+          args: [options],
+          memo: { runId: options.runId, strategy: options.strategy },
+          typedSearchAttributes: [{ key: SA.migrationPhase, value: 'starting' }],
+        })
+        .catch((err: Error) => {
+          if (err instanceof WorkflowExecutionAlreadyStartedError) throw new HttpError(409, `migration run "${options.runId}" already exists`);
+          throw new HttpError(502, redactSecrets(`could not start the run: ${err.message}`));
+        });
       return reply.status(201).send({ runId: options.runId, workflowId: migrationWorkflowId(options.runId), options });
     },
   );
 
   app.get<{ Params: { runId: string } }>('/api/v1/migrations/:runId', { ...admin, schema: { ...secured, params: RunParams } }, async (req) => {
     try {
-      return await handle(req.params.runId).query(progressQuery);
+      return redactDeep(await handle(req.params.runId).query(progressQuery));
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) throw new HttpError(404, `migration run "${req.params.runId}" not found`);
       throw err;
@@ -69,9 +80,9 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
         } catch (err) {
           if (err instanceof HttpError) throw err;
           if (err instanceof WorkflowNotFoundError) throw new HttpError(404, `migration run "${req.params.runId}" not found`);
-          throw new HttpError(409, (err as Error).message);
+          throw new HttpError(409, redactSecrets((err as Error).message));
         }
-        return reply.status(202).send(await handle(req.params.runId).query(progressQuery));
+        return reply.status(202).send(redactDeep(await handle(req.params.runId).query(progressQuery)));
       },
     );
   signal('approve', (id, b) => handle(id).signal(approveSignal, b.cohort));

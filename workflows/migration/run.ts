@@ -15,6 +15,7 @@ import {
   MigrationProgress,
   PhaseName,
   progressQuery,
+  redactSecrets,
   retrySignal,
   rollbackUpdate,
   RollbackOptions,
@@ -209,12 +210,31 @@ export class Run {
 export function innermost(err: unknown): string {
   let e: unknown = err;
   while (e && typeof e === 'object' && 'cause' in e && (e as { cause?: unknown }).cause) e = (e as { cause: unknown }).cause;
-  return e instanceof Error ? e.message : String(e);
+  // Activities redact what they throw; this is the second line of defence before progress, memo and history.
+  return redactSecrets(e instanceof Error ? e.message : String(e));
 }
 
 const UNIT: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 export function msOf(d: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(d);
-  if (!m) throw ApplicationFailure.nonRetryable(`bad duration "${d}"`);
+  if (!m) throw ApplicationFailure.nonRetryable(`bad duration "${d.slice(0, 20)}"`);
   return Number(m[1]) * UNIT[m[2]];
+}
+
+/**
+ * The workflow's own guard (a run started around the API, e.g. with the Temporal CLI): the shapes
+ * that would escape backupDir, loop forever or carry a secret fail the run at once, unexplored.
+ */
+export function checkOptions(o: MigrationOptions): void {
+  const bad = (why: string) => {
+    throw ApplicationFailure.nonRetryable(`invalid migration options: ${why}`, 'InvalidOptions');
+  };
+  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(o.runId)) bad('runId must match ^[a-z0-9][a-z0-9-]{0,62}$');
+  if (!Number.isInteger(o.importBatchSize) || o.importBatchSize < 1) bad('importBatchSize must be an integer ≥ 1');
+  if (!o.v1?.database || 'databaseUrl' in (o.v1 as object) || (o.v2 && 'databaseUrl' in (o.v2 as object)))
+    bad('databases are given as v1.database / v2.database refs (never a URL with a password)');
+  for (const db of [o.v1.database, o.v2.database]) {
+    if (db?.url && /^[a-z]+:\/\/[^/@]*:[^/@]*@/i.test(db.url)) bad('a database URL must not carry a password');
+  }
+  for (const d of [o.approval.soak, o.agentWaitTimeout, o.decommissionAfter]) msOf(d);
 }

@@ -1,11 +1,11 @@
 /** Phase 4, agents: wait (heartbeating) until every platform in use has an online v2 agent. */
-import { beat, withDb } from '../common';
+import { beat, redacting, v2DatabaseUrl, withDb } from '../common';
 import type { MigrationOptions } from '../../../workflows/migration-api';
 
 export function agentsActivities() {
-  return {
+  return redacting({
     async waitForAgents(o: MigrationOptions): Promise<Record<string, string[]>> {
-      const url = o.v2.databaseUrl ?? o.v1.databaseUrl;
+      const url = await v2DatabaseUrl(o);
       for (;;) {
         const online = await withDb(url, async (c) => {
           const r = await c.query(`SELECT agent_id, platform FROM agents WHERE status = 'online' AND last_heartbeat > NOW() - INTERVAL '2 minutes'`);
@@ -19,5 +19,5 @@ export function agentsActivities() {
         await new Promise((r) => setTimeout(r, 1000));
       }
     },
-  };
+  });
 }

@@ -8,7 +8,21 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Kube, V1Object } from '../kube';
-import { beat, listTables, runDir, runProcess, schemaSnapshot, SchemaSnapshot, sha256, tableStates, TableState, withDb } from '../common';
+import {
+  beat,
+  listTables,
+  pgTarget,
+  redacting,
+  runDir,
+  runProcess,
+  schemaSnapshot,
+  SchemaSnapshot,
+  sha256,
+  tableStates,
+  TableState,
+  v1DatabaseUrl,
+  withDb,
+} from '../common';
 import type { MigrationOptions } from '../../../workflows/migration-api';
 
 export interface BackupManifest {
@@ -34,7 +48,7 @@ export async function readManifest(dir: string): Promise<BackupManifest | null> 
 }
 
 export function backupActivities() {
-  return {
+  return redacting({
     async backup(o: MigrationOptions): Promise<BackupManifest> {
       const dir = runDir(o);
       const previous = await readManifest(dir);
@@ -49,12 +63,14 @@ export function backupActivities() {
 
       // One REPEATABLE READ transaction exports its snapshot; pg_dump reads that snapshot while the
       // same transaction computes the checksums: both see the database at the same instant.
-      const { snapshot, tables, schema } = await withDb(o.v1.databaseUrl, async (c) => {
+      const url = await v1DatabaseUrl(o);
+      const target = pgTarget(url);
+      const { snapshot, tables, schema } = await withDb(url, async (c) => {
         await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
         try {
           const id = (await c.query('SELECT pg_export_snapshot() AS s')).rows[0].s as string;
           const [, states, schema] = await Promise.all([
-            runProcess('pg_dump', ['--format=custom', `--snapshot=${id}`, `--file=${dump}.partial`, '--dbname', o.v1.databaseUrl], 'pg_dump'),
+            runProcess('pg_dump', ['--format=custom', `--snapshot=${id}`, `--file=${dump}.partial`, target.arg], 'pg_dump', target.env),
             listTables(c).then((t) => tableStates(c, t)),
             schemaSnapshot(c),
           ]);
@@ -64,7 +80,7 @@ export function backupActivities() {
         }
       });
       await rename(`${dump}.partial`, dump);
-      const list = await runProcess('pg_restore', ['--list', dump], 'pg_restore --list');
+      const list = await runProcess('pg_restore', ['--list', '--', dump], 'pg_restore --list');
       if (!/TABLE DATA .*sessions/.test(list.stdout)) throw new Error('pg_restore --list shows no sessions data: the dump is not usable');
 
       beat({ step: 'kubernetes objects' });
@@ -101,5 +117,5 @@ export function backupActivities() {
       await rename(path.join(dir, `${MANIFEST}.partial`), path.join(dir, MANIFEST));
       return manifest;
     },
-  };
+  });
 }

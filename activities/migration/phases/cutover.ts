@@ -1,10 +1,10 @@
 /** Phase 6, cut-over: the routing every API pod reads (Redis), and the health gates for auto-approval. */
-import { MigrationActivityDeps, withDb, withRedis } from '../common';
+import { MigrationActivityDeps, redacting, v2DatabaseUrl, withDb, withRedis } from '../common';
 import { ROUTING_KEY, RoutingState } from '../routing-state';
 import type { MigrationOptions } from '../../../workflows/migration-api';
 
 export function cutoverActivities(deps: MigrationActivityDeps) {
-  return {
+  return redacting({
     async setRouting(state: Omit<RoutingState, 'updatedAt'>): Promise<void> {
       await withRedis(deps.redisUrl, (r) => r.set(ROUTING_KEY, JSON.stringify({ ...state, updatedAt: new Date().toISOString() })));
     },
@@ -12,7 +12,7 @@ export function cutoverActivities(deps: MigrationActivityDeps) {
     /** Health gates for auto-approval: session failure rate, agents online, v2 ready. */
     async checkHealthGates(o: MigrationOptions): Promise<{ ok: boolean; reasons: string[] }> {
       const reasons: string[] = [];
-      await withDb(o.v2.databaseUrl ?? o.v1.databaseUrl, async (c) => {
+      await withDb(await v2DatabaseUrl(o), async (c) => {
         const r = await c.query(
           `SELECT count(*) FILTER (WHERE state = 'failed')::int AS failed, count(*)::int AS total FROM sessions WHERE created_at > NOW() - INTERVAL '1 hour'`,
         );
@@ -24,12 +24,12 @@ export function cutoverActivities(deps: MigrationActivityDeps) {
           if (!a.rowCount) reasons.push(`no ${p} agent online`);
         }
       });
-      const ready = await fetch(o.v2.readyUrl, { signal: AbortSignal.timeout(5000) }).then(
+      const ready = await fetch(o.v2.readyUrl, { signal: AbortSignal.timeout(5000), redirect: 'manual' }).then(
         (r) => r.ok,
         () => false,
       );
       if (!ready) reasons.push('v2 control plane not ready');
       return { ok: reasons.length === 0, reasons };
     },
-  };
+  });
 }

@@ -6,11 +6,11 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Kube } from '../kube';
-import { runDir, runProcess } from '../common';
+import { inBackupDir, redacting, runDir, runProcess } from '../common';
 import type { MigrationOptions } from '../../../workflows/migration-api';
 
 export function decommissionActivities() {
-  return {
+  return redacting({
     async scaleDeployments(o: MigrationOptions, targets: Record<string, number>): Promise<Record<string, number | null>> {
       const kube = new Kube(o.v1.kubeconfig);
       const previous: Record<string, number | null> = {};
@@ -27,9 +27,11 @@ export function decommissionActivities() {
 
     async writeArchive(o: MigrationOptions, report: unknown): Promise<string> {
       await writeFile(path.join(runDir(o), 'report.json'), JSON.stringify(report, null, 2));
-      const archive = path.join(o.backupDir, `streamspace-v1-archive-${o.runId}.tar.gz`);
-      await runProcess('tar', ['-czf', archive, '-C', o.backupDir, o.runId], 'tar');
+      const dir = runDir(o);
+      const archive = inBackupDir(o, `streamspace-v1-archive-${o.runId}.tar.gz`);
+      // Long options with `=` and `--` before the operand: nothing from the input is read as an option.
+      await runProcess('tar', ['--create', '--gzip', `--file=${archive}`, `--directory=${path.dirname(dir)}`, '--', path.basename(dir)], 'tar');
       return archive;
     },
-  };
+  });
 }

@@ -18,7 +18,7 @@ import { convertSession, convertTemplate } from '../convert';
 import { Kube, V1Object } from '../kube';
 import { moves, RouteSet } from '../routing-state';
 import { ImportError, saveImportedSession } from '../store';
-import { beat, fingerprintSql, MigrationActivityDeps, quoteIdent, withDb } from '../common';
+import { beat, fingerprintSql, MigrationActivityDeps, quoteIdent, redacting, v1DatabaseUrl, withDb } from '../common';
 import type { Client } from 'pg';
 import type { ImportFailure, MigrationOptions } from '../../../workflows/migration-api';
 
@@ -205,7 +205,7 @@ export function importActivities(deps: MigrationActivityDeps) {
   async function templatesPage(o: MigrationOptions, v1Cols: V1Columns, cur: ImportCursor, res: ImportPageResult): Promise<ImportCursor> {
     const kube = new Kube(o.v1.kubeconfig);
     const page = await kube.listV1Page('templates', o.v1.namespaces[cur.ns], o.importBatchSize, cur.cont);
-    await withDb(o.v1.databaseUrl, async (c) => {
+    await withDb(await v1DatabaseUrl(o), async (c) => {
       await c.query('BEGIN');
       const results: ResultRow[] = [];
       const names = page.items.map((x) => String(x.metadata?.name ?? '?'));
@@ -241,7 +241,7 @@ export function importActivities(deps: MigrationActivityDeps) {
     if (page.expired) return { ...cur, cont: undefined }; // restart the namespace (idempotent)
     const crds = page.items;
     const ids = crds.map((x) => String(x.metadata?.name ?? ''));
-    const toAdopt = await withDb(o.v1.databaseUrl, async (c) => {
+    const toAdopt = await withDb(await v1DatabaseUrl(o), async (c) => {
       const fp = v1Cols.sessions ? fingerprintSql(v1Cols.sessions) : `''`;
       const rows = new Map((await c.query(`SELECT x.*, ${fp} AS __fp FROM sessions x WHERE x.id = ANY($1::text[])`, [ids])).rows.map((r) => [String(r.id), r]));
       const prior = (
@@ -310,7 +310,7 @@ export function importActivities(deps: MigrationActivityDeps) {
   }
 
   async function rowsPage(o: MigrationOptions, scope: ImportScope, v1Cols: V1Columns, cur: ImportCursor, res: ImportPageResult): Promise<ImportCursor | null> {
-    const { next, toAdopt } = await withDb(o.v1.databaseUrl, async (c) => {
+    const { next, toAdopt } = await withDb(await v1DatabaseUrl(o), async (c) => {
       const fp = v1Cols.sessions ? fingerprintSql(v1Cols.sessions) : `''`;
       const hasWorkflowId = (
         await c.query(
@@ -373,17 +373,17 @@ export function importActivities(deps: MigrationActivityDeps) {
     return next;
   }
 
-  return {
+  return redacting({
     /** Creates the bookkeeping tables and counts the v1 sessions to import (ids never leave the activity). */
     async prepareImport(o: MigrationOptions): Promise<{ total: number }> {
-      await withDb(o.v1.databaseUrl, ensureTables);
+      await withDb(await v1DatabaseUrl(o), ensureTables);
       const ids = new Set<string>();
       const kube = new Kube(o.v1.kubeconfig);
       for await (const page of kube.eachV1('sessions', o.v1.namespaces)) {
         for (const x of page) ids.add(String(x.metadata?.name));
         beat({ counted: ids.size });
       }
-      await withDb(o.v1.databaseUrl, async (c) => {
+      await withDb(await v1DatabaseUrl(o), async (c) => {
         let after = '';
         for (;;) {
           const r = await c.query(`SELECT id FROM sessions WHERE id > $1 AND COALESCE(platform_metadata->>'source', 'v1.x') = 'v1.x' ORDER BY id LIMIT 5000`, [
@@ -407,7 +407,7 @@ export function importActivities(deps: MigrationActivityDeps) {
       else res.next = await rowsPage(o, scope, v1Cols, cursor, res);
       return res;
     },
-  };
+  });
 }
 
 /** Next page of a CRD pass: same namespace with the continue token, next namespace, or the next pass. */

@@ -3,7 +3,8 @@ import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Kube } from '../kube';
-import { MigrationActivityDeps, runDir, runProcess, withDb, withRedis } from '../common';
+import { MigrationActivityDeps, redacting, runDir, runProcess, v1DatabaseUrl, withDb, withRedis } from '../common';
+import { redactSecrets } from '../../../workflows/migration-api';
 import type { MigrationOptions } from '../../../workflows/migration-api';
 
 export interface Check {
@@ -34,24 +35,25 @@ async function writableWithoutWriting(dir: string): Promise<string> {
 }
 
 export function preflightActivities(deps: MigrationActivityDeps) {
-  return {
+  return redacting({
     async preflight(o: MigrationOptions): Promise<PreflightReport> {
       const checks: Check[] = [];
       const check = async (name: string, fn: () => Promise<string>) => {
         try {
           checks.push({ name, ok: true, detail: await fn() });
         } catch (err) {
-          checks.push({ name, ok: false, detail: (err as Error).message });
+          checks.push({ name, ok: false, detail: redactSecrets((err as Error).message) });
         }
       };
       const counts = { dbSessions: 0, crdSessions: 0, crdTemplates: 0 };
       await check('v1 API healthy', async () => {
-        const r = await fetch(new URL('/health', o.v1.apiUrl), { signal: AbortSignal.timeout(5000) });
+        // Only the status is reported, never the body; no redirect is followed.
+        const r = await fetch(new URL('/health', o.v1.apiUrl), { signal: AbortSignal.timeout(5000), redirect: 'manual' });
         if (!r.ok) throw new Error(`GET /health answered ${r.status}`);
         return `GET ${o.v1.apiUrl}/health → ${r.status}`;
       });
-      await check('v1 database reachable', () =>
-        withDb(o.v1.databaseUrl, async (c) => {
+      await check('v1 database reachable', async () =>
+        withDb(await v1DatabaseUrl(o), async (c) => {
           const r = await c.query(`SELECT count(*)::int AS n FROM sessions`);
           counts.dbSessions = r.rows[0].n;
           return `${counts.dbSessions} sessions`;
@@ -69,8 +71,8 @@ export function preflightActivities(deps: MigrationActivityDeps) {
         return found.join(', ');
       });
       await check('v2 control plane ready', async () => {
-        const r = await fetch(o.v2.readyUrl, { signal: AbortSignal.timeout(5000) });
-        if (!r.ok) throw new Error(`${o.v2.readyUrl} answered ${r.status}: ${await r.text()}`);
+        const r = await fetch(o.v2.readyUrl, { signal: AbortSignal.timeout(5000), redirect: 'manual' });
+        if (!r.ok) throw new Error(`${o.v2.readyUrl} answered ${r.status}`);
         return `${o.v2.readyUrl} → ${r.status}`;
       });
       await check('pg_dump available', async () => (await runProcess('pg_dump', ['--version'])).stdout.trim());
@@ -80,5 +82,5 @@ export function preflightActivities(deps: MigrationActivityDeps) {
       await check('backup directory writable', () => writableWithoutWriting(runDir(o)));
       return { ok: checks.every((c) => c.ok), checks, counts };
     },
-  };
+  });
 }

@@ -24,7 +24,10 @@ import {
   MigrationActivityDeps,
   quoteIdent,
   runDir,
+  pgTarget,
+  redacting,
   runProcess,
+  v1DatabaseUrl,
   schemaSnapshot,
   snapshotDiff,
   sha256,
@@ -49,7 +52,7 @@ async function exists(c: Client, sql: string, args: unknown[]): Promise<boolean>
 }
 
 export function rollbackActivities(deps: MigrationActivityDeps) {
-  return {
+  return redacting({
     /** Scales v2 down, never the worker running this rollback (it is left as it is). */
     async stopV2(o: MigrationOptions): Promise<{ scaled: Record<string, number | null>; kept: string[] }> {
       const kube = new Kube(o.v1.kubeconfig);
@@ -65,7 +68,7 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
     /** Before anything is dropped: what v2 created, and the import's records, into the run's folder. */
     async exportV2Data(o: MigrationOptions): Promise<{ file: string; sessions: number }> {
       const file = path.join(runDir(o), 'v2-created-before-rollback.json');
-      const data = await withDb(o.v1.databaseUrl, async (c) => {
+      const data = await withDb(await v1DatabaseUrl(o), async (c) => {
         const has = async (t: string) => !!(await c.query(`SELECT to_regclass($1) AS r`, [t])).rows[0].r;
         const hasWf = await exists(
           c,
@@ -94,7 +97,7 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
 
     async undoV2Changes(o: MigrationOptions, manifest: BackupManifest): Promise<string> {
       const want = manifest.schema;
-      return withDb(o.v1.databaseUrl, async (c) => {
+      return withDb(await v1DatabaseUrl(o), async (c) => {
         const have = await schemaSnapshot(c);
         const done: string[] = [];
         const sessionCols = have.tables.sessions?.map((x) => x.name) ?? [];
@@ -201,12 +204,13 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
       const dump = path.join(manifest.dir, 'database.dump');
       const expected = manifest.files.find((f) => f.file === 'database.dump')!;
       if ((await sha256(dump)) !== expected.sha256) throw ApplicationFailure.nonRetryable(`backup ${dump} does not match its checksum`, 'BackupCorrupt');
-      const live = decodeURIComponent(new URL(o.v1.databaseUrl).pathname.slice(1));
+      const base = await v1DatabaseUrl(o);
+      const live = decodeURIComponent(new URL(base).pathname.slice(1));
       const tag = createHash('sha256').update(o.runId).digest('hex').slice(0, 8);
       const fresh = `${live.slice(0, 40)}_rb_${tag}`;
       const kept = `${live.slice(0, 40)}_prerb_${tag}`;
       const urlOf = (db: string) => {
-        const u = new URL(o.v1.databaseUrl);
+        const u = new URL(base);
         u.pathname = `/${encodeURIComponent(db)}`;
         return u.toString();
       };
@@ -233,7 +237,8 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
           await c.query(`DROP DATABASE IF EXISTS ${quoteIdent(fresh)} WITH (FORCE)`);
           await c.query(`CREATE DATABASE ${quoteIdent(fresh)}`);
         });
-        await runProcess('pg_restore', ['--no-owner', '--no-privileges', '--exit-on-error', '--dbname', urlOf(fresh), dump], 'pg_restore');
+        const target = pgTarget(urlOf(fresh));
+        await runProcess('pg_restore', ['--no-owner', '--no-privileges', '--exit-on-error', target.arg, '--', dump], 'pg_restore', target.env);
         const v = await verify(fresh);
         if (v.bad.length) throw ApplicationFailure.nonRetryable(`restore verification failed: ${v.bad.join('; ')}`, 'RestoreVerification');
       }
@@ -288,5 +293,5 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
       }
       return out;
     },
-  };
+  });
 }

@@ -4,14 +4,15 @@
  */
 import { ApplicationFailure } from '@temporalio/activity';
 import { migrate } from '../../../db/migrate';
-import { heartbeating, withDb } from '../common';
+import { heartbeating, redacting, v1DatabaseUrl, withDb } from '../common';
 import type { MigrationOptions } from '../../../workflows/migration-api';
 
 export function schemaActivities() {
-  return {
+  return redacting({
     async migrateSchema(o: MigrationOptions): Promise<{ applied: string[]; skipped: string[]; verified: string[] }> {
-      const r = await heartbeating({ step: 'migrations' }, () => migrate(o.v1.databaseUrl, { log: () => undefined }));
-      const verified = await withDb(o.v1.databaseUrl, async (c) => {
+      const url = await v1DatabaseUrl(o);
+      const r = await heartbeating({ step: 'migrations' }, () => migrate(url, { log: () => undefined }));
+      const verified = await withDb(url, async (c) => {
         const missing: string[] = [];
         for (const t of ['agents', 'agent_commands', 'redis_agent_connections', 'leader_election_leases']) {
           if (!(await c.query('SELECT to_regclass($1) AS r', [t])).rows[0].r) missing.push(`table ${t}`);
@@ -30,5 +31,5 @@ export function schemaActivities() {
       });
       return { ...r, verified };
     },
-  };
+  });
 }
