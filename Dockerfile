@@ -13,7 +13,9 @@ COPY . .
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:20-bookworm-slim
-ENV NODE_ENV=production
+# No secrets and no dev mode in the image: the processes refuse to start until JWT_SECRET,
+# AGENT_TOKEN_SECRET, DB_PASSWORD, ADMIN_PASSWORD (first start) or AGENT_TOKEN are given at run time.
+ENV NODE_ENV=production STREAMSPACE_DEV_MODE=false
 WORKDIR /app
 # ca-certificates: TLS to external databases/Temporal Cloud; the slim image lacks it.
 RUN apt-get update \

@@ -23,6 +23,7 @@ import { healthRoutes } from './routes/health';
 import { sessionRoutes } from './routes/sessions';
 import { templateRoutes } from './routes/templates';
 import { userRoutes } from './routes/users';
+import { securityHeaders } from './security-headers';
 
 export interface AppDeps {
   config: GatewayConfig;
@@ -46,10 +47,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     logger: false,
     bodyLimit: deps.config.bodyLimit,
+    // Client addresses (login throttling) come from X-Forwarded-For only behind a trusted proxy.
+    trustProxy: typeof deps.config.trustProxy === 'number' ? hopsOf(deps.config.trustProxy) : deps.config.trustProxy,
     // Unknown fields are refused with a reason instead of silently dropped.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
   });
   app.decorate('deps', deps);
+  await app.register(securityHeaders);
   await app.register(swagger, {
     openapi: {
       info: { title: 'StreamSpace v2 control plane', version: '2.0.0' },
@@ -82,6 +86,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
+/** TRUST_PROXY=<n>: trust the n nearest proxies. */
+const hopsOf =
+  (n: number) =>
+  (_address: string, hop: number): boolean =>
+    hop < n;
+
 export function httpReason(status: number): string {
   const reasons: Record<number, string> = {
     400: 'Bad Request',
@@ -92,6 +102,7 @@ export function httpReason(status: number): string {
     413: 'Payload Too Large',
     415: 'Unsupported Media Type',
     422: 'Unprocessable Entity',
+    429: 'Too Many Requests',
     502: 'Bad Gateway',
     503: 'Service Unavailable',
     504: 'Gateway Timeout',

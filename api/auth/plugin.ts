@@ -2,6 +2,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { HttpError } from '../app';
+import { tokenRevoked } from './accounts';
 import { bearer, RequestUser, Role, TokenError } from './tokens';
 
 declare module 'fastify' {
@@ -27,12 +28,15 @@ export const authPlugin = fp(async (app: FastifyInstance) => {
     }
     // The token says who; the users table says what they may do now: a removed or disabled user
     // is refused, and a role change applies on the next request.
-    const r = await app.deps.pool.query<{ uid: string; role: string; active: boolean | null }>(
-      'SELECT id::text AS uid, role, active FROM users WHERE username = $1',
+    // A token issued before the password was last changed or reset (or the account disabled) is revoked.
+    const r = await app.deps.pool.query<{ uid: string; role: string; active: boolean | null; tokens_valid_after: Date | null }>(
+      'SELECT id::text AS uid, role, active, tokens_valid_after FROM users WHERE username = $1',
       [claims.sub],
     );
     const u = r.rows[0];
     if (!u || u.active === false) throw new HttpError(401, 'this account no longer exists or is disabled');
+    if (tokenRevoked((claims as unknown as { iat?: unknown }).iat, u.tokens_valid_after))
+      throw new HttpError(401, 'this token was revoked (password changed or reset): sign in again');
     const role: Role = u.role === 'admin' ? 'admin' : 'user';
     req.user = { ...claims, role, uid: u.uid };
   });

@@ -1,21 +1,14 @@
 /** The viewer page (/vnc-viewer/<id>), its bundled script, and the ticket endpoint. */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { HttpError } from '../app';
 
 const BUNDLE = path.resolve(__dirname, '..', '..', 'public', 'viewer.js');
 
-const escapeHtml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-
-const page = (sessionId: string) => `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>StreamSpace session</title>
-<style>
+const STYLE = `
   html, body { margin: 0; height: 100%; background: #1d1f21; color: #e0e0e0; font: 14px system-ui, sans-serif; }
   body { display: flex; flex-direction: column; }
   #bar { display: flex; gap: 12px; align-items: center; padding: 6px 12px; background: #2b2e31; }
@@ -28,7 +21,32 @@ const page = (sessionId: string) => `<!doctype html>
   #login { margin: 10vh auto; display: flex; flex-direction: column; gap: 8px; width: 260px; }
   #login input, #login button { padding: 6px; font: inherit; }
   #login-error { color: #e05d5d; min-height: 1em; }
-</style>
+`;
+
+/**
+ * The viewer's policy: its own script and this exact stylesheet (by hash), the WebSocket and API
+ * on this origin only, canvas/cursor images from data:/blob:, nothing framed, no plugins.
+ */
+const VIEWER_CSP = [
+  "default-src 'none'",
+  "script-src 'self'",
+  `style-src 'sha256-${createHash('sha256').update(STYLE).digest('base64')}'`,
+  "img-src 'self' data: blob:",
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+const escapeHtml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+const page = (sessionId: string) => `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>StreamSpace session</title>
+<style>${STYLE}</style>
 </head>
 <body data-session-id="${escapeHtml(sessionId)}">
 <div id="bar">
@@ -53,7 +71,11 @@ export async function viewerRoutes(app: FastifyInstance): Promise<void> {
   app.get<{ Params: { id: string } }>(
     '/vnc-viewer/:id',
     { schema: { hide: true, params: Type.Object({ id: Type.String({ maxLength: 255 }) }) } },
-    async (req, reply) => reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(page(req.params.id)),
+    async (req, reply) => reply
+        .type('text/html; charset=utf-8')
+        .header('cache-control', 'no-store')
+        .header('content-security-policy', VIEWER_CSP)
+        .send(page(req.params.id)),
   );
 
   app.get('/vnc-viewer/assets/viewer.js', { schema: { hide: true } }, async (_req, reply) => {

@@ -5,7 +5,16 @@
  */
 import RFB from '@novnc/novnc/lib/rfb';
 
+// The user token lives in this tab's sessionStorage only (never localStorage: it would outlive the
+// tab and be shared by every page of the origin); the VNC socket itself only ever sees a
+// single-use ticket.
 const TOKEN_KEY = 'streamspace.token';
+const tokenStore = window.sessionStorage;
+try {
+  window.localStorage.removeItem(TOKEN_KEY); // what older viewers left behind
+} catch {
+  // storage disabled: nothing to clean
+}
 const MAX_BACKOFF_MS = 10_000;
 
 const sessionId = document.body.dataset.sessionId ?? '';
@@ -28,7 +37,7 @@ function setStatus(state: 'login' | 'connecting' | 'connected' | 'disconnected' 
 }
 
 async function api(path: string, init: RequestInit = {}): Promise<Response> {
-  const token = localStorage.getItem(TOKEN_KEY);
+  const token = tokenStore.getItem(TOKEN_KEY);
   return fetch(path, {
     ...init,
     headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...(init.headers ?? {}) },
@@ -52,7 +61,7 @@ loginForm.addEventListener('submit', async (ev) => {
   });
   const body = await res.json().catch(() => ({}));
   if (!res.ok) return showLogin(body.message ?? `login failed (${res.status})`);
-  localStorage.setItem(TOKEN_KEY, body.token);
+  tokenStore.setItem(TOKEN_KEY, body.token);
   loginForm.hidden = true;
   screenEl.hidden = false;
   void connect();
@@ -69,7 +78,7 @@ async function connect(): Promise<void> {
     return scheduleReconnect('control plane unreachable');
   }
   if (res.status === 401) {
-    localStorage.removeItem(TOKEN_KEY);
+    tokenStore.removeItem(TOKEN_KEY);
     return showLogin('Your sign-in expired.');
   }
   const body = await res.json().catch(() => ({}));
@@ -113,5 +122,5 @@ reconnectBtn.addEventListener('click', () => {
   void connect();
 });
 
-if (localStorage.getItem(TOKEN_KEY)) void connect();
+if (tokenStore.getItem(TOKEN_KEY)) void connect();
 else showLogin();
