@@ -7,7 +7,8 @@
 #
 #   scripts/build-session-image.sh [--force] [--test]
 #     --force  rebuild even if up to date
-#     --test   afterwards run two containers on 127.0.0.1:15901/15902 and check the RFB greeting
+#     --test   afterwards run two containers on 127.0.0.1:15901/15902 and check the RFB greeting,
+#              that they offer only VncAuth, run as uid 1000, and refuse to start without a password
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,14 +50,30 @@ rfb_check() { # PORT -> succeeds when the port greets with "RFB 003.008\n" withi
   return 1
 }
 
+security_check() { # PORT -> succeeds when the server offers exactly one security type, VncAuth (2)
+  local port=$1 got
+  got=$(timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -c 12 <&3 >/dev/null && printf 'RFB 003.008\n' >&3 && head -c 2 <&3" 2>/dev/null | od -An -tu1 | tr -s ' ') || true
+  [[ $got == ' 1 2' ]] && return 0
+  say "port $port offered security types (count, types...): '${got:-nothing}'"
+  return 1
+}
+
 smoke_test() {
   say "smoke test: two sessions on 127.0.0.1:15901 (display :11) and :15902 (display :12)"
-  local names=(ss-imgtest-1 ss-imgtest-2) rc=0
+  local names=(ss-imgtest-1 ss-imgtest-2) rc=0 pw
   docker rm -f "${names[@]}" >/dev/null 2>&1 || true
-  docker run -d --rm --name ss-imgtest-1 --network host -e VNC_LISTEN=127.0.0.1 -e VNC_PORT=15901 -e VNC_DISPLAY=11 "$IMAGE" >/dev/null
-  docker run -d --rm --name ss-imgtest-2 --network host -e VNC_LISTEN=127.0.0.1 -e VNC_PORT=15902 -e VNC_DISPLAY=12 "$IMAGE" >/dev/null
+  # Like the Docker agent: unprivileged user, no capabilities, a random password each.
+  for i in 1 2; do
+    pw=$(head -c 6 /dev/urandom | base64 | tr '+/' '-_')
+    docker run -d --rm --name "ss-imgtest-$i" --network host --user 1000:1000 --cap-drop ALL --security-opt no-new-privileges \
+      -e VNC_LISTEN=127.0.0.1 -e VNC_PORT=1590$i -e VNC_DISPLAY=1$i -e VNC_PASSWORD="$pw" "$IMAGE" >/dev/null
+  done
   rfb_check 15901 || rc=1
   rfb_check 15902 || rc=1
+  security_check 15901 || rc=1
+  security_check 15902 || rc=1
+  [[ $(docker exec ss-imgtest-1 id -u) == 1000 ]] || { say "the desktop does not run as uid 1000"; rc=1; }
+  if docker run --rm --network none "$IMAGE" >/dev/null 2>&1; then say "started without VNC_PASSWORD"; rc=1; fi
   if ((rc)); then docker logs ss-imgtest-1 2>&1 | tail -n 20 >&2; docker logs ss-imgtest-2 2>&1 | tail -n 20 >&2; fi
   local t=$SECONDS
   docker stop -t 10 "${names[@]}" >/dev/null 2>&1 || true

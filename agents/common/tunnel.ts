@@ -4,12 +4,19 @@
  * or heartbeats) and a TCP connection to the session's VNC server, then pipes them together.
  * The relay (protocol/relay.ts) keeps backpressure both ways and tears both sides down on any
  * error or close.
+ *
+ * Before relaying, the agent completes the RFB security handshake with the session's VNC server
+ * itself (VncAuth with the per-session password only this agent holds, agents/common/rfb-auth.ts)
+ * and then offers the viewer, whom the gateway admitted with a single-use ticket, security type
+ * None only. So the browser needs no VNC password, and nobody reaching the VNC port directly gets
+ * a desktop without that password.
  */
 import net from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../../config/log';
 import type { OpenStreamMessage } from '../../protocol/messages';
 import { relayTcpWebSocket } from '../../protocol/relay';
+import { hasVncSecrets, MessageReader, serverHandshake, viewerHandshake } from './rfb-auth';
 import type { AgentRuntime } from './runtime';
 
 export function attachTunnel(runtime: AgentRuntime, log: Logger): { open: () => number } {
@@ -38,6 +45,16 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
     reportFailure(runtime, msg, `cannot connect to ${endpoint.host}:${endpoint.port}: ${(err as Error).message}`);
     return;
   }
+  // The server's security handshake first: a failure reaches the viewer as a stream error.
+  try {
+    const password = hasVncSecrets(runtime.driver) ? await runtime.driver.vncPassword(msg.session_id) : null;
+    await serverHandshake(tcp, password);
+  } catch (err) {
+    tcp.destroy();
+    log.warn('VNC security handshake with the session failed', { session: msg.session_id, stream: msg.stream_id, error: (err as Error).message });
+    reportFailure(runtime, msg, `VNC security handshake with the session failed: ${(err as Error).message}`);
+    return;
+  }
   const url = new URL(msg.url, runtime.url.replace(/^http/, 'ws')).toString();
   const ws = new WebSocket(url, {
     headers: { authorization: `Bearer ${runtime.config.token}` },
@@ -56,9 +73,27 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
     log.debug('stream socket error', { stream: msg.stream_id, error: err.message });
     tcp.destroy();
   });
+  // The viewer's side of the handshake: what it sends before ClientInit is consumed here.
+  const viewer = new MessageReader();
+  const collect = (d: WebSocket.RawData) => viewer.push(Buffer.isBuffer(d) ? d : Array.isArray(d) ? Buffer.concat(d) : Buffer.from(d));
+  ws.on('message', collect);
+  ws.once('close', () => viewer.fail(new Error('the viewer closed during the RFB handshake')));
+  tcp.once('close', () => viewer.fail(new Error('the VNC server closed during the RFB handshake')));
   ws.once('open', () => {
     (ws as unknown as { _socket?: net.Socket })._socket?.setNoDelay(true);
-    relayTcpWebSocket(tcp, ws);
+    viewerHandshake((b) => ws.send(b, { binary: true }), viewer).then(
+      () => {
+        ws.off('message', collect);
+        const rest = viewer.drain();
+        if (rest.length) tcp.write(rest);
+        relayTcpWebSocket(tcp, ws);
+      },
+      (err: Error) => {
+        log.debug('viewer RFB handshake failed', { stream: msg.stream_id, error: err.message });
+        tcp.destroy();
+        ws.close(1008, 'RFB handshake failed');
+      },
+    );
   });
 }
 

@@ -6,12 +6,22 @@
  * Networking: DOCKER_NETWORK=host (tests, single host: each session gets its own VNC port from
  * VNC_PORT_RANGE on VNC_LISTEN) or a bridge network (default "<NETWORK_PREFIX>", created if
  * absent; the agent reaches the session at the container's address on the template's port).
+ *
+ * Isolation: every session's VNC server demands VncAuth with a random password generated here at
+ * create time and handed to the container in its environment (VNC_PASSWORD), which only the Docker
+ * API reveals; the agent reads it back from there (so it survives an agent restart) and completes
+ * the RFB handshake itself (agents/common/tunnel.ts). The desktop runs as an unprivileged user
+ * (SESSION_USER, 1000:1000) with every capability dropped and no-new-privileges.
  */
 import Docker from 'dockerode';
 import net from 'node:net';
 import type { Logger } from '../../config/log';
 import type { CommandResult, ReportedSession, StartSessionData, VncEndpoint } from '../../protocol/messages';
 import { DriverError, Progress, SessionDriver } from '../common/driver';
+import { generateVncPassword, VNC_PASSWORD_ENV, VncSecretSource } from '../common/rfb-auth';
+
+/** uid:gid the desktop runs as (the session image's "streamspace" user); never root. */
+export const SESSION_USER = '1000:1000';
 
 export interface DockerDriverOptions {
   agentId: string;
@@ -37,7 +47,7 @@ const LABEL = {
   vncPort: 'io.streamspace.vnc-port',
 };
 
-export class DockerDriver implements SessionDriver {
+export class DockerDriver implements SessionDriver, VncSecretSource {
   readonly platform = 'docker' as const;
   private readonly docker: Docker;
   /** Serialises port allocation and creation, so two starts never pick the same VNC port. */
@@ -145,6 +155,12 @@ export class DockerDriver implements SessionDriver {
     return this.endpointOf(info);
   }
 
+  /** The session's VNC password, from the container's environment (readable only through the Docker API). */
+  async vncPassword(sessionId: string): Promise<string | null> {
+    const info = await this.inspect(sessionId);
+    return info ? passwordOf(info) : null;
+  }
+
   // ------------------------------------------------------------------ internals
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -211,6 +227,7 @@ export class DockerDriver implements SessionDriver {
       VNC_PORT: String(port),
       STREAMSPACE_SESSION_ID: sessionId,
       STREAMSPACE_USER: data.user,
+      [VNC_PASSWORD_ENV]: generateVncPassword(),
     };
     if (host) {
       env.VNC_LISTEN = this.o.vncListen;
@@ -244,7 +261,11 @@ export class DockerDriver implements SessionDriver {
           Memory: t.resources.memory ? memoryBytes(t.resources.memory) : undefined,
           NanoCpus: t.resources.cpu ? nanoCpus(t.resources.cpu) : undefined,
           RestartPolicy: { Name: 'no' },
+          // The desktop is an ordinary user's: no root, no capabilities, no setuid escalation.
+          CapDrop: ['ALL'],
+          SecurityOpt: ['no-new-privileges'],
         },
+        User: SESSION_USER,
       });
       return await c.inspect();
     } catch (err) {
@@ -306,6 +327,12 @@ export class DockerDriver implements SessionDriver {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+}
+
+function passwordOf(info: Docker.ContainerInspectInfo): string | null {
+  const prefix = `${VNC_PASSWORD_ENV}=`;
+  const entry = (info.Config.Env ?? []).find((e) => e.startsWith(prefix));
+  return entry ? entry.slice(prefix.length) : null;
 }
 
 function dockerConnection(dockerHost: string): Docker.DockerOptions {

@@ -4,11 +4,21 @@
  * and agent. Hibernate deletes the Pod (compute released, PVC and Service kept); wake recreates
  * it; stop deletes Pod and Service and keeps the PVC (deleting user data is a separate choice).
  * The session is reported running only once its Pod is Ready, with the Pod's VNC endpoint.
+ *
+ * Isolation: each Pod gets a fresh random VNC password (VncAuth) in its container environment;
+ * the agent reads it back from the Pod spec (so it survives an agent restart) and completes the
+ * RFB handshake itself (agents/common/tunnel.ts). A new Pod (wake) gets a new password. The Pod
+ * runs as a non-root user with every capability dropped and no privilege escalation;
+ * deploy/kubernetes/network-policy.yaml lets only agent pods reach session pods.
  */
 import { CoreV1Api, KubeConfig, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../../config/log';
 import type { CommandResult, ReportedSession, StartSessionData, VncEndpoint } from '../../protocol/messages';
 import { DriverError, Progress, SessionDriver } from '../common/driver';
+import { generateVncPassword, VNC_PASSWORD_ENV, VncSecretSource } from '../common/rfb-auth';
+
+/** uid/gid the desktop runs as (the session image's "streamspace" user); never root. */
+const SESSION_UID = 1000;
 
 export interface KubernetesDriverOptions {
   kubeConfig: KubeConfig;
@@ -43,7 +53,7 @@ const dnsName = (v: string) =>
     .slice(0, 63)
     .replace(/-+$/, '');
 
-export class KubernetesDriver implements SessionDriver {
+export class KubernetesDriver implements SessionDriver, VncSecretSource {
   readonly platform = 'kubernetes' as const;
   private readonly core: CoreV1Api;
 
@@ -168,6 +178,13 @@ export class KubernetesDriver implements SessionDriver {
     return { host: pod.status.podIP, port: Number(pod.metadata?.annotations?.[VNC_PORT_ANNOTATION] ?? 5900) };
   }
 
+  /** The VNC password of the session's current Pod (from its spec), or null without a Pod. */
+  async vncPassword(sessionId: string): Promise<string | null> {
+    const pod = await this.readPod(this.objectName(sessionId));
+    const env = pod?.spec?.containers.find((c) => c.name === 'session')?.env ?? [];
+    return env.find((e) => e.name === VNC_PASSWORD_ENV)?.value ?? null;
+  }
+
   // ------------------------------------------------------------------ internals
 
   private labels(sessionId: string, data: StartSessionData): Record<string, string> {
@@ -203,6 +220,15 @@ export class KubernetesDriver implements SessionDriver {
       spec: {
         restartPolicy: 'Always',
         automountServiceAccountToken: false,
+        enableServiceLinks: false,
+        securityContext: {
+          runAsNonRoot: true,
+          runAsUser: SESSION_UID,
+          runAsGroup: SESSION_UID,
+          // The home PVC is group-owned by the session user, so the desktop can write to it.
+          fsGroup: SESSION_UID,
+          seccompProfile: { type: 'RuntimeDefault' },
+        },
         containers: [
           {
             name: 'session',
@@ -214,7 +240,13 @@ export class KubernetesDriver implements SessionDriver {
               { name: 'VNC_PORT', value: String(t.vnc_port) },
               { name: 'STREAMSPACE_SESSION_ID', value: sessionId },
               { name: 'STREAMSPACE_USER', value: data.user },
+              { name: VNC_PASSWORD_ENV, value: generateVncPassword() },
             ],
+            securityContext: {
+              allowPrivilegeEscalation: false,
+              privileged: false,
+              capabilities: { drop: ['ALL'] },
+            },
             resources: Object.keys(resources).length ? { requests: resources, limits: resources } : undefined,
             readinessProbe: { tcpSocket: { port: t.vnc_port }, periodSeconds: 2 },
             volumeMounts: data.persistent_home ? [{ name: 'home', mountPath: t.home_mount }] : [],

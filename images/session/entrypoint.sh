@@ -1,7 +1,13 @@
 #!/bin/bash
-# Session container entrypoint: Xtigervnc on $VNC_LISTEN:$VNC_PORT (no VNC auth: the control
-# plane's proxy is the only way in), a coloured root window and an xterm kept alive.
+# Session container entrypoint: Xtigervnc on $VNC_LISTEN:$VNC_PORT, a coloured root window and an
+# xterm kept alive. The VNC server demands VncAuth (RFB security type 2) with the per-session
+# password in $VNC_PASSWORD, which only the session's agent knows (it completes the handshake and
+# offers the viewer no auth once the gateway has checked the ticket). Without a password the
+# container refuses to start: there is no unauthenticated mode.
 #
+#   VNC_PASSWORD  the session's VNC password (VncAuth uses the first 8 characters); required.
+#                 Written to a 0600 password file outside $HOME, removed from the environment
+#                 before anything else starts, never printed.
 #   VNC_PORT      RFB port (default 5900)
 #   VNC_LISTEN    address to bind (default 0.0.0.0; tests use 127.0.0.1)
 #   VNC_DISPLAY   X display number (default 1). Sessions share the host network namespace
@@ -9,6 +15,28 @@
 #                 session needs its own display number.
 #   VNC_GEOMETRY  screen size (default 1280x800)
 set -u
+
+# Started as root (a plain `docker run`): drop to the session user, with no capabilities and no
+# way back, before doing anything else. The agents already start the container as that user.
+if [[ $(id -u) == 0 ]]; then
+  exec setpriv --reuid=1000 --regid=1000 --clear-groups --no-new-privs \
+    --inh-caps=-all --bounding-set=-all -- "$0" "$@"
+fi
+
+# The password goes into Xvnc's password file (obfuscated, 0600, on the container's own /tmp) and
+# out of the environment, so the desktop's shells do not inherit it.
+if [[ -z ${VNC_PASSWORD:-} ]]; then
+  echo "VNC_PASSWORD is not set: refusing to start a VNC server without authentication" >&2
+  exit 1
+fi
+umask 077
+VNC_PASSWORD_FILE=$(mktemp -d /tmp/.streamspace-vnc.XXXXXX)/passwd
+printf '%s\n' "${VNC_PASSWORD:0:8}" | vncpasswd -f >"$VNC_PASSWORD_FILE" || {
+  echo "cannot write the VNC password file" >&2
+  exit 1
+}
+unset VNC_PASSWORD
+umask 022
 
 VNC_PORT=${VNC_PORT:-5900}
 VNC_LISTEN=${VNC_LISTEN:-0.0.0.0}
@@ -37,13 +65,16 @@ trap shutdown TERM INT HUP
 # Stale lock/socket files from an earlier run of this container would make X refuse the display.
 rm -f "/tmp/.X${VNC_DISPLAY}-lock" "/tmp/.X11-unix/X${VNC_DISPLAY}"
 
+# -SecurityTypes VncAuth -PasswordFile: the only way in is the session's password.
 # -AlwaysShared: several viewers may be connected at once without kicking each other off.
 # -nolisten tcp: no X11 TCP port (6000+N) on the host network.
 # Every viewer reaches this server from the agent's one address, so TigerVNC's per-host
-# blacklist (5 unauthenticated attempts by default) would lock out all viewers: turn it off.
+# blacklist (5 failed attempts by default) would let anyone sharing that address (all sessions,
+# with host networking) lock out the agent: turn it off. Guessing the 48-bit password online,
+# one DES handshake per TCP connection, is not a practical attack.
 Xtigervnc ":$VNC_DISPLAY" \
   -rfbport "$VNC_PORT" -interface "$VNC_LISTEN" \
-  -SecurityTypes None -AlwaysShared \
+  -SecurityTypes VncAuth -PasswordFile "$VNC_PASSWORD_FILE" -AlwaysShared \
   -BlacklistThreshold 1000000 \
   -geometry "$VNC_GEOMETRY" -depth 24 \
   -desktop streamspace -nolisten tcp &
