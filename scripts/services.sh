@@ -8,7 +8,8 @@
 # only if it is not already answering, so `start` is cheap to call again and again.
 #
 #   PostgreSQL  127.0.0.1:55432  user/password/db streamspace (superuser: tests create databases)
-#   Redis       127.0.0.1:56379
+#   Redis       127.0.0.1:56379  password $REDIS_PASSWORD (default streamspace):
+#               redis://:streamspace@127.0.0.1:56379
 #   Docker      /var/run/docker.sock (no bridge: containers use --network host)
 #   Temporal    127.0.0.1:57233 (gRPC), Web UI http://127.0.0.1:58233
 set -euo pipefail
@@ -24,6 +25,9 @@ PG_DATA=$STATE/pg
 PG_SOCK=$STATE/pg-socket
 PG_LOG=$LOGS/postgres.log
 REDIS_PORT=56379
+# Redis always demands a password (requirepass), even on loopback: whoever can write to the agent
+# hub's channels must not be anyone with a local socket. Tests read the same default (test/harness/env.ts).
+REDIS_PASSWORD=${REDIS_PASSWORD:-streamspace}
 TEMPORAL_PORT=57233
 TEMPORAL_UI_PORT=58233
 # Fixed (not random) so they never collide with ports the tests pick.
@@ -133,15 +137,27 @@ pg_stop() {
 }
 
 # ---------------------------------------------------------------- Redis
-redis_up() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+redis_cli() { REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+redis_up() { [[ $(redis_cli ping 2>/dev/null) == PONG ]] || redis_open; }
+# Answering without any password (started by an older version of this script).
+redis_open() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
 
 redis_start() {
-  if redis_up; then log "redis already answering on 127.0.0.1:$REDIS_PORT"; return 0; fi
+  if redis_up; then
+    if redis_open; then
+      # Keep it running (others may be using it), but close it from now on.
+      log "redis on 127.0.0.1:$REDIS_PORT has no password; setting requirepass"
+      printf %s "$REDIS_PASSWORD" | redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -x config set requirepass >/dev/null
+    fi
+    log "redis already answering on 127.0.0.1:$REDIS_PORT"
+    return 0
+  fi
   command -v redis-server >/dev/null || die "redis-server not installed (apt-get install redis-server)"
   mkdir -p "$STATE/redis" "$LOGS"
   log "starting redis on 127.0.0.1:$REDIS_PORT"
   # No persistence: cache/hub state only. maxclients high for the 100-agent benchmarks.
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  # The password goes in through stdin (a config file), not the command line other users can read.
+  printf 'requirepass "%s"\n' "$REDIS_PASSWORD" | redis-server - --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
     --dir "$STATE/redis" --pidfile "$STATE/redis.pid" --logfile "$LOGS/redis.log" \
     --maxclients 10000 >/dev/null
   wait_for redis 30 "$LOGS/redis.log" redis_up || die "redis not answering"
@@ -150,7 +166,7 @@ redis_start() {
 redis_stop() {
   if redis_up; then
     log "stopping redis"
-    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    redis_cli shutdown nosave >/dev/null 2>&1 || true
   fi
 }
 
@@ -256,7 +272,7 @@ status() {
     if "$@" >/dev/null 2>&1; then printf '  %-9s up    %s\n' "$name" "$where"; else printf '  %-9s DOWN  %s\n' "$name" "$where"; rc=1; fi
   }
   report postgres "postgres://streamspace:streamspace@127.0.0.1:$PG_PORT/streamspace" pg_up
-  report redis "redis://127.0.0.1:$REDIS_PORT" redis_up
+  report redis "redis://:***@127.0.0.1:$REDIS_PORT (REDIS_PASSWORD)" redis_up
   report docker "unix:///var/run/docker.sock (data $DOCKER_DATA)" docker_up
   report temporal "127.0.0.1:$TEMPORAL_PORT, UI http://127.0.0.1:$TEMPORAL_UI_PORT" temporal_up
   echo "  logs: $LOGS"

@@ -6,6 +6,7 @@
  */
 import http from 'node:http';
 import WebSocket from 'ws';
+import { envOptional } from '../../config/env';
 import type { Logger } from '../../config/log';
 import {
   AGENT_CONNECT_PATH,
@@ -45,11 +46,17 @@ export class AgentRuntime {
   /** Called on every successful registration (tests and benchmarks measure reconnects with it). */
   onRegistered: (() => void) | null = null;
 
+  /** Extra origins stream sockets may be dialled to (AGENT_STREAM_HOSTS), besides CONTROL_PLANE_URL's. */
+  private readonly streamHosts: StreamHost[];
+
   constructor(
     readonly config: AgentConfig,
     readonly driver: SessionDriver,
     private readonly log: Logger,
-  ) {}
+    env: NodeJS.ProcessEnv = process.env,
+  ) {
+    this.streamHosts = parseStreamHosts(envOptional('AGENT_STREAM_HOSTS', env) ?? '');
+  }
 
   get url(): string {
     const u = new URL(this.config.controlPlaneUrl);
@@ -182,14 +189,51 @@ export class AgentRuntime {
       case 'command':
         this.onCommand(ws, msg);
         return;
-      case 'open_stream':
-        if (this.onOpenStream) this.onOpenStream(msg);
+      case 'open_stream': {
+        // The agent attaches its bearer token to the stream socket: it only dials its own control
+        // plane (or AGENT_STREAM_HOSTS), never a URL whoever could inject a message chose.
+        const url = this.allowedStreamUrl(msg.url);
+        if (!url) {
+          this.log.error('refusing to dial a stream URL outside the control plane origin (AGENT_STREAM_HOSTS)', {
+            stream: msg.stream_id,
+            session: msg.session_id,
+            url: msg.url.slice(0, 300),
+          });
+          this.send(ws, {
+            type: 'stream_error',
+            stream_id: msg.stream_id,
+            error: 'stream URL refused: not the control plane origin nor in AGENT_STREAM_HOSTS',
+          });
+          return;
+        }
+        if (this.onOpenStream) this.onOpenStream({ ...msg, url });
         else this.send(ws, { type: 'stream_error', stream_id: msg.stream_id, error: 'this agent does not serve VNC streams' });
         return;
+      }
       case 'error':
         (msg.fatal ? this.log.error : this.log.warn)('control plane reported an error', { reason: msg.reason });
         return;
     }
+  }
+
+  /**
+   * The absolute ws(s) URL for an open_stream url when the agent may dial it, else null: the
+   * control plane's own origin (relative URLs resolve to it), or an AGENT_STREAM_HOSTS entry. A
+   * wss control plane never gets a plain ws stream (the bearer token would travel in clear).
+   */
+  allowedStreamUrl(raw: string): string | null {
+    const base = new URL(this.url.replace(/^http/, 'ws'));
+    let u: URL;
+    try {
+      u = new URL(raw, base);
+    } catch {
+      return null;
+    }
+    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') return null;
+    if (base.protocol === 'wss:' && u.protocol !== 'wss:') return null;
+    if (u.username || u.password) return null;
+    if (u.origin === base.origin) return u.toString();
+    return this.streamHosts.some((h) => matchesStreamHost(h, u)) ? u.toString() : null;
   }
 
   private startHeartbeat(ws: WebSocket, intervalMs: number): void {
@@ -285,4 +329,37 @@ export class AgentRuntime {
       return { ok: false, error, retryable };
     }
   }
+}
+
+interface StreamHost {
+  protocol: string | null;
+  /** Lower-case host name; for "*.example.com" the suffix ".example.com". */
+  host: string;
+  wildcard: boolean;
+  port: string | null;
+}
+
+const DEFAULT_PORT: Record<string, string> = { 'ws:': '80', 'wss:': '443' };
+
+/**
+ * AGENT_STREAM_HOSTS: comma or space separated `host`, `host:port`, `*.domain[:port]` or
+ * `ws(s)://host[:port]`. A host without port allows any port on it.
+ */
+export function parseStreamHosts(value: string): StreamHost[] {
+  return value
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .map((entry) => {
+      const m = /^(?:(wss?):\/\/)?(\*\.)?([^/:[\]]+|\[[0-9a-fA-F:.]+\])(?::(\d{1,5}))?\/?$/.exec(entry);
+      if (!m) throw new Error(`AGENT_STREAM_HOSTS: "${entry}" is not host, host:port, *.domain or ws(s)://host:port`);
+      const [, scheme, star, host, port] = m;
+      return { protocol: scheme ? `${scheme}:` : null, host: (star ? '.' : '') + host.toLowerCase(), wildcard: !!star, port: port ?? null };
+    });
+}
+
+function matchesStreamHost(h: StreamHost, u: URL): boolean {
+  if (h.protocol && h.protocol !== u.protocol) return false;
+  const host = u.hostname.toLowerCase();
+  if (h.wildcard ? !(host.endsWith(h.host) && host.length > h.host.length) : host !== h.host) return false;
+  return h.port === null || h.port === (u.port || DEFAULT_PORT[u.protocol]);
 }

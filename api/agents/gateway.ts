@@ -20,6 +20,7 @@ import {
   RegisterMessage,
   ReportedSession,
 } from '../../protocol/messages';
+import { AGENT_TOKEN_REVOKED_CHANNEL, AgentIdentity, authenticateAgent, deadAgentTokens } from '../auth/agent-credentials';
 import { bearer, TokenError, TokenService } from '../auth/tokens';
 import type { Metrics } from '../metrics';
 import type { AgentConnection, AgentHub } from './hub';
@@ -46,9 +47,11 @@ export class AgentGateway {
   private readonly flushing = new Map<string, Promise<void>>();
 
   constructor(private readonly o: AgentGatewayOptions) {
-    this.listener = new PgListener(o.databaseUrl, [CHANNEL_COMMAND_PENDING], o.log);
-    this.listener.on('notification', (channel: string, agentDbId: string) => {
-      if (channel === CHANNEL_COMMAND_PENDING && o.hub.local(agentDbId)) this.flush(agentDbId, false);
+    this.listener = new PgListener(o.databaseUrl, [CHANNEL_COMMAND_PENDING, AGENT_TOKEN_REVOKED_CHANNEL], o.log);
+    this.listener.on('notification', (channel: string, payload: string) => {
+      if (channel === CHANNEL_COMMAND_PENDING && o.hub.local(payload)) this.flush(payload, false);
+      // Every pod LISTENs: whichever holds a socket using the revoked token closes it.
+      if (channel === AGENT_TOKEN_REVOKED_CHANNEL) this.closeForTokens([payload], 'agent token revoked');
     });
     // After a lost LISTEN connection, catch up on whatever was queued meanwhile.
     this.listener.on('reconnected', () => this.flushAll().catch((err) => this.o.log.warn('catch-up delivery failed', { error: (err as Error).message })));
@@ -66,22 +69,44 @@ export class AgentGateway {
     await this.listener.close();
   }
 
-  /** Called for upgrade requests on the agent path: authenticate before any frame is read. */
+  /**
+   * Called for upgrade requests on the agent path: authenticate before any frame is read. The
+   * token must be signed and have a live agent_tokens record (not revoked, not expired).
+   */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const token = bearer(req.headers.authorization);
-    let agentId: string;
-    try {
-      if (!token) throw new TokenError('missing agent token (Authorization: Bearer <AGENT_TOKEN>)');
-      agentId = this.o.tokens.verifyAgent(token).sub;
-    } catch (err) {
+    const refuse = (err: unknown) => {
       this.o.metrics.agentAuthFailures.inc();
-      rejectUpgrade(socket, 401, `agent authentication failed: ${(err as Error).message}`);
-      return;
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.onSocket(ws, agentId));
+      const reason = err instanceof TokenError ? err.message : 'credentials cannot be checked now, retry later';
+      if (!(err instanceof TokenError)) this.o.log.error('agent authentication failed', { error: (err as Error).message });
+      else this.o.log.warn('agent refused', { reason });
+      rejectUpgrade(socket, err instanceof TokenError ? 401 : 503, `agent authentication failed: ${reason}`);
+    };
+    if (!token) return refuse(new TokenError('missing agent token (Authorization: Bearer <AGENT_TOKEN>)'));
+    authenticateAgent(this.o.pool, this.o.tokens, token).then((identity) => {
+      if (socket.destroyed) return;
+      this.wss.handleUpgrade(req, socket, head, (ws) => this.onSocket(ws, identity));
+    }, refuse);
   }
 
-  private onSocket(ws: WebSocket, tokenAgentId: string): void {
+  /** Closes this pod's agent sockets that authenticated with one of these tokens. */
+  private closeForTokens(tokenIds: string[], reason: string): void {
+    const dead = new Set(tokenIds);
+    for (const conn of this.o.hub.localConnections()) {
+      if (conn.tokenId && dead.has(conn.tokenId)) {
+        this.o.log.warn('closing agent socket: its token is no longer valid', { agent: conn.agentId, token: conn.tokenId, reason });
+        conn.close(CloseCode.Unauthorized, reason);
+      }
+    }
+    for (const [ws, tokenId] of this.pendingSockets) if (dead.has(tokenId)) ws.close(CloseCode.Unauthorized, reason);
+  }
+
+  /** Sockets authenticated but not registered yet (their token may be revoked meanwhile). */
+  private readonly pendingSockets = new Map<WebSocket, string>();
+
+  private onSocket(ws: WebSocket, identity: AgentIdentity): void {
+    const tokenAgentId = identity.agentId;
+    this.pendingSockets.set(ws, identity.tokenId);
     const connId = randomUUID();
     const log = this.o.log;
     let conn: AgentConnection | null = null;
@@ -114,9 +139,10 @@ export class AgentGateway {
         if (msg.agent_id !== tokenAgentId) return refuse(`token is for agent "${tokenAgentId}", not "${msg.agent_id}"`, true, CloseCode.Unauthorized);
         clearTimeout(registerTimer);
         ws.pause();
-        this.register(msg, connId, send, ws)
+        this.register(msg, connId, identity.tokenId, send, ws)
           .then((c) => {
             conn = c;
+            this.pendingSockets.delete(ws);
             ws.resume();
           })
           .catch((err) => {
@@ -132,12 +158,19 @@ export class AgentGateway {
 
     ws.on('close', () => {
       clearTimeout(registerTimer);
+      this.pendingSockets.delete(ws);
       if (conn) void this.unregister(conn);
     });
     ws.on('error', (err) => log.warn('agent socket error', { agent: tokenAgentId, error: err.message }));
   }
 
-  private async register(msg: RegisterMessage, connId: string, send: (m: ControlPlaneMessage) => boolean, ws: WebSocket): Promise<AgentConnection> {
+  private async register(
+    msg: RegisterMessage,
+    connId: string,
+    tokenId: string,
+    send: (m: ControlPlaneMessage) => boolean,
+    ws: WebSocket,
+  ): Promise<AgentConnection> {
     const capacity = { ...msg.capacity };
     const r = await this.o.pool.query<{ id: string }>(
       `INSERT INTO agents (agent_id, platform, region, status, capacity, metadata, websocket_conn_id, last_heartbeat, cluster_id, active_sessions)
@@ -168,6 +201,7 @@ export class AgentGateway {
       agentId: msg.agent_id,
       agentDbId,
       connId,
+      tokenId,
       send,
       close: (code, reason) => ws.close(code, reason),
     };
@@ -312,6 +346,10 @@ export class AgentGateway {
         this.o.log.warn('agent missed its heartbeats; marked offline', { agent: a.agent_id });
         this.o.hub.local(a.id)?.close(CloseCode.HeartbeatTimeout, 'heartbeat timeout');
       }
+      // Tokens that expired, or were revoked while a NOTIFY was missed.
+      const tokenIds = [...new Set([...this.o.hub.localConnections().map((c) => c.tokenId), ...this.pendingSockets.values()])].filter((t): t is string => !!t);
+      const dead = await deadAgentTokens(this.o.pool, tokenIds);
+      if (dead.length) this.closeForTokens(dead, 'agent token revoked or expired');
     } catch (err) {
       this.o.log.warn('agent sweep failed', { error: (err as Error).message });
     }

@@ -10,6 +10,8 @@ export interface AgentConnection {
   readonly agentId: string;
   readonly agentDbId: string;
   readonly connId: string;
+  /** The agent_tokens record the socket authenticated with (closed when it is revoked or expires). */
+  readonly tokenId?: string;
   send(msg: ControlPlaneMessage): boolean;
   close(code: number, reason: string): void;
 }

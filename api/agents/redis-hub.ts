@@ -8,11 +8,20 @@
  * validates the message and writes it to its local socket. A newer connection of the same agent on
  * another pod evicts the stale one ({agentDbId, evict: connId}).
  *
+ * Everything this hub reads from Redis is authenticated: pod messages travel in an envelope
+ * {v, ts, p, sig} with sig = HMAC-SHA256(key, channel \n ts \n p), and location values carry
+ * sig = HMAC(key, "loc" \n agentDbId \n podId \n connId). The key is AGENT_HUB_SECRET, else
+ * HKDF-SHA256 of AGENT_TOKEN_SECRET (else JWT_SECRET); all pods derive the same. Unsigned,
+ * forged, stale (> 30 s) or other-channel messages are dropped, counted and logged, so whoever can
+ * write to Redis cannot make a pod write to an agent socket (steal streams or evict agents).
+ *
  * Nothing here is durable: commands travel through PostgreSQL (command log + NOTIFY), so a Redis
  * outage only delays control messages that are not commands (today: the VNC tunnel's open_stream);
  * keys are re-asserted on every refresh and after Redis comes back.
  */
+import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import Redis from 'ioredis';
+import { envOptional } from '../../config/env';
 import type { Logger } from '../../config/log';
 import { CloseCode, ControlPlaneMessage, encode, parseControlPlaneMessage } from '../../protocol/messages';
 import type { Metrics } from '../metrics';
@@ -38,6 +47,29 @@ export interface RedisAgentHubOptions {
   ttlMs?: number;
   /** Per attempt, when connecting at start-up and on reconnects. */
   connectTimeoutMs?: number;
+  /** HMAC key for messages and locations; default hubSecretFromEnv(). Every pod needs the same. */
+  secret?: Buffer | string;
+}
+
+/** Used (by every hub in this process) when no secret is configured. */
+let fallbackKey: Buffer | undefined;
+
+/** Relayed messages older (or newer) than this are dropped as replays. */
+const MAX_MESSAGE_AGE_MS = 30_000;
+
+/**
+ * The hub's HMAC key: AGENT_HUB_SECRET, else derived (HKDF-SHA256) from AGENT_TOKEN_SECRET or
+ * JWT_SECRET, so pods configured alike agree without another setting. null when none is set.
+ */
+export function hubSecretFromEnv(env: NodeJS.ProcessEnv = process.env): Buffer | null {
+  const explicit = envOptional('AGENT_HUB_SECRET', env);
+  if (explicit) {
+    if (explicit.length < 16) throw new Error('AGENT_HUB_SECRET must be at least 16 characters');
+    return Buffer.from(explicit);
+  }
+  const base = envOptional('AGENT_TOKEN_SECRET', env) ?? envOptional('JWT_SECRET', env);
+  if (!base) return null;
+  return Buffer.from(hkdfSync('sha256', base, 'streamspace', 'agent-hub-hmac-v1', 32));
 }
 
 /** Sets the key to ARGV[3] unless it names another connection (refresh, or re-create after loss). */
@@ -86,12 +118,24 @@ export class RedisAgentHub implements AgentHub {
   private everReady = { pub: false, sub: false };
   private lastError: Error | null = null;
   private errorLogged = false;
+  private readonly key: Buffer;
+  /** Pod messages dropped because they were unsigned, forged, stale or malformed. */
+  rejectedMessages = 0;
+  private rejectLoggedAt = 0;
 
   constructor(private readonly o: RedisAgentHubOptions) {
     this.podId = o.podId;
     this.log = o.log;
     this.ttlMs = o.ttlMs ?? 60_000;
     this.channel = podChannel(o.podId);
+    const secret = o.secret ?? hubSecretFromEnv();
+    if (secret) this.key = Buffer.isBuffer(secret) ? secret : Buffer.from(secret);
+    else {
+      // Verifies only within this process: other pods' messages are dropped (and logged) until
+      // AGENT_HUB_SECRET or AGENT_TOKEN_SECRET is set alike on every pod.
+      this.key = fallbackKey ??= randomBytes(32);
+      this.log.warn('Redis AgentHub: no AGENT_HUB_SECRET / AGENT_TOKEN_SECRET; messages from other pods will be refused');
+    }
     const common = {
       lazyConnect: true,
       connectTimeout: o.connectTimeoutMs ?? 5_000,
@@ -167,17 +211,11 @@ export class RedisAgentHub implements AgentHub {
     const replaced = await this.localHub.attach(conn);
     try {
       const old = (await this.pub.eval(SWAP_SCRIPT, 1, agentKey(conn.agentDbId), this.location(conn), String(this.ttlMs))) as string | null;
-      const prev = old ? parseLocation(old) : null;
+      const prev = old ? this.parseLocation(old, conn.agentDbId) : null;
       // The agent's previous socket lives on another pod (e.g. it reconnected through a load
       // balancer): tell that pod to drop it, so only one socket per agent stays current.
       if (prev && prev.podId !== this.podId) {
-        await this.pub.publish(
-          podChannel(prev.podId),
-          JSON.stringify({
-            agentDbId: conn.agentDbId,
-            evict: prev.connId,
-          } satisfies ChannelMessage),
-        );
+        await this.publish(prev.podId, { agentDbId: conn.agentDbId, evict: prev.connId });
       }
     } catch (err) {
       // The socket still works on this pod (commands come through PostgreSQL); the refresh timer
@@ -214,7 +252,7 @@ export class RedisAgentHub implements AgentHub {
   /** Where Redis says the agent's socket is, if anywhere. */
   async locate(agentDbId: string): Promise<AgentLocation | null> {
     const v = await this.pub.get(agentKey(agentDbId));
-    return v ? parseLocation(v) : null;
+    return v ? this.parseLocation(v, agentDbId) : null;
   }
 
   async sendToAgent(agentDbId: string, msg: ControlPlaneMessage): Promise<boolean> {
@@ -224,7 +262,7 @@ export class RedisAgentHub implements AgentHub {
     const where = await this.locate(agentDbId);
     // No owner, or a key naming this pod for a socket it no longer has (expires on its own).
     if (!where || where.podId === this.podId) return false;
-    const receivers = await this.pub.publish(podChannel(where.podId), JSON.stringify({ agentDbId, msg } satisfies ChannelMessage));
+    const receivers = await this.publish(where.podId, { agentDbId, msg });
     if (receivers === 0)
       this.log.debug('Redis AgentHub: owning pod is not listening', {
         agentDbId,
@@ -253,7 +291,51 @@ export class RedisAgentHub implements AgentHub {
       podId: this.podId,
       connId: conn.connId,
       agentId: conn.agentId,
-    } satisfies AgentLocation);
+      sig: this.mac(locationInput(conn.agentDbId, this.podId, conn.connId)),
+    } satisfies AgentLocation & { sig: string });
+  }
+
+  private mac(input: string): string {
+    return createHmac('sha256', this.key).update(input).digest('base64url');
+  }
+
+  private verifyMac(input: string, sig: unknown): boolean {
+    if (typeof sig !== 'string') return false;
+    const expected = Buffer.from(this.mac(input));
+    const got = Buffer.from(sig);
+    return got.length === expected.length && timingSafeEqual(got, expected);
+  }
+
+  /** A location value naming a pod, if its signature holds (an unsigned or forged one is ignored). */
+  private parseLocation(v: string, agentDbId: string): AgentLocation | null {
+    const loc = parseLocation(v);
+    if (!loc) return null;
+    let sig: unknown;
+    try {
+      sig = (JSON.parse(v) as { sig?: unknown }).sig;
+    } catch {
+      return null;
+    }
+    if (this.verifyMac(locationInput(agentDbId, loc.podId, loc.connId), sig)) return loc;
+    this.reject('agent location with a missing or bad signature', { agentDbId });
+    return null;
+  }
+
+  /** Publishes a signed message to a pod's channel; resolves to the number of receivers. */
+  private publish(podId: string, m: ChannelMessage): Promise<number> {
+    const channel = podChannel(podId);
+    const p = JSON.stringify(m);
+    const ts = Date.now();
+    return this.pub.publish(channel, JSON.stringify({ v: 1, ts, p, sig: this.mac(envelopeInput(channel, ts, p)) } satisfies Envelope));
+  }
+
+  /** Counts and logs (at most every 10 s, with the count) what was dropped. */
+  private reject(what: string, fields: Record<string, unknown> = {}): void {
+    this.rejectedMessages++;
+    const now = Date.now();
+    if (now - this.rejectLoggedAt < 10_000) return;
+    this.rejectLoggedAt = now;
+    this.log.warn(`Redis AgentHub: dropped ${what}`, { ...fields, pod: this.podId, rejected_total: this.rejectedMessages });
   }
 
   private async refreshAll(): Promise<void> {
@@ -273,9 +355,18 @@ export class RedisAgentHub implements AgentHub {
   }
 
   private onChannelMessage(payload: string): void {
+    let env: Partial<Envelope>;
+    try {
+      env = JSON.parse(payload) as Partial<Envelope>;
+    } catch {
+      return this.reject('a pod message that is not JSON');
+    }
+    if (env?.v !== 1 || typeof env.ts !== 'number' || typeof env.p !== 'string' || !this.verifyMac(envelopeInput(this.channel, env.ts, env.p), env.sig))
+      return this.reject('an unsigned or forged pod message');
+    if (Math.abs(Date.now() - env.ts) > MAX_MESSAGE_AGE_MS) return this.reject('a stale (replayed?) pod message', { age_ms: Date.now() - env.ts });
     let m: ChannelMessage;
     try {
-      m = JSON.parse(payload) as ChannelMessage;
+      m = JSON.parse(env.p) as ChannelMessage;
       if (typeof m?.agentDbId !== 'string') throw new Error('no agentDbId');
     } catch (err) {
       this.log.warn('Redis AgentHub: malformed pod message', {
@@ -323,6 +414,18 @@ export class RedisAgentHub implements AgentHub {
       });
   }
 }
+
+interface Envelope {
+  v: 1;
+  ts: number;
+  /** The ChannelMessage, as JSON text (signed as is). */
+  p: string;
+  sig: string;
+}
+
+/** Bound to the receiving channel and time, so a message cannot be replayed to another pod or later. */
+const envelopeInput = (channel: string, ts: number, p: string) => `msg\n${channel}\n${ts}\n${p}`;
+const locationInput = (agentDbId: string, podId: string, connId: string) => `loc\n${agentDbId}\n${podId}\n${connId}`;
 
 function parseLocation(v: string): AgentLocation | null {
   try {

@@ -26,6 +26,8 @@ export interface RequestUser extends UserClaims {
 export interface AgentClaims {
   sub: string;
   typ: 'agent';
+  /** The agent_tokens row this token belongs to (tokens without one are refused by the gateway). */
+  jti?: string;
 }
 
 export class TokenError extends Error {}
@@ -48,8 +50,18 @@ export class TokenService {
     return claims as unknown as UserClaims;
   }
 
-  signAgent(agentId: string): string {
-    return jwt.sign({ typ: 'agent' }, this.agentSecret, { algorithm: 'HS256', subject: agentId });
+  /**
+   * Signs an agent token. The signature alone admits nobody: the gateway also requires its
+   * agent_tokens record (see agent-credentials.ts), found by the token's sha256. `n` is a random
+   * nonce, so a token cannot be rebuilt from its record and the key.
+   */
+  signAgent(agentId: string, opts: { tokenId?: string; expiresInSeconds?: number } = {}): string {
+    return jwt.sign({ typ: 'agent', n: randomBytes(16).toString('base64url') }, this.agentSecret, {
+      algorithm: 'HS256',
+      subject: agentId,
+      ...(opts.tokenId ? { jwtid: opts.tokenId } : {}),
+      ...(opts.expiresInSeconds ? { expiresIn: opts.expiresInSeconds } : {}),
+    });
   }
 
   verifyAgent(token: string): AgentClaims {

@@ -3,14 +3,15 @@
  * gateway and the worker as child processes (so tests can kill them), and Docker agents.
  * Everything listens on 127.0.0.1. Logs go to test-artifacts/logs/<test>/.
  */
-import { ChildProcess, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import Docker from 'dockerode';
 import { Client as PgClient, Pool } from 'pg';
 import { Client as TemporalClient, Connection } from '@temporalio/client';
+import { hashAgentToken } from '../../api/auth/agent-credentials';
 import { TokenService } from '../../api/auth/tokens';
 import { migrate } from '../../db/migrate';
 import { dbUrl, TEST_ENV } from './env';
@@ -212,8 +213,33 @@ export class Stack {
     await this.api.waitForLog(/Server started/);
   }
 
+  private readonly agentTokens = new Map<string, string>();
+
+  /**
+   * A recorded agent token for agentId (one per agent id per stack, minted on first use): signed
+   * with the stack's AGENT_TOKEN_SECRET and written to agent_tokens, as the API and
+   * `npm run agent-token` do. Synchronous (psql) so callers can use it inline; needs start().
+   */
   agentToken(agentId: string): string {
-    return this.tokens.signAgent(agentId);
+    const known = this.agentTokens.get(agentId);
+    if (known) return known;
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(agentId)) throw new Error(`invalid agent id ${agentId}`);
+    const id = randomUUID();
+    const token = this.tokens.signAgent(agentId, { tokenId: id });
+    execFileSync(
+      'psql',
+      [
+        this.databaseUrl,
+        '-qAt',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '-c',
+        `INSERT INTO agent_tokens (id, agent_id, token_hash, description, created_by) VALUES ('${id}', '${agentId}', '${hashAgentToken(token)}', 'test harness', 'test-harness')`,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    this.agentTokens.set(agentId, token);
+    return token;
   }
 
   /** Starts (or restarts) a Docker agent with host networking on loopback VNC ports. */
@@ -226,7 +252,7 @@ export class Stack {
         {
           ...this.commonEnv,
           AGENT_ID: agentId,
-          AGENT_TOKEN: this.agentToken(agentId),
+          AGENT_TOKEN: env.AGENT_TOKEN ?? this.agentToken(agentId),
           CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
           PLATFORM: 'docker',
           REGION: 'local',
