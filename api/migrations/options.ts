@@ -118,7 +118,7 @@ const DAY = UNIT.d;
 export function parseDuration(field: string, d: string, max: number): number {
   const m = new RegExp(DURATION).exec(d);
   if (!m) throw new MigrationInputError(field, `bad duration "${d.slice(0, 20)}" (use e.g. 500ms, 30s, 10m, 1h, 14d)`);
-  const ms = Number(d.slice(0, -m[3].length)) * UNIT[m[3]];
+  const ms = Number(d.slice(0, -m[2].length)) * UNIT[m[2]];
   if (!(ms > 0)) throw new MigrationInputError(field, 'must be more than 0');
   if (ms > max) throw new MigrationInputError(field, `must be at most ${max / DAY}d`);
   return ms;

@@ -36,7 +36,14 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
   // accepted here: the worker resolves them (see api/migrations/options.ts).
   app.post<{ Body: MigrationRequest }>(
     '/api/v1/migrations',
-    { ...admin, bodyLimit: 1024 * 1024, schema: { ...secured, body: MigrationRequestSchema } },
+    {
+      ...admin,
+      bodyLimit: 1024 * 1024,
+      schema: { ...secured, body: MigrationRequestSchema },
+      // The schema documents the body; migrationOptions validates it (one set of messages, no type
+      // coercion), the same way for the API and the CLI's config file.
+      validatorCompiler: () => () => true,
+    },
     async (req, reply) => {
       let options;
       try {
