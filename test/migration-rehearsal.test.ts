@@ -332,18 +332,26 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
       { id: 'bulk-4', user: 'dan', template: 'firefox-browser', state: 'hibernated' },
       { id: 'bulk-4', user: 'dan', template: 'firefox-browser' },
     ];
+    // Imports never create users: the owners exist (carol, dan); an unknown owner is a failure.
+    for (const username of ['carol', 'dan'])
+      expect((await stack.call('POST', '/api/v1/users', { username, password: `${username}-password` }, admin)).status).toBe(201);
+    items.push({ id: 'bulk-5', user: 'nobody-here', template: 'terminal' });
     const first = await stack.call('POST', '/api/v1/sessions/bulk-import', { items }, admin);
     expect(first.status).toBe(200);
-    expect(first.body).toMatchObject({ total: 5, imported: 2, failed: 3 });
+    expect(first.body).toMatchObject({ total: 6, imported: 2, failed: 4 });
     expect(first.body.results.map((r: { status: string; reason?: string }) => r.reason ?? r.status)).toEqual([
       'imported',
       'unknown template "no-such-template"',
       'missing spec.user',
       'imported',
       'duplicate id in this request',
+      'owner "nobody-here" is not a user (create the user first, then import again)',
     ]);
     const again = await stack.call('POST', '/api/v1/sessions/bulk-import', { items }, admin);
-    expect(again.body).toMatchObject({ imported: 0, unchanged: 2, failed: 3 });
+    expect(again.body).toMatchObject({ imported: 0, unchanged: 2, failed: 4 });
+    // Each imported session is a managed v2 session (its workflow runs, hibernated).
+    expect((await stack.call('GET', '/api/v1/sessions/bulk-1', undefined, admin)).body).toMatchObject({ state: 'hibernated', user: 'carol' });
+    expect((await stack.temporal.workflow.getHandle('session/bulk-1').describe()).status.name).toBe('RUNNING');
     expect((await stack.call('POST', '/api/v1/sessions/bulk-import', { nope: 1 }, admin)).status).toBe(400);
     expect((await stack.call('POST', '/api/v1/sessions/bulk-import', { items }, alice)).status).toBe(403);
   });
