@@ -336,30 +336,53 @@ interface StreamHost {
   /** Lower-case host name; for "*.example.com" the suffix ".example.com". */
   host: string;
   wildcard: boolean;
+  /** For an IPv4 CIDR entry (e.g. a pod network): network address and prefix length. */
+  cidr: { net: number; bits: number } | null;
   port: string | null;
 }
 
 const DEFAULT_PORT: Record<string, string> = { 'ws:': '80', 'wss:': '443' };
 
+function ipv4(s: string): number | null {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s);
+  if (!m) return null;
+  const parts = m.slice(1).map(Number);
+  return parts.some((p) => p > 255) ? null : parts.reduce((a, p) => a * 256 + p, 0);
+}
+
+const maskOf = (bits: number) => (bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0);
+
 /**
- * AGENT_STREAM_HOSTS: comma or space separated `host`, `host:port`, `*.domain[:port]` or
- * `ws(s)://host[:port]`. A host without port allows any port on it.
+ * AGENT_STREAM_HOSTS: comma or space separated `host`, `host:port`, `*.domain[:port]`,
+ * `a.b.c.d/nn[:port]` (IPv4 CIDR, e.g. the API pods' network) or `ws(s)://host[:port]`. An entry
+ * without port allows any port on it.
  */
 export function parseStreamHosts(value: string): StreamHost[] {
   return value
     .split(/[\s,]+/)
     .filter(Boolean)
     .map((entry) => {
-      const m = /^(?:(wss?):\/\/)?(\*\.)?([^/:[\]]+|\[[0-9a-fA-F:.]+\])(?::(\d{1,5}))?\/?$/.exec(entry);
-      if (!m) throw new Error(`AGENT_STREAM_HOSTS: "${entry}" is not host, host:port, *.domain or ws(s)://host:port`);
-      const [, scheme, star, host, port] = m;
-      return { protocol: scheme ? `${scheme}:` : null, host: (star ? '.' : '') + host.toLowerCase(), wildcard: !!star, port: port ?? null };
+      const m = /^(?:(wss?):\/\/)?(\*\.)?([^/:[\]]+|\[[0-9a-fA-F:.]+\])(?:\/(\d{1,2}))?(?::(\d{1,5}))?\/?$/.exec(entry);
+      const net = m?.[4] !== undefined ? ipv4(m[3]) : null;
+      if (!m || (m[4] !== undefined && (net === null || Number(m[4]) > 32 || m[2])))
+        throw new Error(`AGENT_STREAM_HOSTS: "${entry}" is not host, host:port, *.domain, a.b.c.d/nn or ws(s)://host:port`);
+      const [, scheme, star, host, bits, port] = m;
+      return {
+        protocol: scheme ? `${scheme}:` : null,
+        host: (star ? '.' : '') + host.toLowerCase(),
+        wildcard: !!star,
+        cidr: bits !== undefined ? { net: (net! & maskOf(Number(bits))) >>> 0, bits: Number(bits) } : null,
+        port: port ?? null,
+      };
     });
 }
 
 function matchesStreamHost(h: StreamHost, u: URL): boolean {
   if (h.protocol && h.protocol !== u.protocol) return false;
   const host = u.hostname.toLowerCase();
-  if (h.wildcard ? !(host.endsWith(h.host) && host.length > h.host.length) : host !== h.host) return false;
+  if (h.cidr) {
+    const ip = ipv4(host);
+    if (ip === null || (ip & maskOf(h.cidr.bits)) >>> 0 !== h.cidr.net) return false;
+  } else if (h.wildcard ? !(host.endsWith(h.host) && host.length > h.host.length) : host !== h.host) return false;
   return h.port === null || h.port === (u.port || DEFAULT_PORT[u.protocol]);
 }

@@ -8,12 +8,13 @@
  * validates the message and writes it to its local socket. A newer connection of the same agent on
  * another pod evicts the stale one ({agentDbId, evict: connId}).
  *
- * Everything this hub reads from Redis is authenticated: pod messages travel in an envelope
- * {v, ts, p, sig} with sig = HMAC-SHA256(key, channel \n ts \n p), and location values carry
- * sig = HMAC(key, "loc" \n agentDbId \n podId \n connId). The key is AGENT_HUB_SECRET, else
+ * Pod messages are authenticated: they travel in an envelope {v, ts, p, sig} with
+ * sig = HMAC-SHA256(key, "msg" \n channel \n ts \n p). The key is AGENT_HUB_SECRET, else
  * HKDF-SHA256 of AGENT_TOKEN_SECRET (else JWT_SECRET); all pods derive the same. Unsigned,
  * forged, stale (> 30 s) or other-channel messages are dropped, counted and logged, so whoever can
- * write to Redis cannot make a pod write to an agent socket (steal streams or evict agents).
+ * write to Redis cannot make a pod write to an agent socket (steal streams or evict agents). A
+ * forged location key only misroutes signed messages to a channel where no pod accepts them (it
+ * could as well delete keys): denial of service, which Redis' password (requirepass) guards.
  *
  * Nothing here is durable: commands travel through PostgreSQL (command log + NOTIFY), so a Redis
  * outage only delays control messages that are not commands (today: the VNC tunnel's open_stream);
@@ -211,7 +212,7 @@ export class RedisAgentHub implements AgentHub {
     const replaced = await this.localHub.attach(conn);
     try {
       const old = (await this.pub.eval(SWAP_SCRIPT, 1, agentKey(conn.agentDbId), this.location(conn), String(this.ttlMs))) as string | null;
-      const prev = old ? this.parseLocation(old, conn.agentDbId) : null;
+      const prev = old ? parseLocation(old) : null;
       // The agent's previous socket lives on another pod (e.g. it reconnected through a load
       // balancer): tell that pod to drop it, so only one socket per agent stays current.
       if (prev && prev.podId !== this.podId) {
@@ -252,7 +253,7 @@ export class RedisAgentHub implements AgentHub {
   /** Where Redis says the agent's socket is, if anywhere. */
   async locate(agentDbId: string): Promise<AgentLocation | null> {
     const v = await this.pub.get(agentKey(agentDbId));
-    return v ? this.parseLocation(v, agentDbId) : null;
+    return v ? parseLocation(v) : null;
   }
 
   async sendToAgent(agentDbId: string, msg: ControlPlaneMessage): Promise<boolean> {
@@ -291,8 +292,7 @@ export class RedisAgentHub implements AgentHub {
       podId: this.podId,
       connId: conn.connId,
       agentId: conn.agentId,
-      sig: this.mac(locationInput(conn.agentDbId, this.podId, conn.connId)),
-    } satisfies AgentLocation & { sig: string });
+    } satisfies AgentLocation);
   }
 
   private mac(input: string): string {
@@ -304,21 +304,6 @@ export class RedisAgentHub implements AgentHub {
     const expected = Buffer.from(this.mac(input));
     const got = Buffer.from(sig);
     return got.length === expected.length && timingSafeEqual(got, expected);
-  }
-
-  /** A location value naming a pod, if its signature holds (an unsigned or forged one is ignored). */
-  private parseLocation(v: string, agentDbId: string): AgentLocation | null {
-    const loc = parseLocation(v);
-    if (!loc) return null;
-    let sig: unknown;
-    try {
-      sig = (JSON.parse(v) as { sig?: unknown }).sig;
-    } catch {
-      return null;
-    }
-    if (this.verifyMac(locationInput(agentDbId, loc.podId, loc.connId), sig)) return loc;
-    this.reject('agent location with a missing or bad signature', { agentDbId });
-    return null;
   }
 
   /** Publishes a signed message to a pod's channel; resolves to the number of receivers. */
@@ -425,7 +410,6 @@ interface Envelope {
 
 /** Bound to the receiving channel and time, so a message cannot be replayed to another pod or later. */
 const envelopeInput = (channel: string, ts: number, p: string) => `msg\n${channel}\n${ts}\n${p}`;
-const locationInput = (agentDbId: string, podId: string, connId: string) => `loc\n${agentDbId}\n${podId}\n${connId}`;
 
 function parseLocation(v: string): AgentLocation | null {
   try {

@@ -260,6 +260,9 @@ export class Stack {
           NETWORK_PREFIX: `sst${this.id}`,
           VNC_LISTEN: '127.0.0.1',
           VNC_PORT_RANGE: env.VNC_PORT_RANGE ?? '15900-15999',
+          // Every API pod of a test stack listens on 127.0.0.1 (a second pod's AGENT_STREAM_URL is
+          // another port there); test/security/agent-credentials.test.ts checks the strict default.
+          AGENT_STREAM_HOSTS: '127.0.0.1',
           HEALTH_PORT: '0',
           MAX_SESSIONS: '50',
           ...env,
