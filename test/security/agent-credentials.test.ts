@@ -323,6 +323,7 @@ describe('the agent dials stream URLs only on its control plane origin (or AGENT
     const otherPort = await freePort();
     const refused = openStream(`ws://127.0.0.1:${otherPort}/api/v1/agents/stream?stream_id=no`);
     await waitFor('stream_error', async () => fromAgent.some((m) => m.type === 'stream_error' && m.stream_id === refused), 5_000, 20);
+    expect(fromAgent.find((m) => m.stream_id === refused).error).toMatch(/stream URL refused/);
     openStream(`ws://127.0.0.1:${foreignPort}/api/v1/agents/stream?stream_id=listed`);
     await waitFor('listed host dialled', async () => foreignHits.some((h) => h.includes('stream_id=listed')), 10_000, 20);
     await agent.kill('SIGTERM');
