@@ -1,12 +1,14 @@
 /**
  * A minimal RFB 3.8 client for the benches, over any byte duplex: a TCP socket straight to the
  * VNC server, or the gateway's viewer WebSocket (ws.createWebSocketStream). Only what the benches
- * need: handshake with security None, SetPixelFormat (32 bpp), SetEncodings [Raw], and
+ * need: handshake with security None (or VncAuth with the session's password, straight to a session's
+ * VNC server), SetPixelFormat (32 bpp), SetEncodings [Raw], and
  * FramebufferUpdateRequest → read the whole FramebufferUpdate.
  */
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import WebSocket, { createWebSocketStream } from 'ws';
+import { vncAuthResponse } from '../agents/common/rfb-auth';
 
 /** How long any single read may wait: a stalled connection fails the bench instead of hanging it. */
 const READ_TIMEOUT_MS = 10_000;
@@ -99,18 +101,21 @@ export class RfbClient {
   /** Bytes read in FramebufferUpdates (headers and pixels). */
   updateBytes = 0;
 
-  private constructor(private readonly stream: Duplex) {
+  private constructor(
+    private readonly stream: Duplex,
+    private readonly password: string | null = null,
+  ) {
     this.reader = new ByteReader(stream);
   }
 
-  /** Straight TCP to the VNC server. */
-  static async tcp(host: string, port: number): Promise<RfbClient> {
+  /** Straight TCP to the VNC server; a session's server demands its VncAuth password. */
+  static async tcp(host: string, port: number, password: string | null = null): Promise<RfbClient> {
     const sock = net.connect({ host, port, noDelay: true });
     await new Promise<void>((resolve, reject) => {
       sock.once('connect', resolve);
       sock.once('error', reject);
     });
-    return new RfbClient(sock);
+    return new RfbClient(sock, password);
   }
 
   /** Through the gateway's viewer WebSocket (binary frames both ways). */
@@ -138,7 +143,7 @@ export class RfbClient {
     return v;
   }
 
-  /** Version, security None, ClientInit(shared), ServerInit; then 32 bpp pixels, Raw only. */
+  /** Version, security None (or VncAuth with the password), ClientInit(shared), ServerInit; then 32 bpp pixels, Raw only. */
   async handshake(): Promise<ServerInit> {
     const version = (await this.reader.read(12)).toString('latin1');
     if (!version.startsWith('RFB 003.')) throw new Error(`not an RFB server: ${JSON.stringify(version)}`);
@@ -146,8 +151,13 @@ export class RfbClient {
     const count = (await this.reader.read(1))[0];
     if (count === 0) throw new Error(`server refused: ${await this.reason()}`);
     const types = [...(await this.reader.read(count))];
-    if (!types.includes(1)) throw new Error(`security None not offered (types ${types.join(',')})`);
-    this.stream.write(Buffer.from([1]));
+    if (this.password && types.includes(2)) {
+      this.stream.write(Buffer.from([2]));
+      this.stream.write(vncAuthResponse(this.password, await this.reader.read(16)));
+    } else {
+      if (!types.includes(1)) throw new Error(`security None not offered (types ${types.join(',')})`);
+      this.stream.write(Buffer.from([1]));
+    }
     const result = (await this.reader.read(4)).readUInt32BE(0);
     if (result !== 0) throw new Error(`security handshake failed: ${await this.reason()}`);
     this.stream.write(Buffer.from([1])); // ClientInit: shared

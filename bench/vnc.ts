@@ -1,6 +1,7 @@
 /**
  * VNC tunnel vs direct TCP to the same VNC server, in one run, reported as ratios:
- *   direct = TCP to 127.0.0.1:<io.streamspace.vnc-port>
+ *   direct = TCP to 127.0.0.1:<io.streamspace.vnc-port> (VncAuth with the session's password, read
+ *            from the container's environment through the Docker API, as the agent does)
  *   tunnel = viewer WebSocket on the gateway (fresh single-use ticket per connection) → agent
  *            stream socket → TCP to the same server.
  * Throughput: full-screen non-incremental Raw updates back to back for ~3 s.
@@ -101,7 +102,9 @@ export async function vncBench(): Promise<Metric[]> {
     const port = Number(container?.Labels['io.streamspace.vnc-port']);
     if (!port) throw new Error(`session ${id}: no container with a vnc-port label`);
 
-    const direct: Connect = () => RfbClient.tcp('127.0.0.1', port);
+    const env = (await stack.docker.getContainer(container!.Id).inspect()).Config.Env ?? [];
+    const password = env.find((e) => e.startsWith('VNC_PASSWORD='))?.slice('VNC_PASSWORD='.length) ?? null;
+    const direct: Connect = () => RfbClient.tcp('127.0.0.1', port, password);
     const tunnel: Connect = () => tunnelConnect(stack, token, id);
 
     const probe = await direct();
