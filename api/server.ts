@@ -79,7 +79,10 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     },
     (req, socket, head) => {
       if (pathOf(req) !== AGENT_STREAM_PATH) return false;
-      vnc.handleAgentStreamUpgrade(req, socket, head);
+      vnc.handleAgentStreamUpgrade(req, socket, head).catch((err: Error) => {
+        log.error('agent stream upgrade failed', { error: err.message });
+        rejectUpgrade(socket, 500, 'internal error');
+      });
       return true;
     },
     (req, socket, head) => {

@@ -49,7 +49,7 @@ pids+=($!)
 wait_log "$LOGS/worker.log" 'Worker started' 60
 
 if docker info >/dev/null 2>&1; then
-  AGENT_TOKEN=$(node dist/api/auth/agent-token-cli.js docker-local-01) \
+  AGENT_TOKEN=$(node dist/api/auth/agent-token-cli.js docker-local-01 --rotate) \
     AGENT_ID=docker-local-01 CONTROL_PLANE_URL=ws://127.0.0.1:$AGENT_WS_PORT PLATFORM=docker REGION=local \
     DOCKER_NETWORK=host VNC_LISTEN=127.0.0.1 HEALTH_PORT=8082 \
     node dist/agents/docker/main.js >"$LOGS/docker-agent.log" 2>&1 &

@@ -91,6 +91,8 @@ describe('migration files', () => {
       '003_v2.0.1-runtime.sql',
       '004_v2.0.2-vnc-tickets.sql',
       '005_v2.0.3-v1-users-catalog.sql',
+      '006_v2.0.4-agent-tokens.sql',
+      '007_v2.0.5-accounts.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -99,6 +101,8 @@ describe('migration files', () => {
       'v2.0.1-runtime',
       'v2.0.2-vnc-tickets',
       'v2.0.3-v1-users-catalog',
+      'v2.0.4-agent-tokens',
+      'v2.0.5-accounts',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });

@@ -24,7 +24,8 @@ import { AGENT_STREAM_PATH } from '../../protocol/messages';
 import { relayWebSockets } from '../../protocol/relay';
 import { rejectUpgrade } from '../agents/gateway';
 import type { AgentHub } from '../agents/hub';
-import { bearer, TokenService } from '../auth/tokens';
+import { authenticateAgent } from '../auth/agent-credentials';
+import { bearer, TokenError, TokenService } from '../auth/tokens';
 import type { Metrics } from '../metrics';
 
 export const VIEWER_SOCKET_PATH = /^\/api\/v1\/sessions\/([^/]+)\/vnc$/;
@@ -132,14 +133,15 @@ export class VncTunnel {
   }
 
   /** Agent side: the agent dials back with its stream socket. */
-  handleAgentStreamUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  async handleAgentStreamUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const query = new URL(req.url ?? '/', 'http://x').searchParams;
     const streamId = query.get('stream_id') ?? '';
     let agentId: string;
     try {
-      agentId = this.o.tokens.verifyAgent(bearer(req.headers.authorization) ?? '').sub;
+      // The token's record, not its signature alone: a revoked or expired agent token attaches nothing.
+      agentId = (await authenticateAgent(this.o.pool, this.o.tokens, bearer(req.headers.authorization) ?? '')).agentId;
     } catch (err) {
-      return rejectUpgrade(socket, 401, `agent authentication failed: ${(err as Error).message}`);
+      return rejectUpgrade(socket, 401, `agent authentication failed: ${err instanceof TokenError ? err.message : 'invalid token'}`);
     }
     const p = this.pending.get(streamId);
     if (!p) return rejectUpgrade(socket, 404, 'no such stream (expired or already connected)');
