@@ -71,7 +71,7 @@ export function runDir(o: MigrationOptions): string {
   if (!RUN_ID.test(o.runId)) throw ApplicationFailure.nonRetryable(`run id must match ${RUN_ID.source}`, 'ConfigError');
   const base = path.resolve(o.backupDir);
   const dir = path.resolve(base, o.runId);
-  if (path.dirname(dir) !== base || !dir.startsWith(base + path.sep))
+  if (path.relative(base, dir) !== o.runId || path.dirname(dir) !== base)
     throw ApplicationFailure.nonRetryable('the run directory would leave backupDir', 'ConfigError');
   return dir;
 }

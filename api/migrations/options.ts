@@ -226,7 +226,10 @@ export function validateMigrationRequest(req: unknown): MigrationRequest {
         .replace(/^\//, '')
         .replace(/\/(\d+)(?=\/|$)/g, '[$1]')
         .replace(/\//g, '.') || 'body';
-    throw new MigrationInputError(field, first.message);
+    const schema = first.schema as { anyOf?: Array<{ const?: unknown }>; description?: string };
+    const literals = schema.anyOf?.map((x) => x.const).filter((x) => x !== undefined);
+    const reason = literals?.length ? `must be one of ${literals.join(', ')}` : `${first.message}${schema.description ? ` (${schema.description})` : ''}`;
+    throw new MigrationInputError(field, reason);
   }
   return req as MigrationRequest;
 }

@@ -85,15 +85,16 @@ describe('the migration API validates and keeps secrets out of Temporal', () => 
     if (reason) expect(r.body.message).toMatch(reason);
     expect(JSON.stringify(r.body)).not.toContain(PASSWORD);
     await notStarted(runId);
-    if (typeof body.runId === 'string') await notStarted(body.runId);
+    // Hostile run ids carry this stack's id: workflow ids are global in the namespace.
+    if (typeof body.runId === 'string' && body.runId.includes(stack.id)) await notStarted(body.runId);
     return r.body.message as string;
   };
 
   test('path traversal in the run id or the backup directory → 400, nothing started', async () => {
-    await refused((b) => (b.runId = '../../etc'), /runId/);
-    await refused((b) => (b.runId = 'a/../../../tmp/x'), /runId/);
+    await refused((b) => (b.runId = `../../etc-${stack.id}`), /runId/);
+    await refused((b) => (b.runId = `a/../../../tmp/${stack.id}`), /runId/);
     await refused((b) => (b.runId = '..'), /runId/);
-    await refused((b) => (b.runId = 'Run.1'), /runId/);
+    await refused((b) => (b.runId = `Run.${stack.id}`), /runId/);
     await refused((b) => (b.backupDir = 'relative/backups'), /backupDir/, /absolute/);
     await refused((b) => (b.backupDir = '/var/lib/streamspace/../../../etc'), /backupDir/, /\.\./);
     await refused((b) => (b.backupDir = '/tmp/x\n'), /backupDir/);
@@ -101,8 +102,8 @@ describe('the migration API validates and keeps secrets out of Temporal', () => 
   });
 
   test('option injection: a run id, namespace or deployment starting with "-" → 400', async () => {
-    await refused((b) => (b.runId = '-rf'), /runId/);
-    await refused((b) => (b.runId = '--checkpoint-action=exec=sh'), /runId/);
+    await refused((b) => (b.runId = `-rf-${stack.id}`), /runId/);
+    await refused((b) => (b.runId = `--checkpoint-action=exec=sh-${stack.id}`), /runId/);
     await refused((b) => (b.v1.namespaces = ['--all-namespaces']), /namespaces/);
     await refused((b) => (b.v1.deployments = ['-n/x']), /deployments/);
     await refused((b) => (b.v2.platforms = ['-kubernetes']), /platforms/);
@@ -185,7 +186,7 @@ describe('the migration API validates and keeps secrets out of Temporal', () => 
       expect(String((err as WorkflowFailedError).cause?.message)).toMatch(/invalid migration options/);
     }
     // The activities' own guard: the run directory cannot leave backupDir whatever the input.
-    expect(() => runDir({ ...good, runId: '../escape' })).toThrow(/run id/);
+    expect(() => runDir({ ...good, runId: '../escape' })).toThrow(/run id|leave backupDir/);
     expect(() => runDir({ ...good, runId: '-x' })).toThrow(/run id/);
     expect(runDir(good)).toBe(`${backupDir}/direct-${stack.id}`);
   });
