@@ -192,6 +192,11 @@ describe('v1 keeps writing during the blue-green migration', () => {
     await redis.del(ROUTING_KEY);
   });
 
+  // A failed case must not leave its routing behind.
+  afterEach(async () => {
+    await redis.del(ROUTING_KEY).catch(() => undefined);
+  });
+
   afterAll(async () => {
     await redis.del(ROUTING_KEY).catch(() => undefined);
     redis.disconnect();
@@ -212,7 +217,7 @@ describe('v1 keeps writing during the blue-green migration', () => {
       v1.sessions.map((s) => ({ id: s.id, user: s.user, template: s.template })),
     );
     traffic.start();
-    const runId = await start(options('coexist-full', v1.url));
+    const runId = await start(options(`coexist-full-${stack.id}`, v1.url));
     await until(runId, 'pilot awaiting approval', (p) => p.awaitingApproval === 'pilot');
     // Bob is still on v1: every route of his goes there, even one v2 does not have; admins stay.
     expect(await route(bob, '/api/v1/sessions')).toMatchObject({ via: 'v1' });
@@ -256,7 +261,7 @@ describe('v1 keeps writing during the blue-green migration', () => {
       () => w1.client.end(),
       () => w2.client.end(),
     );
-    const runId = await start(options('coexist-rb', v1.url));
+    const runId = await start(options(`coexist-rb-${stack.id}`, v1.url));
     await until(runId, 'backup done', (p) => p.phases[1].status === 'done');
     const traffic = new V1Traffic(
       [w1, w2],
@@ -300,7 +305,7 @@ describe('v1 keeps writing during the blue-green migration', () => {
     const v1 = await v1Db('dump');
     const before = await wholeRowStates(v1.url);
     const crdsBefore = await v1k8s.countCrds();
-    const runId = 'coexist-dump';
+    const runId = `coexist-dump-${stack.id}`;
     // The archive cannot be written: decommission stops after deleting the CRDs.
     mkdirSync(path.join(backupDir, `streamspace-v1-archive-${runId}.tar.gz`), { recursive: true });
     await start(options(runId, v1.url, { cohorts: [], decommissionAfter: '1s' }));

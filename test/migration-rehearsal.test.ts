@@ -3,6 +3,16 @@
  * real Temporal, against a v1 fixture (220+ sessions in varied states and templates, several
  * users, v1 CRDs in two namespaces with malformed, unknown-template and duplicate entries, v1
  * Deployments, a v1 database with the old `status` column) and a stand-in v1 API.
+ *
+ * Databases: the v1 data lives in its own database (v1_<stack>); the v2 control plane under test
+ * (its users, agents, bulk import) runs on the stack's database, given to the run as
+ * `v2.databaseUrlRef: env:DATABASE_URL`. So agents are awaited, and health gates read, where
+ * the v2 agents really register, while the import, the backup and the rollback work on v1's
+ * database. In production v2 runs on v1's database (v2.database defaults to v1's); the session
+ * workflows of imported sessions (adoption) read the worker's own database, so that path is
+ * exercised on a shared database (the stack started on a v1.0.0 install) by
+ * test/v1-users-sessions.test.ts; here adoption finds no v1 rows in the v2 stack's database. Run ids carry the stack id: workflow ids
+ * are namespace-wide and the Temporal server outlives a test run.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -155,6 +165,11 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     await redis.del(ROUTING_KEY);
   });
 
+  // A failed case must not leave its routing behind (a later case's user would be proxied to v1).
+  afterEach(async () => {
+    await redis.del(ROUTING_KEY).catch(() => undefined);
+  });
+
   afterAll(async () => {
     await redis.del(ROUTING_KEY).catch(() => undefined);
     redis.disconnect();
@@ -166,7 +181,7 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
 
   test('dry run: preflight and the plan, nothing changed', async () => {
     const before = await tableStates(v1.url);
-    const runId = await start(options('plan-1', { dryRun: true }));
+    const runId = await start(options(`plan-${stack.id}`, { dryRun: true }));
     const p = await waitFor('plan', async () => {
       const x = await progress(runId);
       return x.status === 'planned' ? x : undefined;
@@ -236,7 +251,7 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
 
   test('full run to decommission, resuming after worker kills during import and cut-over', async () => {
     if (!agent) await startAgent();
-    const runId = await start(options('full-1', { importPaceMs: 150 }));
+    const runId = await start(options(`full-${stack.id}`, { importPaceMs: 150 }));
     // Kill the worker in the middle of the import; a new worker resumes at the next batch.
     await until(runId, 'import under way', (p) => p.phase === 'import' && p.import.processed >= 30);
     await stack.worker.kill('SIGKILL');

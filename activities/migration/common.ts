@@ -3,7 +3,7 @@
  * long activities alive (and deliver cancellation), child processes killed on cancellation, the
  * table checksums and the schema snapshot a rollback compares against.
  */
-import { ApplicationFailure, Context } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, realpathSync } from 'node:fs';
@@ -170,13 +170,45 @@ export function redacting<T extends Record<string, (...args: any[]) => Promise<a
 }
 export const quoteIdent = (s: string): string => `"${s.replace(/"/g, '""')}"`;
 
-/** Inside an activity: heartbeat now (also where a cancellation is noticed). Outside: no-op. */
-export function beat(detail?: unknown): void {
+function heartbeatOnly(detail?: unknown): void {
   try {
     Context.current().heartbeat(detail);
   } catch {
     /* not in an activity (tests, CLI) */
   }
+}
+
+/**
+ * Inside an activity: heartbeat now, and stop here (throw) if the activity has been cancelled
+ * (the cancellation arrives with a heartbeat's answer). Every proxy waits for a cancelled
+ * activity to finish (WAIT_CANCELLATION_COMPLETED), so a loop that only heartbeats and never
+ * looks at its cancellation would keep a rollback waiting forever. Outside an activity: no-op.
+ */
+export function beat(detail?: unknown): void {
+  heartbeatOnly(detail);
+  throwIfCancelled();
+}
+
+/** Throws the activity's cancellation if it has been cancelled (outside an activity: nothing). */
+export function throwIfCancelled(): void {
+  const signal = activitySignal();
+  if (signal?.aborted) throw signal.reason ?? new CancelledFailure('activity cancelled');
+}
+
+/** Sleeps ms, heartbeating first; a cancellation ends the sleep at once (and throws). */
+export async function pause(ms: number, detail?: unknown): Promise<void> {
+  beat(detail);
+  const signal = activitySignal();
+  await new Promise<void>((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+  throwIfCancelled();
 }
 
 function activitySignal(): AbortSignal | undefined {
@@ -190,7 +222,8 @@ function activitySignal(): AbortSignal | undefined {
 /** Runs fn while heartbeating every few seconds, so a long step stays under heartbeatTimeout. */
 export async function heartbeating<T>(detail: unknown, fn: () => Promise<T>, everyMs = 5000): Promise<T> {
   beat(detail);
-  const t = setInterval(() => beat(detail), everyMs);
+  // The timer only heartbeats (a throw there would be uncaught); cancellation reaches fn itself.
+  const t = setInterval(() => heartbeatOnly(detail), everyMs);
   try {
     return await fn();
   } finally {

@@ -1,5 +1,5 @@
 /** Phase 4, agents: wait (heartbeating) until every platform in use has an online v2 agent. */
-import { beat, redacting, v2DatabaseUrl, withDb } from '../common';
+import { pause, redacting, v2DatabaseUrl, withDb } from '../common';
 import type { MigrationOptions } from '../../../workflows/migration-api';
 
 export function agentsActivities() {
@@ -15,8 +15,8 @@ export function agentsActivities() {
         for (const p of o.v2.platforms) byPlatform[p] = online.filter((a) => a.platform === p).map((a) => a.agent_id);
         const missing = o.v2.platforms.filter((p) => !byPlatform[p].length);
         if (!missing.length) return byPlatform;
-        beat({ waitingFor: missing });
-        await new Promise((r) => setTimeout(r, 1000));
+        // Heartbeats, and ends at once when the run is rolled back or aborted (cancellation).
+        await pause(1000, { waitingFor: missing });
       }
     },
   });
