@@ -26,6 +26,16 @@ import { MigrationInputError, migrationOptions, MigrationRequest, MigrationReque
 
 const RunParams = Type.Object({ runId: Type.String({ pattern: RUN_ID_PATTERN }) }, { additionalProperties: false });
 
+/** The operator's requests: a cohort to approve, a reason (abort, rollback), how a rollback restores the database. */
+const SignalBody = Type.Object(
+  {
+    cohort: Type.Optional(Type.String({ pattern: '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' })),
+    reason: Type.Optional(Type.String({ maxLength: 2000 })),
+    database: Type.Optional(Type.Union([Type.Literal('undo'), Type.Literal('restore')])),
+  },
+  { additionalProperties: false },
+);
+
 export async function migrationRoutes(app: FastifyInstance): Promise<void> {
   const admin = { onRequest: app.requireAdmin };
   const secured = { security: [{ bearer: [] }], tags: ['migrations'] };
@@ -80,7 +90,14 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
   const signal = (name: string, fn: (runId: string, body: Record<string, string | undefined>) => Promise<unknown>) =>
     app.post<{ Params: { runId: string }; Body: Record<string, string | undefined> }>(
       `/api/v1/migrations/:runId/${name}`,
-      { ...admin, schema: { ...secured, params: RunParams } },
+      {
+        ...admin,
+        schema: { ...secured, params: RunParams, body: SignalBody },
+        // No body (curl -X POST …/retry) is an empty one.
+        preValidation: async (req) => {
+          if (req.body === undefined || req.body === null) req.body = {};
+        },
+      },
       async (req, reply) => {
         try {
           await fn(req.params.runId, req.body ?? {});

@@ -7,13 +7,16 @@
  * child processes and activities are redacted before Temporal records them.
  */
 import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { Client } from 'pg';
 import { redacting, runDir, runProcess } from '../../activities/migration/common';
 import { migrationOptions } from '../../api/migrations/options';
 import { MIGRATION_WORKFLOW_TYPE, migrationWorkflowId, MigrationOptions, MigrationProgress, redactSecrets } from '../../workflows/migration-api';
 import { dbUrl, TEST_ENV } from '../harness/env';
-import { Stack, waitFor } from '../harness/stack';
+import { ROOT, Stack, waitFor } from '../harness/stack';
 import { createV1Database, startFakeV1Api } from '../harness/v1-fixture';
 
 jest.setTimeout(180_000);
@@ -157,6 +160,31 @@ describe('the migration API validates and keeps secrets out of Temporal', () => 
     await refused((b) => (b.v1.databaseUrlRef = 'env:AGENT_TOKEN_SECRET'), /v1\.databaseUrlRef/);
     await refused((b) => (b.v1.databaseUrlRef = 'file:../../etc/shadow'), /v1\.databaseUrlRef/);
     await refused((b) => Object.assign(b.v1, { databaseUrl: 'postgres://u@h/db', databaseUrlRef: 'env:V1_DATABASE_URL' }), /databaseUrlRef/, /not both/);
+  });
+
+  test("a run's routes: hostile run ids and bodies → 400; an unknown run → 404", async () => {
+    expect((await stack.call('GET', '/api/v1/migrations/..%2F..%2Fetc', undefined, token)).status).toBe(400);
+    expect((await stack.call('POST', '/api/v1/migrations/-rf/retry', {}, token)).status).toBe(400);
+    expect((await stack.call('POST', `/api/v1/migrations/nope-${stack.id}/approve`, { cohort: '../x' }, token)).status).toBe(400);
+    expect((await stack.call('POST', `/api/v1/migrations/nope-${stack.id}/rollback`, { database: 'drop' }, token)).status).toBe(400);
+    expect((await stack.call('POST', `/api/v1/migrations/nope-${stack.id}/retry`, undefined, token)).status).toBe(404);
+    expect((await stack.call('POST', `/api/v1/migrations/nope-${stack.id}/approve`, { cohort: 'pilot' }, token)).status).toBe(404);
+  });
+
+  test('the operator CLI refuses a bad config file with the field, and starts nothing', async () => {
+    const file = path.join(stack.logDir, 'bad-migration.json');
+    writeFileSync(file, JSON.stringify({ ...base(`cli-${stack.id}`), importBatchSize: 0 }));
+    const r = await new Promise<{ code: number; stderr: string }>((resolve) =>
+      execFile(
+        process.execPath,
+        [path.join(ROOT, 'dist/db/cli.js'), 'start', '--config', file],
+        { env: { ...process.env, ...stack.commonEnv } },
+        (err, _out, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stderr }),
+      ),
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/importBatchSize/);
+    await notStarted(`cli-${stack.id}`);
   });
 
   test('the CLI config goes through the same validation', () => {
