@@ -35,7 +35,7 @@ export async function restoreDatabase(run: Run): Promise<void> {
     return `${['users', 'sessions', 'templates']
       .filter((x) => t[x])
       .map((x) => `${x}=${t[x].count}`)
-      .join(', ')} (checksums match the backup); the database before the restore is kept as ${r.keptAs}`;
+      .join(', ')}: checksums match the backup; the database before the restore is kept as ${r.keptAs}`;
   });
 }
 

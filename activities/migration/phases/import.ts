@@ -71,6 +71,18 @@ async function ensureTables(c: Client): Promise<void> {
   await c.query(`CREATE TABLE IF NOT EXISTS migration_originals (
     run_id VARCHAR(255) NOT NULL, tbl VARCHAR(63) NOT NULL, key TEXT NOT NULL,
     original JSONB, written_fp TEXT, PRIMARY KEY (run_id, tbl, key))`);
+  // The row as the migration wrote it: once v1 changes a row after that, a rollback keeps v1's
+  // values only in the columns v1 changed, and puts back the original in the others.
+  await c.query(`ALTER TABLE migration_originals ADD COLUMN IF NOT EXISTS written JSONB`);
+}
+
+/**
+ * The original row to keep, column by column (jsonb): where the row still has what the migration
+ * wrote, the original value; where v1 changed it since, v1's value. `cur` is to_jsonb(x).
+ */
+export function mergedOriginalSql(cur: string, m = 'm'): string {
+  return `(SELECT jsonb_object_agg(k.key, CASE WHEN (${cur} -> k.key) IS NOT DISTINCT FROM (${m}.written -> k.key) THEN ${m}.original -> k.key ELSE ${cur} -> k.key END)
+             FROM jsonb_object_keys(${cur}) k(key))`;
 }
 
 /** Keeps rows as v1 had them, before the migration writes them (or as v1 last changed them). */
@@ -84,9 +96,12 @@ async function captureOriginals(c: Client, runId: string, table: string, keyCol:
      ON CONFLICT (run_id, tbl, key) DO NOTHING`,
     [runId, table, keys],
   );
-  // A row v1 changed after the migration wrote it: that change is v1's truth now.
+  // A row v1 changed after the migration wrote it: v1's changes are v1's truth now (column by
+  // column: the columns v1 left alone still hold what the migration wrote, not v1's values).
   await c.query(
-    `UPDATE migration_originals m SET original = to_jsonb(x) FROM ${t} x
+    `UPDATE migration_originals m
+        SET original = CASE WHEN m.original IS NULL OR m.written IS NULL THEN to_jsonb(x) ELSE ${mergedOriginalSql('to_jsonb(x)')} END
+       FROM ${t} x
       WHERE m.run_id = $1 AND m.tbl = $2 AND m.key = x.${k}::text AND x.${k}::text = ANY($3::text[])
         AND m.written_fp IS NOT NULL AND m.written_fp <> ${fingerprintSql(v1Cols)}`,
     [runId, table, keys],
@@ -96,10 +111,21 @@ async function captureOriginals(c: Client, runId: string, table: string, keyCol:
 async function recordWritten(c: Client, runId: string, table: string, keyCol: string, keys: string[], v1Cols: string[]): Promise<void> {
   if (!keys.length) return;
   await c.query(
-    `UPDATE migration_originals m SET written_fp = ${fingerprintSql(v1Cols)} FROM ${quoteIdent(table)} x
+    `UPDATE migration_originals m SET written_fp = ${fingerprintSql(v1Cols)}, written = to_jsonb(x) FROM ${quoteIdent(table)} x
       WHERE m.run_id = $1 AND m.tbl = $2 AND m.key = x.${quoteIdent(keyCol)}::text AND x.${quoteIdent(keyCol)}::text = ANY($3::text[])`,
     [runId, table, keys],
   );
+}
+
+/**
+ * An import page's transaction. v1 is serving from the same rows (blue-green): the migration
+ * yields. If the page waits on a row lock for long (v1 writing the same session, or a lock cycle
+ * with v1's upsert), the page fails and its activity retries it, instead of PostgreSQL picking
+ * v1's statement as the deadlock victim.
+ */
+async function begin(c: Client): Promise<void> {
+  await c.query('BEGIN');
+  await c.query(`SET LOCAL lock_timeout = '300ms'`);
 }
 
 interface ResultRow {
@@ -206,7 +232,7 @@ export function importActivities(deps: MigrationActivityDeps) {
     const kube = new Kube(o.v1.kubeconfig);
     const page = await kube.listV1Page('templates', o.v1.namespaces[cur.ns], o.importBatchSize, cur.cont);
     await withDb(await v1DatabaseUrl(o), async (c) => {
-      await c.query('BEGIN');
+      await begin(c);
       const results: ResultRow[] = [];
       const names = page.items.map((x) => String(x.metadata?.name ?? '?'));
       const hasTemplatesOriginals = !!v1Cols.templates;
@@ -299,7 +325,7 @@ export function importActivities(deps: MigrationActivityDeps) {
         if (row) delete row.__fp;
         items.push({ id, src: { crd, ...(row ? { row } : {}) }, namespace: ns, via: 'crd', version: (crd.metadata?.resourceVersion as string) ?? null });
       }
-      await c.query('BEGIN');
+      await begin(c);
       const saved = await save(c, o, v1Cols, items, templates, res, results);
       await recordResults(c, o.runId, results);
       await c.query('COMMIT');
@@ -359,7 +385,7 @@ export function importActivities(deps: MigrationActivityDeps) {
         } else res.processed++;
         items.push({ id, src: { row }, namespace: String(row.namespace ?? ''), via: 'row', version: null });
       }
-      await c.query('BEGIN');
+      await begin(c);
       const saved = await save(c, o, v1Cols, items, templates, res, results);
       await recordResults(c, o.runId, results);
       await c.query('COMMIT');

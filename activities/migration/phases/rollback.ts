@@ -131,11 +131,22 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
                   ? ' OR x.agent_id IS NOT NULL'
                   : '';
               const same = `(m.written_fp = ${fingerprintSql(v1Cols)}${v2Ran})`;
-              const set = v1Cols.map((col) => `${quoteIdent(col)} = o.${quoteIdent(col)}`).join(', ');
+              // A row v1 changed after the migration wrote it: v1's values stay in the columns v1
+              // changed; the others (still as the migration wrote them) get the original back.
+              const hasWritten = have.tables.migration_originals.some((x) => x.name === 'written');
+              const lit = (col: string) => `'${col.replace(/'/g, "''")}'`;
+              const set = v1Cols
+                .map((col) =>
+                  hasWritten
+                    ? `${quoteIdent(col)} = CASE WHEN ${same} OR to_jsonb(x.${quoteIdent(col)}) IS NOT DISTINCT FROM (m.written -> ${lit(col)}) THEN o.${quoteIdent(col)} ELSE x.${quoteIdent(col)} END`
+                    : `${quoteIdent(col)} = o.${quoteIdent(col)}`,
+                )
+                .join(', ');
               const reverted = await c.query(
                 `UPDATE ${quoteIdent(t)} x SET ${set}
                    FROM migration_originals m, jsonb_populate_record(NULL::${quoteIdent(t)}, m.original) o
-                  WHERE m.run_id = $1 AND m.tbl = $2 AND m.key = x.${quoteIdent(key)}::text AND m.original IS NOT NULL AND ${same}`,
+                  WHERE m.run_id = $1 AND m.tbl = $2 AND m.key = x.${quoteIdent(key)}::text AND m.original IS NOT NULL
+                    AND (${same}${hasWritten ? ' OR m.written IS NOT NULL' : ''})`,
                 [o.runId, t],
               );
               const removed = await c.query(
