@@ -9,25 +9,6 @@ import { Stack } from './harness/stack';
 
 jest.setTimeout(240_000);
 
-async function exec(stack: Stack, containerId: string, cmd: string): Promise<string> {
-  const e = await stack.docker.getContainer(containerId).exec({ Cmd: ['sh', '-c', cmd], AttachStdout: true, AttachStderr: true });
-  const stream = await e.start({ hijack: true, stdin: false });
-  const chunks: Buffer[] = [];
-  await new Promise<void>((resolve) => {
-    stream.on('data', (d: Buffer) => chunks.push(d));
-    stream.on('end', () => resolve());
-  });
-  // Docker multiplexes stdout/stderr with 8-byte frame headers.
-  const raw = Buffer.concat(chunks);
-  let out = '';
-  for (let i = 0; i + 8 <= raw.length;) {
-    const len = raw.readUInt32BE(i + 4);
-    out += raw.subarray(i + 8, i + 8 + len).toString();
-    i += 8 + len;
-  }
-  return out;
-}
-
 describe('session lifecycle on a real Docker agent', () => {
   const stack = new Stack('lifecycle');
   let admin: string;
@@ -76,7 +57,7 @@ describe('session lifecycle on a real Docker agent', () => {
     const port = Number(container.Labels['io.streamspace.vnc-port']);
     expect(await rfbGreeting({ host: '127.0.0.1', port }, 5000)).toBe('RFB 003.008\n');
 
-    await exec(stack, container.Id, 'echo "kept across hibernate" > "$HOME/marker.txt"');
+    await stack.exec(container.Id, 'echo "kept across hibernate" > "$HOME/marker.txt"');
 
     const hib = await stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, alice);
     expect(hib.status).toBe(200);
@@ -91,7 +72,7 @@ describe('session lifecycle on a real Docker agent', () => {
     expect(woke.status).toBe(200);
     expect(woke.body.state).toBe('running');
     expect(await rfbGreeting({ host: '127.0.0.1', port }, 5000)).toBe('RFB 003.008\n');
-    expect(await exec(stack, container.Id, 'cat "$HOME/marker.txt"')).toBe('kept across hibernate\n');
+    expect(await stack.exec(container.Id, 'cat "$HOME/marker.txt"')).toBe('kept across hibernate\n');
 
     const del = await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, alice);
     expect(del.status).toBe(200);

@@ -15,24 +15,6 @@ import { createV1_0_0Database, v1CatalogManifest, V1InstallFixture } from './har
 
 jest.setTimeout(300_000);
 
-async function exec(stack: Stack, containerId: string, cmd: string): Promise<string> {
-  const e = await stack.docker.getContainer(containerId).exec({ Cmd: ['sh', '-c', cmd], AttachStdout: true, AttachStderr: true });
-  const stream = await e.start({ hijack: true, stdin: false });
-  const chunks: Buffer[] = [];
-  await new Promise<void>((resolve) => {
-    stream.on('data', (d: Buffer) => chunks.push(d));
-    stream.on('end', () => resolve());
-  });
-  const raw = Buffer.concat(chunks);
-  let out = '';
-  for (let i = 0; i + 8 <= raw.length;) {
-    const len = raw.readUInt32BE(i + 4);
-    out += raw.subarray(i + 8, i + 8 + len).toString();
-    i += 8 + len;
-  }
-  return out;
-}
-
 /** Writes a file into a Docker named volume the way it would be before the migration (a throwaway container). */
 async function writeIntoVolume(stack: Stack, volume: string, file: string, content: string): Promise<void> {
   await stack.docker.createVolume({ Name: volume }).catch(() => undefined);
@@ -193,14 +175,14 @@ describe('a StreamSpace v1.0.0 install, as v1 created it, on v2', () => {
     expect(c).toBeDefined();
     const info = await stack.docker.getContainer(c.Id).inspect();
     expect(info.Mounts.find((m) => m.Destination === '/config')?.Name).toBe(volume);
-    expect(await exec(stack, c.Id, 'cat /config/written-on-v1.txt')).toBe('hello from v1');
+    expect(await stack.exec(c.Id, 'cat /config/written-on-v1.txt')).toBe('hello from v1');
 
     const hib = await stack.call('POST', `/api/v1/sessions/${sessionId}/hibernate`, undefined, token);
     expect(hib.body.state).toBe('hibernated');
     expect((await stack.docker.getContainer(c.Id).inspect()).State.Running).toBe(false);
     const woke2 = await stack.call('POST', `/api/v1/sessions/${sessionId}/wake`, undefined, token);
     expect(woke2.body.state).toBe('running');
-    expect(await exec(stack, c.Id, 'cat /config/written-on-v1.txt')).toBe('hello from v1');
+    expect(await stack.exec(c.Id, 'cat /config/written-on-v1.txt')).toBe('hello from v1');
     const stop = await stack.call('DELETE', `/api/v1/sessions/${sessionId}`, undefined, token);
     expect(stop.body.state).toBe('terminated');
     await waitFor('container removed', async () => (await stack.containers(sessionId)).length === 0);

@@ -322,6 +322,27 @@ export class Stack {
     );
   }
 
+  /** Runs a shell command in a container (as its user) and returns stdout and stderr together. */
+  async exec(containerId: string, cmd: string): Promise<string> {
+    const e = await this.docker.getContainer(containerId).exec({ Cmd: ['bash', '-c', cmd], AttachStdout: true, AttachStderr: true });
+    const stream = await e.start({});
+    const chunks: Buffer[] = [];
+    await new Promise<void>((resolve, reject) => {
+      stream.on('data', (d: Buffer) => chunks.push(d));
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    });
+    // Docker multiplexes stdout/stderr with 8-byte frame headers.
+    const raw = Buffer.concat(chunks);
+    let out = '';
+    for (let i = 0; i + 8 <= raw.length;) {
+      const len = raw.readUInt32BE(i + 4);
+      out += raw.subarray(i + 8, i + 8 + len).toString();
+      i += 8 + len;
+    }
+    return out;
+  }
+
   /** Containers this stack's agents created. */
   async containers(sessionId?: string): Promise<Docker.ContainerInfo[]> {
     const all = await this.docker.listContainers({ all: true, filters: { label: ['io.streamspace.managed=true'] } });

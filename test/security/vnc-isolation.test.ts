@@ -19,26 +19,6 @@ import { ROOT, Stack } from '../harness/stack';
 
 jest.setTimeout(300_000);
 
-async function exec(stack: Stack, containerId: string, cmd: string): Promise<string> {
-  const e = await stack.docker.getContainer(containerId).exec({ Cmd: ['bash', '-c', cmd], AttachStdout: true, AttachStderr: true });
-  const stream = await e.start({});
-  const chunks: Buffer[] = [];
-  await new Promise<void>((resolve, reject) => {
-    stream.on('data', (d: Buffer) => chunks.push(d));
-    stream.on('end', resolve);
-    stream.on('error', reject);
-  });
-  // Docker multiplexes stdout/stderr with 8-byte frame headers.
-  const raw = Buffer.concat(chunks);
-  let out = '';
-  for (let i = 0; i + 8 <= raw.length;) {
-    const len = raw.readUInt32BE(i + 4);
-    out += raw.subarray(i + 8, i + 8 + len).toString();
-    i += 8 + len;
-  }
-  return out;
-}
-
 /** bash: a loop head running its body for each process named `name` ($p = /proc/<pid>); the image has no procps. */
 const pidsOf = (name: string) => `for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = ${name} ] || continue;`;
 
@@ -124,14 +104,14 @@ describe('VNC isolation between sessions (Docker, host networking on loopback)',
     expect(info.HostConfig.CapDrop).toEqual(['ALL']);
     expect(info.HostConfig.SecurityOpt).toContain('no-new-privileges');
     // The VNC server's (and so the desktop's) process, as the kernel sees it.
-    const status = await exec(stack, s.a.container, `${pidsOf('Xtigervnc')} cat $p/status; done`);
+    const status = await stack.exec(s.a.container, `${pidsOf('Xtigervnc')} cat $p/status; done`);
     expect(status).toMatch(/^Name:\s+Xtigervnc$/m);
     expect(status).toMatch(/^Uid:\s+1000\s+1000\s+1000\s+1000$/m);
     expect(status).toMatch(/^CapEff:\s+0+$/m);
     expect(status).toMatch(/^CapBnd:\s+0+$/m);
     expect(status).toMatch(/^NoNewPrivs:\s+1$/m);
     // The desktop's shell does not inherit the password.
-    const xtermEnv = await exec(stack, s.a.container, `${pidsOf('xterm')} tr "\\0" "\\n" <$p/environ; done`);
+    const xtermEnv = await stack.exec(s.a.container, `${pidsOf('xterm')} tr "\\0" "\\n" <$p/environ; done`);
     expect(xtermEnv).toMatch(/^HOME=/m);
     expect(xtermEnv).not.toMatch(/^VNC_PASSWORD=/m);
   });
@@ -147,10 +127,10 @@ describe('VNC isolation between sessions (Docker, host networking on loopback)',
       printf '\\x0${choice}' >&3
       ${choice === 2 ? 'head -c 16 <&3 >/dev/null; head -c 16 /dev/zero >&3' : ''}
       echo "result $(timeout 5 head -c 4 <&3 | od -An -tu1)"`;
-    const none = await exec(stack, s.a.container, script(1));
+    const none = await stack.exec(s.a.container, script(1));
     expect(none).toMatch(/^types\s+1\s+2\s*$/m); // exactly one type offered: VncAuth
     expect(none).not.toMatch(/^result\s+0\s+0\s+0\s+0\s*$/m);
-    const wrong = await exec(stack, s.a.container, script(2));
+    const wrong = await stack.exec(s.a.container, script(2));
     expect(wrong).toMatch(/^result\s+0\s+0\s+0\s+1\s*$/m);
   });
 
