@@ -18,7 +18,7 @@ import { convertSession, convertTemplate } from '../convert';
 import { Kube, V1Object } from '../kube';
 import { moves, RouteSet } from '../routing-state';
 import { ImportError, saveImportedSession } from '../store';
-import { beat, fingerprintSql, MigrationActivityDeps, quoteIdent, redacting, v1DatabaseUrl, withDb } from '../common';
+import { beat, fingerprintSql, MigrationActivityDeps, pause, quoteIdent, redacting, v1DatabaseUrl, withDb } from '../common';
 import type { Client } from 'pg';
 import type { ImportFailure, MigrationOptions } from '../../../workflows/migration-api';
 
@@ -431,6 +431,9 @@ export function importActivities(deps: MigrationActivityDeps) {
       if (cursor.pass === 'templates') res.next = await templatesPage(o, v1Cols, cursor, res);
       else if (cursor.pass === 'crds') res.next = await crdsPage(o, scope, v1Cols, cursor, res);
       else res.next = await rowsPage(o, scope, v1Cols, cursor, res);
+      // The pace between pages (to spare a busy v1 database), here rather than as a workflow
+      // timer (about a second of latency each); a cancellation ends it at once.
+      if (res.next && o.importPaceMs > 0) await pause(o.importPaceMs, { cursor: res.next });
       return res;
     },
   });
