@@ -29,7 +29,15 @@ export async function migrationBench(): Promise<Metric[]> {
   await createV1Cluster(cluster.kubeconfig(), { sessions: v1.sessions });
   log(NAME, `fixture: ${N} v1 sessions (rows + Session CRDs) in ${(ms(t0) / 1000).toFixed(1)} s`);
   try {
-    return await withStack(`bench-${NAME}`, { REDIS_URL: TEST_ENV.redisUrl }, async (stack) => {
+    // Secrets by reference (the API refuses a password in a request): the worker reads v1's
+    // password from its own environment, and v2's database is its own DATABASE_URL.
+    const v1Password = decodeURIComponent(new URL(v1.url).password);
+    const v1UrlNoPassword = (() => {
+      const u = new URL(v1.url);
+      u.password = '';
+      return u.toString();
+    })();
+    return await withStack(`bench-${NAME}`, { REDIS_URL: TEST_ENV.redisUrl, V1_DATABASE_PASSWORD: v1Password }, async (stack) => {
       const kubeconfig = path.join(stack.logDir, 'admin-kubeconfig.yaml');
       writeFileSync(kubeconfig, cluster.kubeconfig());
       const backupDir = path.join(REPO_ROOT, 'test-artifacts', 'migration-backups', `bench-${stack.id}`);
@@ -55,8 +63,15 @@ export async function migrationBench(): Promise<Metric[]> {
         {
           runId,
           strategy: 'blue-green',
-          v1: { apiUrl: fakeV1.url, databaseUrl: v1.url, kubeconfig, namespaces: ['streamspace', 'workspaces'], deployments: ['streamspace/streamspace-api'] },
-          v2: { readyUrl: `${stack.url}/ready`, databaseUrl: stack.databaseUrl, deployments: [], platforms: [] },
+          v1: {
+            apiUrl: fakeV1.url,
+            databaseUrl: v1UrlNoPassword,
+            databasePasswordRef: 'env:V1_DATABASE_PASSWORD',
+            kubeconfig,
+            namespaces: ['streamspace', 'workspaces'],
+            deployments: ['streamspace/streamspace-api'],
+          },
+          v2: { readyUrl: `${stack.url}/ready`, databaseUrlRef: 'env:DATABASE_URL', deployments: [], platforms: [] },
           backupDir,
           cohorts: [],
           approval: { mode: 'manual' },
