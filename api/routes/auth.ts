@@ -32,8 +32,7 @@ interface UserRow {
   tokens_valid_after: Date | null;
 }
 
-const SELECT_USER =
-  'SELECT id::text AS id, username, role, password_hash, active, tokens_valid_after FROM users WHERE username = $1';
+const SELECT_USER = 'SELECT id::text AS id, username, role, password_hash, active, tokens_valid_after FROM users WHERE username = $1';
 
 export async function authRoutes(app: FastifyInstance): Promise<void> {
   const { config } = app.deps;
@@ -103,7 +102,11 @@ export async function authRoutes(app: FastifyInstance): Promise<void> {
         validAfter,
       ]);
       await waitForTokenValidity(validAfter);
-      return { token: tokens.signUser(user.username, me.role), expires_in: config.jwtTtlSeconds, user: { id: user.id, username: user.username, role: me.role } };
+      return {
+        token: tokens.signUser(user.username, me.role),
+        expires_in: config.jwtTtlSeconds,
+        user: { id: user.id, username: user.username, role: me.role },
+      };
     },
   );
 }

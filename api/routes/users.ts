@@ -75,10 +75,7 @@ export async function userRoutes(app: FastifyInstance): Promise<void> {
   /** Refuses a change that would leave no active admin (nobody could manage accounts any more). */
   async function keepAnAdmin(u: UserRow, what: string): Promise<void> {
     if (u.role !== 'admin' || !u.active) return;
-    const others = await app.deps.pool.query(
-      `SELECT 1 FROM users WHERE role = 'admin' AND COALESCE(active, true) AND id::text <> $1 LIMIT 1`,
-      [u.id],
-    );
+    const others = await app.deps.pool.query(`SELECT 1 FROM users WHERE role = 'admin' AND COALESCE(active, true) AND id::text <> $1 LIMIT 1`, [u.id]);
     if (!others.rowCount) throw new HttpError(409, `cannot ${what} "${u.username}": it is the last active admin`);
   }
 

@@ -71,11 +71,8 @@ export async function viewerRoutes(app: FastifyInstance): Promise<void> {
   app.get<{ Params: { id: string } }>(
     '/vnc-viewer/:id',
     { schema: { hide: true, params: Type.Object({ id: Type.String({ maxLength: 255 }) }) } },
-    async (req, reply) => reply
-        .type('text/html; charset=utf-8')
-        .header('cache-control', 'no-store')
-        .header('content-security-policy', VIEWER_CSP)
-        .send(page(req.params.id)),
+    async (req, reply) =>
+      reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').header('content-security-policy', VIEWER_CSP).send(page(req.params.id)),
   );
 
   app.get('/vnc-viewer/assets/viewer.js', { schema: { hide: true } }, async (_req, reply) => {

@@ -148,11 +148,13 @@ describe('accounts', () => {
     const limited = await login('erin', 'erin-password');
     expect(limited.status).toBe(429);
     expect(limited.body.message).toMatch(/too many failed sign-in attempts for this username/);
-    const retry = Number((await fetch(`${stack.url}/api/v1/auth/login`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', ...from() },
-      body: JSON.stringify({ username: 'erin', password: 'erin-password' }),
-    }).then((r) => r.headers.get('retry-after'))) ?? NaN);
+    const retry = Number(
+      (await fetch(`${stack.url}/api/v1/auth/login`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...from() },
+        body: JSON.stringify({ username: 'erin', password: 'erin-password' }),
+      }).then((r) => r.headers.get('retry-after'))) ?? NaN,
+    );
     expect(retry).toBeGreaterThan(0);
     expect(retry).toBeLessThanOrEqual(60);
     expect((await login('frank', 'frank-password')).status).toBe(200); // other users are not affected

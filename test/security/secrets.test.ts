@@ -148,7 +148,8 @@ describe('secrets are required outside dev mode', () => {
     for (const f of ['control-plane.yaml', 'k8s-agent.yaml']) {
       const y = readFileSync(path.join(ROOT, 'deploy', 'kubernetes', f), 'utf8');
       expect(y).not.toMatch(/STREAMSPACE_DEV_MODE/);
-      for (const m of y.matchAll(/name: (JWT_SECRET|AGENT_TOKEN_SECRET|DB_PASSWORD|ADMIN_PASSWORD|AGENT_TOKEN)\n\s+(\w+):/g)) expect([m[1], m[2]]).toEqual([m[1], 'valueFrom']);
+      for (const m of y.matchAll(/name: (JWT_SECRET|AGENT_TOKEN_SECRET|DB_PASSWORD|ADMIN_PASSWORD|AGENT_TOKEN)\n\s+(\w+):/g))
+        expect([m[1], m[2]]).toEqual([m[1], 'valueFrom']);
     }
   });
 });

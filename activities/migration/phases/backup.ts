@@ -77,7 +77,12 @@ export function backupActivities() {
           const id = (await c.query('SELECT pg_export_snapshot() AS s')).rows[0].s as string;
           const [, states, schema] = await Promise.all([
             runProcess('pg_dump', ['--format=custom', `--snapshot=${id}`, `--file=${dump}.partial`, target.arg], 'pg_dump', target.env),
-            listTables(c).then((t) => tableStates(c, t.filter((x) => !MIGRATION_BOOKKEEPING.includes(x)))),
+            listTables(c).then((t) =>
+              tableStates(
+                c,
+                t.filter((x) => !MIGRATION_BOOKKEEPING.includes(x)),
+              ),
+            ),
             schemaSnapshot(c),
           ]);
           return { snapshot: id, tables: states, schema };
