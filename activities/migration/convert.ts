@@ -72,7 +72,9 @@ export function convertSession(src: { crd?: V1Object; row?: Record<string, unkno
   if (memory !== null && (typeof memory !== 'string' || !MEMORY.test(memory))) return { ok: false, reason: `invalid resources.memory "${memory}"` };
   if (cpu !== null && (typeof cpu !== 'string' || !CPU.test(String(cpu)))) return { ok: false, reason: `invalid resources.cpu "${cpu}"` };
   const rowState = row.state ?? row.status;
-  const v1State = String(spec.state ?? (status.phase ? String(status.phase).toLowerCase() : undefined) ?? rowState ?? 'running');
+  // v1's API writes the row on every change (and soft-deletes there): where v1 has a row, its
+  // state is the latest word; a CRD alone says what it asks for (spec) or shows (status).
+  const v1State = String(rowState ?? spec.state ?? (status.phase ? String(status.phase).toLowerCase() : undefined) ?? 'running');
   const state = STATES[v1State];
   if (!state) return { ok: false, reason: `unknown v1 state "${v1State}"` };
   const tags = Array.isArray(spec.tags) ? spec.tags.filter((t: unknown) => typeof t === 'string') : [];

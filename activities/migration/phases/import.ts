@@ -17,7 +17,7 @@ import { adoptSessions } from '../../session-adoption';
 import { convertSession, convertTemplate } from '../convert';
 import { Kube, V1Object } from '../kube';
 import { moves, RouteSet } from '../routing-state';
-import { ImportError, saveImportedSession } from '../store';
+import { ImportError, ownerId, saveImportedSession } from '../store';
 import { beat, fingerprintSql, MigrationActivityDeps, pause, quoteIdent, redacting, v1DatabaseUrl, withDb } from '../common';
 import type { Client } from 'pg';
 import type { ImportFailure, MigrationOptions } from '../../../workflows/migration-api';
@@ -132,7 +132,8 @@ interface ResultRow {
   kind: 'session' | 'template';
   id: string;
   namespace: string;
-  status: 'imported' | 'failed';
+  /** validated: the full pass checked it (nothing written); imported: taken over at its user's cut-over. */
+  status: 'imported' | 'validated' | 'failed';
   reason: string | null;
   via: 'crd' | 'row';
   version: string | null;
@@ -177,7 +178,12 @@ async function usernames(c: Client, userIds: string[]): Promise<Map<string, stri
 }
 
 export function importActivities(deps: MigrationActivityDeps) {
-  /** Saves converted sessions (one transaction), records originals and results; returns the ids written. */
+  /**
+   * Converts sessions and records per-row results. The full pass (`write` false) only checks them:
+   * v1 keeps serving its users from these rows until they move, so nothing of v1's is rewritten
+   * before then. A delta import at a user's cut-over (`write` true) takes the rows over (one
+   * transaction, originals recorded for a rollback) and returns the ids written.
+   */
   async function save(
     c: Client,
     o: MigrationOptions,
@@ -186,12 +192,13 @@ export function importActivities(deps: MigrationActivityDeps) {
     templates: Set<string>,
     res: ImportPageResult,
     results: ResultRow[],
+    write: boolean,
   ): Promise<string[]> {
     const converted = items.map((it) => ({ it, conv: convertSession(it.src, templates) }));
     const ok = converted.filter((x) => x.conv.ok);
     const ids = ok.map((x) => x.it.id);
     const skipped = new Set<string>();
-    if (v1Cols.sessions) await captureOriginals(c, o.runId, 'sessions', 'id', ids, v1Cols.sessions);
+    if (write && v1Cols.sessions) await captureOriginals(c, o.runId, 'sessions', 'id', ids, v1Cols.sessions);
     for (const { it, conv } of converted) {
       if (!conv.ok) {
         res.failed++;
@@ -200,7 +207,8 @@ export function importActivities(deps: MigrationActivityDeps) {
         continue;
       }
       try {
-        await saveImportedSession(c, conv.record, { onConflict: 'update', runId: o.runId });
+        if (write) await saveImportedSession(c, conv.record, { onConflict: 'update', runId: o.runId });
+        else await ownerId(c, conv.record.owner);
       } catch (err) {
         // Thrown before any write (the owner lookup): the page's transaction is intact.
         if (!(err instanceof ImportError)) throw err;
@@ -211,8 +219,17 @@ export function importActivities(deps: MigrationActivityDeps) {
         continue;
       }
       res.imported++;
-      results.push({ kind: 'session', id: it.id, namespace: it.namespace, status: 'imported', reason: null, via: it.via, version: it.version });
+      results.push({
+        kind: 'session',
+        id: it.id,
+        namespace: it.namespace,
+        status: write ? 'imported' : 'validated',
+        reason: null,
+        via: it.via,
+        version: it.version,
+      });
     }
+    if (!write) return [];
     const written = ids.filter((id) => !skipped.has(id));
     if (v1Cols.sessions) await recordWritten(c, o.runId, 'sessions', 'id', written, v1Cols.sessions);
     return written;
@@ -326,7 +343,7 @@ export function importActivities(deps: MigrationActivityDeps) {
         items.push({ id, src: { crd, ...(row ? { row } : {}) }, namespace: ns, via: 'crd', version: (crd.metadata?.resourceVersion as string) ?? null });
       }
       await begin(c);
-      const saved = await save(c, o, v1Cols, items, templates, res, results);
+      const saved = await save(c, o, v1Cols, items, templates, res, results, scope.mode === 'delta');
       await recordResults(c, o.runId, results);
       await c.query('COMMIT');
       return [...new Set([...adoptIds, ...saved])];
@@ -386,7 +403,7 @@ export function importActivities(deps: MigrationActivityDeps) {
         items.push({ id, src: { row }, namespace: String(row.namespace ?? ''), via: 'row', version: null });
       }
       await begin(c);
-      const saved = await save(c, o, v1Cols, items, templates, res, results);
+      const saved = await save(c, o, v1Cols, items, templates, res, results, scope.mode === 'delta');
       await recordResults(c, o.runId, results);
       await c.query('COMMIT');
       const last = r.rows.length ? String(r.rows[r.rows.length - 1].id) : null;
