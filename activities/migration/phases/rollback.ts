@@ -119,6 +119,13 @@ export function rollbackActivities(deps: MigrationActivityDeps) {
 
         await c.query('BEGIN');
         try {
+          // v1 keeps writing while this runs. Take the strongest lock on the tables this undoes
+          // first, in one fixed order: v1's writers then wait for the commit instead of one of
+          // them being picked as a deadlock victim when a row lock here meets an ALTER TABLE's lock
+          // upgrade. A v1 transaction held open longer than the timeout fails this attempt (retried).
+          await c.query(`SET LOCAL lock_timeout = '10s'`);
+          for (const t of ['sessions', 'templates', 'users'].filter((x) => have.tables[x]))
+            await c.query(`LOCK TABLE ${quoteIdent(t)} IN ACCESS EXCLUSIVE MODE`);
           // Rows the migration rewrote go back to v1's version, unless v1 changed them since
           // (then v1's write stands); rows it inserted go away. A row v2 ran (agent_id set) is
           // v2's change, never v1's: it goes back too.
