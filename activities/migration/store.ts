@@ -36,7 +36,10 @@ export async function saveImportedSession(db: Queryable, s: V2SessionRecord, opt
     opts.onConflict === 'update'
       ? // v1's own values of the columns taken over are recorded from the row itself; those recorded
         // by a first import win (a re-run after a crash finds v2's values in the row).
-        `DO UPDATE SET state = EXCLUDED.state, user_id = EXCLUDED.user_id, platform = EXCLUDED.platform, tags = EXCLUDED.tags,
+        // The state comes from the row as it is when this UPDATE locks it, not from an earlier
+        // read: a v1 write landing between the import's read and this write is not overwritten.
+        `DO UPDATE SET state = CASE WHEN sessions.state IN ('terminated', 'failed', 'deleted') THEN 'terminated' ELSE 'hibernated' END,
+           user_id = EXCLUDED.user_id, platform = EXCLUDED.platform, tags = EXCLUDED.tags,
            platform_metadata = EXCLUDED.platform_metadata
              || jsonb_build_object('v1_state', sessions.state, 'v1_platform', sessions.platform, 'v1_user_id', sessions.user_id, 'v1_inserted', false)
              || COALESCE(sessions.platform_metadata, '{}'::jsonb)
