@@ -4,7 +4,7 @@
  */
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
 import type { Pool } from 'pg';
-import { ensureCommand, getCommand, requeueCommand, withdrawPending } from '../db/commands';
+import { ensureCommand, getCommand, nextGeneration, requeueCommand, withdrawCommand, WithdrawResult } from '../db/commands';
 import type { CommandResult, CommandType, Platform, StartSessionData } from '../protocol/messages';
 import { FailureType, SessionState } from '../workflows/session-api';
 import type { CommandWaiter } from './command-waiter';
@@ -17,6 +17,18 @@ export interface SessionActivityDeps {
   heartbeatTimeoutMs: number;
   /** How often a waiting activity re-reads the command row and heartbeats. */
   pollIntervalMs?: number;
+  /** When every agent of the platform is full: keep the start queued (retry until its timeout) or fail it at once. */
+  whenFull?: 'queue' | 'fail';
+  /** The worker's metrics (workers/metrics.ts); absent in tools that run activities directly. */
+  metrics?: SessionMetrics;
+}
+
+type Labels = Record<string, string>;
+/** The part of the worker's prom-client metrics the session activities move. */
+export interface SessionMetrics {
+  sessionStart: { observe(labels: Labels, seconds: number): void };
+  sessionFailures: { inc(labels: Labels): void };
+  reconcileRepairs: { inc(labels: Labels): void };
 }
 
 export interface PlaceInput {
@@ -32,6 +44,21 @@ export interface DispatchInput {
   agentDbId: string;
   commandType: CommandType;
   idempotencyKey: string;
+  /** The session's command sequence number: agents refuse anything older than what they acted on. */
+  generation: number;
+  /** Epoch ms: never delivered nor started after it. */
+  deadline: number;
+}
+export interface WithdrawInput {
+  idempotencyKey: string;
+  reason: string;
+}
+export interface SessionEventInput {
+  sessionId: string;
+  platform: Platform;
+  event: 'failed' | 'repair';
+  /** failure class (start_timeout, start_failed, no_capacity, reconcile, ...) or repair action */
+  detail: string;
 }
 export interface RecordStateInput {
   sessionId: string;
@@ -39,6 +66,10 @@ export interface RecordStateInput {
   agentDbId: string | null;
   platformMetadata?: Record<string, unknown>;
   error: string | null;
+  /** The session is on no agent any more (its placement is forgotten). */
+  clearAgent?: boolean;
+  /** For the session-start histogram. */
+  platform?: Platform;
 }
 
 export type SessionActivities = ReturnType<typeof createSessionActivities>;
@@ -101,21 +132,33 @@ export function createSessionActivities(deps: SessionActivityDeps) {
           await client.query('COMMIT');
           return { agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id };
         }
-        const candidates = await client.query<{ id: string; agent_id: string; max: number; used: number }>(
-          `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
-                  (SELECT count(*)::int FROM sessions s
-                    WHERE s.agent_id = a.id AND s.state IN ('pending', 'running', 'terminating')) AS used
+        // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
+        // statement sees every placement committed while this one waited for the locks, so
+        // concurrent placements cannot overfill an agent.
+        const candidates = await client.query<{ id: string; agent_id: string; max: number }>(
+          `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max
              FROM agents a
             WHERE a.platform = $1 AND ${fresh}
             ORDER BY a.id
               FOR UPDATE OF a`,
           [platform, deps.heartbeatTimeoutMs],
         );
-        const free = candidates.rows.filter((c) => c.used < c.max).sort((a, b) => a.used / a.max - b.used / b.max);
+        const used = await client.query<{ agent_id: string; used: number }>(
+          `SELECT agent_id, count(*)::int AS used FROM sessions
+            WHERE agent_id = ANY($1::uuid[]) AND state IN ('pending', 'running', 'terminating') AND id <> $2
+            GROUP BY agent_id`,
+          [candidates.rows.map((c) => c.id), sessionId],
+        );
+        const usedBy = new Map(used.rows.map((u) => [u.agent_id, u.used]));
+        const free = candidates.rows
+          .map((c) => ({ ...c, used: usedBy.get(c.id) ?? 0 }))
+          .filter((c) => c.used < c.max)
+          .sort((a, b) => a.used / a.max - b.used / b.max);
         if (!free.length) {
           await client.query('ROLLBACK');
-          const why = candidates.rowCount ? `all ${candidates.rowCount} online ${platform} agent(s) are at capacity` : `no ${platform} agent is online`;
-          // Retryable: the workflow keeps trying until an agent appears or the start times out.
+          const why = candidates.rowCount ? `no capacity: all ${candidates.rowCount} online ${platform} agent(s) are full` : `no ${platform} agent is online`;
+          if (candidates.rowCount && deps.whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
+          // Retryable: the workflow keeps trying until an agent has room or the start times out.
           throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
         }
         const chosen = free[0];
@@ -144,9 +187,12 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         type: input.commandType,
         data: data as unknown as Record<string, unknown>,
         idempotencyKey: input.idempotencyKey,
+        generation: input.generation,
+        expiresAt: input.deadline,
       });
       if (!created && row.status !== 'completed') {
-        if (row.status === 'failed' && row.result?.retryable === false) throw commandFailed(input, row.error_message);
+        if (row.withdrawn_at || (row.status === 'failed' && row.result?.retryable === false)) throw commandFailed(input, row.error_message);
+        if (Date.now() > input.deadline) throw commandFailed(input, 'expired: its deadline passed before it finished');
         // An earlier attempt died or timed out: deliver again rather than wait on a lost frame.
         await requeueCommand(pool, row.id, input.agentDbId, row.status === 'failed');
       }
@@ -155,30 +201,55 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         if (!cur) throw ApplicationFailure.nonRetryable(`command ${row.id} vanished`, FailureType.CommandFailed);
         if (cur.status === 'completed') return cur.result as CommandResult;
         if (cur.status === 'failed') {
-          if (cur.result?.retryable === false || cur.error_message === WITHDRAWN) throw commandFailed(input, cur.error_message);
+          if (cur.result?.retryable === false || cur.withdrawn_at) throw commandFailed(input, cur.error_message);
           throw ApplicationFailure.retryable(`agent failed ${input.commandType}: ${cur.error_message}`, 'CommandRetryable');
         }
         ctx.heartbeat({ commandId: cur.id, status: cur.status, progress: cur.progress });
         try {
           await Promise.race([waiter.wait(cur.id, pollMs), ctx.cancelled]);
         } catch (err) {
-          if (err instanceof CancelledFailure) await withdrawPending(pool, cur.id, WITHDRAWN);
+          if (err instanceof CancelledFailure) await withdrawCommand(pool, input.idempotencyKey, WITHDRAWN);
           throw err;
         }
       }
     },
 
     async recordSessionState(input: RecordStateInput): Promise<void> {
-      await pool.query(
-        `UPDATE sessions
+      const r = await pool.query<{ was: string | null; created_at: Date }>(
+        `WITH old AS (SELECT id, state FROM sessions WHERE id = $1 FOR UPDATE)
+         UPDATE sessions s
             SET state = $2,
-                agent_id = COALESCE($3, agent_id),
-                platform_metadata = COALESCE(platform_metadata, '{}'::jsonb) || COALESCE($4::jsonb, '{}'::jsonb),
+                agent_id = CASE WHEN $6::boolean THEN NULL ELSE COALESCE($3, s.agent_id) END,
+                platform_metadata = COALESCE(s.platform_metadata, '{}'::jsonb) || COALESCE($4::jsonb, '{}'::jsonb),
                 error_message = $5,
                 updated_at = NOW()
-          WHERE id = $1`,
-        [input.sessionId, input.state, input.agentDbId, input.platformMetadata ?? null, input.error],
+           FROM old WHERE s.id = old.id
+         RETURNING old.state AS was, s.created_at`,
+        [input.sessionId, input.state, input.agentDbId, input.platformMetadata ?? null, input.error, input.clearAgent === true],
       );
+      const row = r.rows[0];
+      if (row && input.state === 'running' && row.was === 'pending' && input.platform)
+        deps.metrics?.sessionStart.observe({ platform: input.platform }, Math.max(0, (Date.now() - row.created_at.getTime()) / 1000));
+    },
+
+    /**
+     * The workflow stopped waiting for a command: withdraw it (see db/commands.ts). Returns what
+     * the command is now; `completed` means it ran before the withdrawal.
+     */
+    async withdrawCommand(input: WithdrawInput): Promise<WithdrawResult> {
+      return withdrawCommand(pool, input.idempotencyKey, input.reason);
+    },
+
+    /** Counts a session failure or a reconciliation repair (metrics; the workflow history has the details). */
+    async noteSessionEvent(input: SessionEventInput): Promise<void> {
+      if (input.event === 'failed') deps.metrics?.sessionFailures.inc({ platform: input.platform, reason: input.detail });
+      else deps.metrics?.reconcileRepairs.inc({ action: input.detail });
+    },
+
+    /** Finds the session's newest command generation, for a cleanup issued outside its workflow. */
+    async nextCommandGeneration(sessionId: string): Promise<number | null> {
+      const exists = await pool.query('SELECT 1 FROM sessions WHERE id = $1', [sessionId]);
+      return exists.rowCount ? nextGeneration(pool, sessionId) : null;
     },
   };
 }

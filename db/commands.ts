@@ -11,6 +11,8 @@ import type { CommandResult, CommandType } from '../protocol/messages';
 export const CHANNEL_COMMAND_PENDING = 'streamspace_command_pending';
 /** NOTIFY channel: payload is the command id; "this command reached completed or failed". */
 export const CHANNEL_COMMAND_DONE = 'streamspace_command_done';
+/** NOTIFY channel: payload `<agent row id> <command id> <session id>`; "tell the agent to abandon it". */
+export const CHANNEL_COMMAND_WITHDRAWN = 'streamspace_command_withdrawn';
 
 export type CommandStatus = 'pending' | 'sent' | 'ack' | 'completed' | 'failed';
 
@@ -26,6 +28,9 @@ export interface CommandRow {
   retry_count: number;
   progress: string | null;
   idempotency_key: string;
+  generation: number;
+  expires_at: Date | null;
+  withdrawn_at: Date | null;
   created_at: Date;
 }
 
@@ -37,14 +42,23 @@ type Queryable = Pool | PoolClient;
  */
 export async function ensureCommand(
   db: Queryable,
-  cmd: { agentDbId: string; sessionId: string; type: CommandType; data: Record<string, unknown>; idempotencyKey: string },
+  cmd: {
+    agentDbId: string;
+    sessionId: string;
+    type: CommandType;
+    data: Record<string, unknown>;
+    idempotencyKey: string;
+    generation: number;
+    /** Epoch ms after which the command must neither be delivered nor started. */
+    expiresAt: number;
+  },
 ): Promise<{ row: CommandRow; created: boolean }> {
   const inserted = await db.query<CommandRow>(
-    `INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key)
-     VALUES ($1, $2, $3, $4, 'pending', $5)
+    `INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key, generation, expires_at)
+     VALUES ($1, $2, $3, $4, 'pending', $5, $6, to_timestamp($7::double precision / 1000))
      ON CONFLICT (idempotency_key) DO NOTHING
      RETURNING *`,
-    [cmd.agentDbId, cmd.sessionId, cmd.type, cmd.data, cmd.idempotencyKey],
+    [cmd.agentDbId, cmd.sessionId, cmd.type, cmd.data, cmd.idempotencyKey, cmd.generation, cmd.expiresAt],
   );
   if (inserted.rowCount) {
     await notifyPending(db, cmd.agentDbId);
@@ -68,7 +82,7 @@ export async function requeueCommand(db: Queryable, id: string, agentDbId: strin
     `UPDATE agent_commands
         SET status = 'pending', error_message = NULL, updated_at = NOW(),
             retry_count = retry_count + $2::int
-      WHERE id = $1 AND status <> 'completed'`,
+      WHERE id = $1 AND status <> 'completed' AND withdrawn_at IS NULL AND (expires_at IS NULL OR expires_at > NOW())`,
     [id, countRetry ? 1 : 0],
   );
   await notifyPending(db, agentDbId);
@@ -78,18 +92,28 @@ export async function notifyPending(db: Queryable, agentDbId: string): Promise<v
   await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_PENDING, agentDbId]);
 }
 
+/** A command as claimed for delivery: how long it has left, and whether it went out before. */
+export type ClaimedCommand = CommandRow & { expires_in_ms: number; redelivery: boolean };
+
 /**
- * Claims the agent's pending commands for delivery (pending → sent). With `redeliver`, commands
- * already sent or acked are returned too: after a reconnect the agent may never have seen them.
+ * Claims the agent's pending commands for delivery (pending → sent). With `redeliver` (a new
+ * connection of the agent), commands already sent or acked are returned too: the agent may never
+ * have seen them, and it de-duplicates by id. Never a withdrawn or expired command.
  */
-export async function claimForDelivery(db: Queryable, agentDbId: string, redeliver: boolean): Promise<CommandRow[]> {
+export async function claimForDelivery(db: Queryable, agentDbId: string, redeliver: boolean): Promise<ClaimedCommand[]> {
   const statuses = redeliver ? ['pending', 'sent', 'ack'] : ['pending'];
-  const r = await db.query<CommandRow>(
-    `UPDATE agent_commands
-        SET status = CASE WHEN status = 'ack' THEN 'ack' ELSE 'sent' END,
+  const r = await db.query<ClaimedCommand>(
+    `WITH due AS (
+       SELECT id, status AS was FROM agent_commands
+        WHERE agent_id = $1 AND status = ANY($2::text[]) AND withdrawn_at IS NULL
+          AND (expires_at IS NULL OR expires_at > NOW())
+          FOR UPDATE SKIP LOCKED)
+     UPDATE agent_commands c
+        SET status = CASE WHEN c.status = 'ack' THEN 'ack' ELSE 'sent' END,
             sent_at = NOW(), updated_at = NOW()
-      WHERE agent_id = $1 AND status = ANY($2::text[])
-      RETURNING *`,
+       FROM due WHERE c.id = due.id
+     RETURNING c.*, due.was <> 'pending' AS redelivery,
+               COALESCE(GREATEST(0, (EXTRACT(EPOCH FROM (c.expires_at - NOW())) * 1000)::bigint), 600000)::int AS expires_in_ms`,
     [agentDbId, statuses],
   );
   // Deliver in the order the workflows issued them.
@@ -108,33 +132,95 @@ export async function markProgress(db: Queryable, id: string, agentDbId: string,
   await db.query(`UPDATE agent_commands SET progress = $3, updated_at = NOW() WHERE id = $1 AND agent_id = $2`, [id, agentDbId, message]);
 }
 
+/**
+ * What became of a reported outcome: `recorded` now; `duplicate` (recorded before); `withdrawn`
+ * (the workflow gave up on it first: the agent must undo it); `unknown` (no such command of this
+ * agent). All four are durable answers: the agent may stop re-sending.
+ */
+export type FinishResult =
+  | { kind: 'recorded'; commandType: CommandType; createdAt: Date; sessionId: string }
+  | { kind: 'duplicate' | 'withdrawn' | 'unknown'; sessionId?: string };
+
 /** Records the outcome once; a repeated report of an already finished command changes nothing. */
 export async function markFinished(
   db: Queryable,
   id: string,
   agentDbId: string,
   outcome: { ok: true; result: CommandResult } | { ok: false; error: string; retryable: boolean },
-): Promise<boolean> {
-  const r = outcome.ok
-    ? await db.query(
-        `UPDATE agent_commands SET status = 'completed', result = $3, error_message = NULL, completed_at = NOW(), updated_at = NOW()
-          WHERE id = $1 AND agent_id = $2 AND status NOT IN ('completed', 'failed')`,
-        [id, agentDbId, outcome.result],
-      )
-    : await db.query(
-        `UPDATE agent_commands SET status = 'failed', result = $3, error_message = $4, completed_at = NOW(), updated_at = NOW()
-          WHERE id = $1 AND agent_id = $2 AND status NOT IN ('completed', 'failed')`,
-        [id, agentDbId, { retryable: outcome.retryable }, outcome.error],
-      );
-  if (r.rowCount) await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, id]);
-  return (r.rowCount ?? 0) > 0;
+): Promise<FinishResult> {
+  const r = await db.query<{ command_type: CommandType; created_at: Date; session_id: string }>(
+    outcome.ok
+      ? `UPDATE agent_commands SET status = 'completed', result = $3, error_message = NULL, completed_at = NOW(), updated_at = NOW()
+          WHERE id = $1 AND agent_id = $2 AND status NOT IN ('completed', 'failed')
+          RETURNING command_type, created_at, session_id`
+      : `UPDATE agent_commands SET status = 'failed', result = $3, error_message = $4, completed_at = NOW(), updated_at = NOW()
+          WHERE id = $1 AND agent_id = $2 AND status NOT IN ('completed', 'failed')
+          RETURNING command_type, created_at, session_id`,
+    outcome.ok ? [id, agentDbId, outcome.result] : [id, agentDbId, { retryable: outcome.retryable }, outcome.error],
+  );
+  if (r.rowCount) {
+    await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, id]);
+    return { kind: 'recorded', commandType: r.rows[0].command_type, createdAt: r.rows[0].created_at, sessionId: r.rows[0].session_id };
+  }
+  const cur = await db.query<{ withdrawn_at: Date | null; session_id: string }>('SELECT withdrawn_at, session_id FROM agent_commands WHERE id = $1 AND agent_id = $2', [
+    id,
+    agentDbId,
+  ]);
+  if (!cur.rows[0]) return { kind: 'unknown' };
+  return { kind: cur.rows[0].withdrawn_at ? 'withdrawn' : 'duplicate', sessionId: cur.rows[0].session_id };
 }
 
-/** A command nobody waits for any more (its start was cancelled) must not run later. */
-export async function withdrawPending(db: Queryable, id: string, reason: string): Promise<void> {
-  await db.query(
-    `UPDATE agent_commands SET status = 'failed', error_message = $2, completed_at = NOW(), updated_at = NOW()
-      WHERE id = $1 AND status = 'pending'`,
-    [id, reason],
+export type WithdrawResult = 'withdrawn' | 'completed' | 'failed' | 'absent';
+
+/**
+ * The workflow gave up on a command (timeout, cancel): whatever its status, unless finished, it
+ * becomes failed with the reason, is never delivered again, and the agent holding it is told to
+ * abandon and undo it. Returns what the command is now: `completed` means the agent did it
+ * before the withdrawal (the caller must clean up).
+ */
+export async function withdrawCommand(db: Queryable, idempotencyKey: string, reason: string): Promise<WithdrawResult> {
+  const r = await db.query<{ id: string; agent_id: string; session_id: string }>(
+    `UPDATE agent_commands SET status = 'failed', error_message = $2, withdrawn_at = NOW(), completed_at = NOW(), updated_at = NOW()
+      WHERE idempotency_key = $1 AND status IN ('pending', 'sent', 'ack')
+      RETURNING id, agent_id, session_id`,
+    [idempotencyKey, reason],
   );
+  if (r.rowCount) {
+    const c = r.rows[0];
+    await notifyWithdrawn(db, [c]);
+    await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, c.id]);
+    return 'withdrawn';
+  }
+  const cur = await db.query<{ status: CommandStatus }>('SELECT status FROM agent_commands WHERE idempotency_key = $1', [idempotencyKey]);
+  if (!cur.rows[0]) return 'absent';
+  return cur.rows[0].status === 'completed' ? 'completed' : 'failed';
+}
+
+/**
+ * Fails every unfinished command whose deadline passed more than graceMs ago (its workflow died
+ * with it, or could not withdraw it), and tells the agents to abandon them.
+ */
+export async function expireOverdue(db: Queryable, graceMs: number): Promise<{ id: string; agent_id: string; session_id: string; command_type: CommandType }[]> {
+  const r = await db.query<{ id: string; agent_id: string; session_id: string; command_type: CommandType }>(
+    `UPDATE agent_commands SET status = 'failed', error_message = 'expired: its deadline passed before it finished',
+            withdrawn_at = NOW(), completed_at = NOW(), updated_at = NOW()
+      WHERE status IN ('pending', 'sent', 'ack') AND expires_at < NOW() - ($1::int * INTERVAL '1 millisecond')
+      RETURNING id, agent_id, session_id, command_type`,
+    [graceMs],
+  );
+  if (r.rowCount) {
+    await notifyWithdrawn(db, r.rows);
+    for (const c of r.rows) await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, c.id]);
+  }
+  return r.rows;
+}
+
+async function notifyWithdrawn(db: Queryable, rows: { id: string; agent_id: string; session_id: string }[]): Promise<void> {
+  for (const c of rows) await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_WITHDRAWN, `${c.agent_id} ${c.id} ${c.session_id}`]);
+}
+
+/** The next command generation for a session (one above any command issued for it). */
+export async function nextGeneration(db: Queryable, sessionId: string): Promise<number> {
+  const r = await db.query<{ g: number }>('SELECT COALESCE(MAX(generation), 0) + 1 AS g FROM agent_commands WHERE session_id = $1', [sessionId]);
+  return r.rows[0].g;
 }

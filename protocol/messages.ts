@@ -167,16 +167,43 @@ export const RegisteredMessage = Type.Object(
   { additionalProperties: false },
 );
 
+/**
+ * A command has an owner (the session's workflow), a generation and a deadline. The generation
+ * is the session's command sequence number: it only grows, so an agent that has already acted on
+ * generation n refuses anything older (a stale re-delivery). `expires_in_ms` is the time left when
+ * the frame was sent (relative, so agent and control-plane clocks need not agree): an agent never
+ * starts a command after it expired, also when it was queued behind another one.
+ */
 export const CommandMessage = Type.Object(
   {
     type: Type.Literal('command'),
     command_id: Type.String({ format: 'uuid' }),
     command_type: CommandType,
     session_id: Type.String({ minLength: 1 }),
+    generation: Type.Integer({ minimum: 0 }),
+    expires_in_ms: Type.Integer({ minimum: 0 }),
     data: Type.Record(Type.String(), Type.Unknown()),
   },
   { additionalProperties: false },
 );
+
+/**
+ * The workflow gave up on a command (timed out, cancelled, superseded): the agent must not start
+ * it, and if it already ran (or is running) it undoes what it did: a start is stopped, a wake
+ * hibernated again, a hibernate woken again. Also sent in answer to a late result.
+ */
+export const CancelCommandMessage = Type.Object(
+  {
+    type: Type.Literal('cancel_command'),
+    command_id: Type.String({ format: 'uuid' }),
+    session_id: Type.String({ minLength: 1 }),
+    reason: Type.String({ maxLength: 500 }),
+  },
+  { additionalProperties: false },
+);
+
+/** The control plane wrote the command's result durably: the agent stops re-sending it. */
+export const ResultAckMessage = Type.Object({ type: Type.Literal('result_ack'), command_id: Type.String({ format: 'uuid' }) }, { additionalProperties: false });
 
 /**
  * Asks the agent to dial a dedicated stream socket back to `url` and relay it to the session's
@@ -195,9 +222,11 @@ export const OpenStreamMessage = Type.Object(
 /** A reason for refusing a frame; the socket stays open unless the error is fatal. */
 export const ErrorMessage = Type.Object({ type: Type.Literal('error'), reason: Type.String(), fatal: Type.Boolean() }, { additionalProperties: false });
 
-export const ControlPlaneMessage = Type.Union([RegisteredMessage, CommandMessage, OpenStreamMessage, ErrorMessage]);
+export const ControlPlaneMessage = Type.Union([RegisteredMessage, CommandMessage, CancelCommandMessage, ResultAckMessage, OpenStreamMessage, ErrorMessage]);
 export type RegisteredMessage = Static<typeof RegisteredMessage>;
 export type CommandMessage = Static<typeof CommandMessage>;
+export type CancelCommandMessage = Static<typeof CancelCommandMessage>;
+export type ResultAckMessage = Static<typeof ResultAckMessage>;
 export type OpenStreamMessage = Static<typeof OpenStreamMessage>;
 export type ErrorMessage = Static<typeof ErrorMessage>;
 export type ControlPlaneMessage = Static<typeof ControlPlaneMessage>;

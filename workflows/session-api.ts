@@ -3,7 +3,7 @@
  * workflow itself (bundled for the worker) and by the gateway's Temporal client, so both agree.
  * Only @temporalio/workflow definitions and plain types here: no Node APIs.
  */
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { Platform } from '../protocol/messages';
 
 export type SessionState = 'pending' | 'running' | 'hibernated' | 'terminating' | 'terminated' | 'failed';
@@ -32,6 +32,8 @@ export interface CarriedState {
   /** Sequence of commands issued so far; makes each command's idempotency key unique and stable. */
   commandSeq: number;
   runs: number;
+  /** The agent may hold compute or a container for the session (only a stop_session removes it). Absent: agentDbId !== null. */
+  onAgent?: boolean;
 }
 
 export interface SessionStatus {
@@ -50,6 +52,24 @@ export const hibernateUpdate = defineUpdate<SessionStatus>('hibernate');
 export const wakeUpdate = defineUpdate<SessionStatus>('wake');
 export const stopUpdate = defineUpdate<SessionStatus>('stop');
 
+/** What an agent's registration showed that differs from the session's state (api/agents/reconcile.ts). */
+export interface ObservedReport {
+  agentDbId: string;
+  observed: 'starting' | 'running' | 'hibernated' | 'failed' | 'absent';
+  kind: 'orphan' | 'missing' | 'state_mismatch';
+}
+/** Reconciliation hands a divergence to the session's workflow, which decides the repair. */
+export const observedSignal = defineSignal<[ObservedReport]>('observed');
+
+/** Removes what an agent still runs for a session whose workflow has ended. */
+export const CLEANUP_WORKFLOW_TYPE = 'sessionCleanupWorkflow';
+export const cleanupWorkflowId = (sessionId: string, agentDbId: string): string => `session-cleanup/${sessionId}/${agentDbId}`;
+export interface CleanupInput {
+  sessionId: string;
+  agentDbId: string;
+  reason: string;
+}
+
 /** Failure types the gateway maps to HTTP statuses. */
 export const FailureType = {
   InvalidTransition: 'InvalidTransition',
@@ -57,4 +77,5 @@ export const FailureType = {
   CommandFailed: 'CommandFailed',
   InvalidTemplate: 'InvalidTemplate',
   StartTimedOut: 'StartTimedOut',
+  NoCapacity: 'NoCapacity',
 } as const;

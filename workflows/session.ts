@@ -2,6 +2,14 @@
  * One long-lived workflow per session (`session/<id>`) owns its lifecycle. Stop, hibernate and
  * wake arrive as Updates and run one at a time, so concurrent requests are serialised and a
  * request never runs twice. Deterministic and thin: every side effect is an activity.
+ *
+ * Runbook:
+ *   1. start: place on an agent (capacity reserved atomically), send start_session, record running.
+ *   2. then wait for Updates (hibernate / wake / stop) and for reconciliation reports (`observed`).
+ *   3. every command has a generation (commandSeq) and a deadline; when the workflow stops waiting
+ *      (timeout, or a stop cancelling a start) it withdraws the command: the agent abandons and
+ *      undoes it, and never runs it later.
+ *   4. a stop always wins over a start or a wake: it cancels them, also before the first start ran.
  */
 import {
   ApplicationFailure,
@@ -23,6 +31,8 @@ import {
   CarriedState,
   FailureType,
   hibernateUpdate,
+  ObservedReport,
+  observedSignal,
   SessionState,
   SessionStatus,
   SessionWorkflowInput,
@@ -43,7 +53,7 @@ const db = proxyLocalActivities<SessionActivities>({
 // Placement retries while no agent is online; the start scope's timeout bounds it.
 const placement = proxyLocalActivities<SessionActivities>({
   startToCloseTimeout: '30s',
-  retry: { initialInterval: '1s', backoffCoefficient: 1.5, maximumInterval: '5s', nonRetryableErrorTypes: [FailureType.InvalidTemplate] },
+  retry: { initialInterval: '1s', backoffCoefficient: 1.5, maximumInterval: '5s', nonRetryableErrorTypes: [FailureType.InvalidTemplate, FailureType.NoCapacity] },
 });
 
 // Commands wait on an agent: they heartbeat, so a dead worker is noticed in seconds and the
@@ -63,12 +73,18 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   let agentDbId = carried.agentDbId;
   let agentId = carried.agentId;
   let commandSeq = carried.commandSeq;
+  // The agent may hold something for the session that only a stop_session removes.
+  let onAgent = carried.onAgent ?? carried.agentDbId !== null;
   let transition: Transition = null;
   let progress: string | null = null;
   let lastError: string | null = null;
-  let busy = false;
+  // A fresh session's start runs first: an Update arriving with it (even in the first
+  // activation) waits for the start to finish or be cancelled.
+  let busy = !input.carried;
+  // Scope of the operation a stop cancels (a start, a wake, a restart by reconciliation).
   let startScope: CancellationScope | null = null;
   let stopRequested = false;
+  const observations: ObservedReport[] = [];
 
   const status = (): SessionStatus => ({
     sessionId: input.sessionId,
@@ -91,7 +107,18 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     }
   }
 
-  async function setState(next: SessionState, extra: { platformMetadata?: Record<string, unknown>; error?: string } = {}) {
+  /** Runs fn in a scope a stop request cancels. */
+  async function stoppable<T>(fn: () => Promise<T>, timeoutMs?: number): Promise<T> {
+    if (stopRequested) throw ApplicationFailure.nonRetryable('cancelled by a stop request', FailureType.InvalidTransition);
+    startScope = new CancellationScope({ cancellable: true, ...(timeoutMs ? { timeout: timeoutMs } : {}) });
+    try {
+      return await startScope.run(fn);
+    } finally {
+      startScope = null;
+    }
+  }
+
+  async function setState(next: SessionState, extra: { platformMetadata?: Record<string, unknown>; error?: string; clearAgent?: boolean } = {}) {
     state = next;
     upsertSearchAttributes([{ key: SA.state, value: next }]);
     upsertMemo({ state: next, agent: agentId, error: extra.error ?? null });
@@ -101,23 +128,34 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       agentDbId,
       platformMetadata: extra.platformMetadata,
       error: extra.error ?? null,
+      clearAgent: extra.clearAgent,
+      platform: input.platform,
     });
   }
 
-  async function runCommand(type: CommandType, label: Transition, timeoutMs: number) {
+  /**
+   * Sends one command and waits for its outcome until `deadline` (workflow time, ms). If the
+   * wait ends without an outcome (timeout, or cancelled by a stop), the command is withdrawn: the
+   * agent abandons it and undoes what it did. `abandoned` then says whether the agent may still
+   * hold its effect (`completed`: it finished before the withdrawal).
+   */
+  async function runCommand(type: CommandType, label: Transition, deadline: number) {
     if (!agentDbId) throw ApplicationFailure.nonRetryable('session has no agent', FailureType.CommandFailed);
     const seq = ++commandSeq;
+    const idempotencyKey = `${input.sessionId}:${seq}:${type}`;
     transition = label;
     progress = `${type} sent to ${agentId}`;
     try {
-      return await CancellationScope.withTimeout(timeoutMs, () =>
-        commands.dispatchCommand({
-          sessionId: input.sessionId,
-          agentDbId: agentDbId!,
-          commandType: type,
-          idempotencyKey: `${input.sessionId}:${seq}:${type}`,
-        }),
+      return await CancellationScope.withTimeout(Math.max(1, deadline - Date.now()), () =>
+        commands.dispatchCommand({ sessionId: input.sessionId, agentDbId: agentDbId!, commandType: type, idempotencyKey, generation: seq, deadline }),
       );
+    } catch (err) {
+      if (isCancellation(err)) {
+        const reason = stopRequested ? 'withdrawn: cancelled by a stop request' : `withdrawn: no outcome within ${Math.round((deadline - Date.now()) / 1000 + 0.5)}s`;
+        const now = await CancellationScope.nonCancellable(() => db.withdrawCommand({ idempotencyKey, reason }));
+        if (now === 'completed') onAgent = true;
+      }
+      throw err;
     } finally {
       transition = null;
       progress = null;
@@ -125,7 +163,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   }
 
   /** Places the session on an agent and creates it there; `label`/`interim` say why (a first start, or waking an imported session). */
-  async function start(label: Transition = 'starting', interim: SessionState = 'pending') {
+  async function start(label: Transition = 'starting', interim: SessionState = 'pending', deadline = Date.now() + input.startTimeoutMs) {
     transition = label;
     progress = 'placing session on an agent';
     const placed = await placement.placeSession({ sessionId: input.sessionId, platform: input.platform });
@@ -133,8 +171,15 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     agentId = placed.agentId;
     upsertSearchAttributes([{ key: SA.agent, value: placed.agentId }]);
     await db.recordSessionState({ sessionId: input.sessionId, state: interim, agentDbId, error: null });
-    const result = await runCommand('start_session', label, input.startTimeoutMs);
-    await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
+    try {
+      const result = await runCommand('start_session', label, deadline);
+      onAgent = true;
+      await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
+    } catch (err) {
+      // An agent's own failure may leave a half-made container; a withdrawn start is undone by the agent.
+      if (!isCancellation(err)) onAgent = true;
+      throw err;
+    }
   }
 
   async function stop(): Promise<SessionStatus> {
@@ -142,18 +187,58 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     const previous = state;
     await setState('terminating');
     try {
-      if (agentDbId) await runCommand('stop_session', 'stopping', COMMAND_TIMEOUT_MS);
+      if (agentDbId && onAgent) await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS);
     } catch (err) {
       // The session stays visible as terminating-with-error rather than silently "terminated".
       lastError = `stop failed: ${errorMessage(err)}`;
       await setState(previous === 'failed' ? 'failed' : previous, { error: lastError });
       throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
     }
-    await setState('terminated');
+    onAgent = false;
+    await setState('terminated', lastError ? { error: lastError } : {});
     return status();
   }
 
+  async function fail(reason: string, cls: string) {
+    lastError = reason;
+    await setState('failed', { error: reason });
+    await db.noteSessionEvent({ sessionId: input.sessionId, platform: input.platform, event: 'failed', detail: cls });
+  }
+
+  /** Reconciliation: what the agent really has differs from this session's state; repair it. */
+  async function repair(o: ObservedReport) {
+    if (o.agentDbId !== agentDbId || stopRequested) return;
+    const note = (action: string) => db.noteSessionEvent({ sessionId: input.sessionId, platform: input.platform, event: 'repair', detail: action });
+    if (state === 'running' && (o.observed === 'absent' || o.observed === 'failed')) {
+      await note('restart');
+      try {
+        await stoppable(() => start('starting', 'running'), input.startTimeoutMs);
+      } catch (err) {
+        if (stopRequested && isCancellation(err)) return;
+        await fail(`the session's container ${o.observed === 'absent' ? 'vanished' : 'failed'} on agent ${agentId} and could not be restarted: ${errorMessage(err)}`, 'reconcile');
+      }
+    } else if (state === 'running' && o.observed === 'hibernated') {
+      await note('wake_again');
+      const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS)).catch(() => null);
+      if (result) await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
+    } else if (state === 'hibernated' && (o.observed === 'running' || o.observed === 'starting')) {
+      await note('hibernate_again');
+      await runCommand('hibernate_session', 'hibernating', Date.now() + COMMAND_TIMEOUT_MS).catch(() => undefined);
+    } else if (state === 'hibernated' && o.observed === 'absent') {
+      // Nothing left on the agent: the next wake places and creates the session anew (home volume kept).
+      await note('forget_placement');
+      agentDbId = null;
+      agentId = null;
+      onAgent = false;
+      await setState('hibernated', { clearAgent: true });
+    }
+  }
+
   setHandler(statusQuery, status);
+
+  setHandler(observedSignal, (o) => {
+    observations.push(o);
+  });
 
   setHandler(
     hibernateUpdate,
@@ -161,7 +246,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       exclusive(async () => {
         if (state === 'hibernated') return status();
         if (state !== 'running') throw invalid('hibernate', state);
-        await runCommand('hibernate_session', 'hibernating', COMMAND_TIMEOUT_MS);
+        transition = 'hibernating';
+        await runCommand('hibernate_session', 'hibernating', Date.now() + COMMAND_TIMEOUT_MS);
         await setState('hibernated');
         return status();
       }),
@@ -174,23 +260,33 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       exclusive(async () => {
         if (state === 'running') return status();
         if (state !== 'hibernated') throw invalid('wake', state);
-        // An imported v1 session has never run on v2: waking it places and creates it (with the
-        // home volume v1 gave it). A failed attempt leaves it hibernated and unplaced.
+        transition = 'waking';
+        // An imported v1 session (or one whose container vanished while hibernated) is not on any
+        // agent: waking it places and creates it (with its home volume). A failed attempt leaves
+        // it hibernated and unplaced.
         if (!agentDbId) {
           try {
-            await start('waking', 'hibernated');
+            await stoppable(() => start('waking', 'hibernated'), input.startTimeoutMs);
           } catch (err) {
-            lastError = `wake failed: ${errorMessage(err)}`;
-            if (agentDbId) await runCommand('stop_session', 'waking', COMMAND_TIMEOUT_MS).catch(() => undefined);
-            agentDbId = null;
-            agentId = null;
-            await setState('hibernated', { error: lastError });
+            lastError = `wake failed: ${stopRequested && isCancellation(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
+            if (agentDbId && onAgent && !stopRequested) await runCommand('stop_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS).catch(() => undefined);
+            if (!stopRequested || !onAgent) {
+              agentDbId = null;
+              agentId = null;
+              onAgent = false;
+            }
+            await setState('hibernated', { error: lastError, clearAgent: !agentDbId });
             throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
           }
           return status();
         }
-        const result = await runCommand('wake_session', 'waking', COMMAND_TIMEOUT_MS);
-        await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
+        try {
+          const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS));
+          await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
+        } catch (err) {
+          lastError = `wake failed: ${stopRequested && isCancellation(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
+          throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
+        }
         return status();
       }),
     { validator: () => rejectIf(stopRequested || state === 'terminated' || state === 'failed', 'wake', state) },
@@ -198,51 +294,71 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 
   setHandler(stopUpdate, async () => {
     stopRequested = true;
-    // A stop during start cancels the start (the user's way out of a stuck start).
-    if (startScope && state === 'pending') startScope.cancel();
+    // A stop cancels a start or wake in progress (the user's way out of a stuck start); one that
+    // arrives before the start began (first activation) means the start never runs.
+    startScope?.cancel();
     return exclusive(stop);
   });
 
   if (!input.carried) {
     upsertMemo({ sessionId: input.sessionId, user: input.user, template: input.template, platform: input.platform, state });
-    busy = true;
     try {
-      startScope = new CancellationScope({ cancellable: true, timeout: input.startTimeoutMs });
-      await startScope.run(start);
+      await stoppable(() => start(), input.startTimeoutMs);
     } catch (err) {
-      if (stopRequested && isCancellation(err)) {
+      if (stopRequested) {
         lastError = 'start cancelled by a stop request';
+      } else if (isCancellation(err)) {
+        // The start command was withdrawn: the agent abandons and undoes it (and reconciliation
+        // removes anything an agent that was away still has).
+        const timedOut = `start timed out after ${Math.round(input.startTimeoutMs / 1000)}s (${progress ?? 'no progress'})`;
+        await cleanupAfterFailedStart(timedOut, 'start_timeout');
       } else {
-        lastError = isCancellation(err)
-          ? `start timed out after ${Math.round(input.startTimeoutMs / 1000)}s (${progress ?? 'no progress'})`
-          : `start failed: ${errorMessage(err)}`;
-        // Clean up whatever the agent may have created, then report the failure.
-        if (agentDbId) {
-          try {
-            await runCommand('stop_session', 'stopping', COMMAND_TIMEOUT_MS);
-          } catch (cleanupErr) {
-            lastError += `; cleanup failed: ${errorMessage(cleanupErr)}`;
-          }
-        }
-        await setState('failed', { error: lastError });
+        await cleanupAfterFailedStart(`start failed: ${errorMessage(err)}`, failureClass(err));
       }
     } finally {
-      startScope = null;
       transition = null;
       progress = null;
       busy = false;
     }
   }
 
+  /** Removes whatever a failed start left on the agent, then records the failure. */
+  async function cleanupAfterFailedStart(reason: string, cls: string) {
+    if (agentDbId && onAgent) {
+      try {
+        await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS);
+        onAgent = false;
+      } catch (cleanupErr) {
+        reason += `; cleanup failed: ${errorMessage(cleanupErr)}`;
+      }
+    }
+    await fail(reason, cls);
+  }
+
   const maxEvents = input.maxHistoryEvents ?? 2000;
   const done = () => state === 'terminated' || (state === 'failed' && !stopRequested);
-  await condition(() => done() || (!busy && (workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > maxEvents)));
+  const historyFull = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > maxEvents;
+  for (;;) {
+    await condition(() => done() || (!busy && (observations.length > 0 || historyFull())));
+    if (done() || !observations.length) break;
+    const o = observations.shift()!;
+    await exclusive(() => repair(o));
+  }
   await condition(allHandlersFinished);
   if (done()) return status();
   return continueAsNew<typeof sessionWorkflow>({
     ...input,
-    carried: { state, agentDbId, agentId, commandSeq, runs: carried.runs + 1 },
+    carried: { state, agentDbId, agentId, commandSeq, runs: carried.runs + 1, onAgent },
   });
+}
+
+function failureClass(err: unknown): string {
+  let e: unknown = err;
+  while (e && typeof e === 'object') {
+    if (e instanceof ApplicationFailure && e.type) return e.type === FailureType.NoCapacity ? 'no_capacity' : e.type === FailureType.InvalidTemplate ? 'invalid_template' : 'start_failed';
+    e = (e as { cause?: unknown }).cause;
+  }
+  return 'start_failed';
 }
 
 function invalid(op: string, state: SessionState): ApplicationFailure {

@@ -8,18 +8,29 @@ import type { CommandResult, Platform, ReportedSession, StartSessionData, VncEnd
 
 export type Progress = (message: string) => void;
 
+/**
+ * What a driver learns about the command it runs: the session's command generation (drivers that
+ * create something record it, e.g. as a label, so "created twice" is countable per generation)
+ * and a signal that fires when the control plane abandons the command (check it before each
+ * irreversible step: an abandoned start must not create anything it has not created yet).
+ */
+export interface CommandContext {
+  generation: number;
+  signal: AbortSignal;
+}
+
 export interface SessionDriver {
   readonly platform: Platform;
   /** Connects to the platform (Docker daemon, API server); throws if unreachable. */
   init(): Promise<void>;
   /** Creates (if absent) and starts the session; resolves once its VNC server accepts connections. */
-  start(sessionId: string, data: StartSessionData, progress: Progress): Promise<CommandResult>;
+  start(sessionId: string, data: StartSessionData, progress: Progress, ctx?: CommandContext): Promise<CommandResult>;
   /** Releases compute but keeps the home volume. Already hibernated is success. */
-  hibernate(sessionId: string, progress: Progress): Promise<CommandResult>;
+  hibernate(sessionId: string, progress: Progress, ctx?: CommandContext): Promise<CommandResult>;
   /** Starts a hibernated session again; resolves once VNC accepts connections. */
-  wake(sessionId: string, progress: Progress): Promise<CommandResult>;
+  wake(sessionId: string, progress: Progress, ctx?: CommandContext): Promise<CommandResult>;
   /** Removes the session's compute (container/pod); keeps the home volume. Already gone is success. */
-  stop(sessionId: string, progress: Progress): Promise<CommandResult>;
+  stop(sessionId: string, progress: Progress, ctx?: CommandContext): Promise<CommandResult>;
   /** What this agent actually runs, for reconciliation on (re)connect. */
   list(): Promise<ReportedSession[]>;
   /** Where the agent reaches the session's VNC server, for the tunnel. */
@@ -29,6 +40,11 @@ export interface SessionDriver {
 
 /** A failure the driver can classify: retryable=false means retrying the command cannot help. */
 export class DriverError extends Error {
+  /** Thrown when a command's AbortSignal fired before an irreversible step. */
+  static abandoned(what: string): DriverError {
+    return new DriverError(`abandoned by the control plane before ${what}`, false);
+  }
+
   constructor(
     message: string,
     readonly retryable: boolean,

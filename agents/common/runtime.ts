@@ -11,6 +11,7 @@ import type { Logger } from '../../config/log';
 import {
   AGENT_CONNECT_PATH,
   AgentMessage,
+  CancelCommandMessage,
   CloseCode,
   CommandMessage,
   CommandResult,
@@ -23,12 +24,14 @@ import {
 } from '../../protocol/messages';
 import { backoffDelay } from './backoff';
 import type { AgentConfig } from './config';
-import { DriverError, SessionDriver } from './driver';
-
-type Outcome = { ok: true; result: CommandResult } | { ok: false; error: string; retryable: boolean };
+import { CommandContext, DriverError, SessionDriver } from './driver';
+import { CommandJournal, Outcome, OutboxEntry } from './journal';
+import type { AgentMetrics } from './metrics';
 
 /** How many finished command outcomes are remembered for re-delivered commands. */
 const OUTCOME_MEMORY = 2000;
+/** A result not acknowledged within this long is sent again. */
+const RESEND_AFTER_MS = 3000;
 
 export class AgentRuntime {
   private ws: WebSocket | null = null;
@@ -38,8 +41,13 @@ export class AgentRuntime {
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private healthServer: http.Server | null = null;
-  private readonly inflight = new Map<string, Promise<Outcome>>();
-  private readonly outcomes = new Map<string, Outcome>();
+  private readonly inflight = new Map<string, { promise: Promise<Outcome>; abort: AbortController; cmd: CommandMessage }>();
+  /** Recent outcomes (the journal keeps the unacknowledged ones across restarts). */
+  private readonly outcomes = new Map<string, Omit<OutboxEntry, 'at'>>();
+  private resendTimer: NodeJS.Timeout | null = null;
+  readonly journal: CommandJournal;
+  /** Set by main to count commands (agents/common/metrics.ts). */
+  metrics: AgentMetrics | null = null;
   private readonly sessionQueues = new Map<string, Promise<unknown>>();
   /** Set by the VNC tunnel module to serve open_stream requests. */
   onOpenStream: ((msg: OpenStreamMessage) => void) | null = null;
@@ -56,6 +64,7 @@ export class AgentRuntime {
     env: NodeJS.ProcessEnv = process.env,
   ) {
     this.streamHosts = parseStreamHosts(envOptional('AGENT_STREAM_HOSTS', env) ?? '');
+    this.journal = new CommandJournal(env.AGENT_STATE_DIR === 'none' ? null : CommandJournal.defaultFile(config.agentId, env));
   }
 
   get url(): string {
@@ -90,12 +99,15 @@ export class AgentRuntime {
     if (!this.stopped) return;
     this.stopped = false;
     this.connect();
+    this.resendTimer = setInterval(() => this.resendResults(RESEND_AFTER_MS), RESEND_AFTER_MS);
+    this.resendTimer.unref();
   }
 
   /** Closes the control connection (no reconnect); keepHealth leaves /health and /ready up. */
   async stop(opts: { keepHealth?: boolean } = {}): Promise<void> {
     this.stopped = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    if (this.resendTimer) clearInterval(this.resendTimer);
     this.clearHeartbeat();
     const ws = this.ws;
     this.ws = null;
@@ -184,10 +196,18 @@ export class AgentRuntime {
         this.attempt = 0;
         this.log.info('Agent registered successfully with Control Plane', { agent: this.config.agentId, conn: msg.conn_id });
         this.startHeartbeat(ws, msg.heartbeat_interval_ms);
+        // Results the previous connection (or process) could not get acknowledged.
+        this.resendResults(0);
         this.onRegistered?.();
         return;
       case 'command':
         this.onCommand(ws, msg);
+        return;
+      case 'cancel_command':
+        this.onCancel(msg);
+        return;
+      case 'result_ack':
+        this.journal.acknowledged(msg.command_id);
         return;
       case 'open_stream': {
         // The agent attaches its bearer token to the stream socket: it only dials its own control
@@ -266,25 +286,102 @@ export class AgentRuntime {
   }
 
   private onCommand(ws: WebSocket, cmd: CommandMessage): void {
+    const deadline = Date.now() + cmd.expires_in_ms;
     this.send(ws, { type: 'ack', command_id: cmd.command_id });
-    const known = this.outcomes.get(cmd.command_id);
+    const known = this.outcomes.get(cmd.command_id)?.outcome ?? this.journal.result(cmd.command_id)?.outcome;
     // A retryable failure delivered again is a retry: run it again rather than replay the failure.
     if (known && (known.ok || !known.retryable)) return this.report(cmd.command_id, known);
     this.outcomes.delete(cmd.command_id);
     if (this.inflight.has(cmd.command_id)) return; // its result goes out when it finishes
-    const run = this.serialised(cmd.session_id, () => this.execute(cmd));
-    this.inflight.set(cmd.command_id, run);
-    void run.then((outcome) => {
+    const abort = new AbortController();
+    const run = this.serialised(cmd.session_id, () => this.admitAndExecute(cmd, deadline, abort.signal));
+    this.inflight.set(cmd.command_id, { promise: run, abort, cmd });
+    void run.then(async (outcome) => {
       this.inflight.delete(cmd.command_id);
-      this.outcomes.set(cmd.command_id, outcome);
-      if (this.outcomes.size > OUTCOME_MEMORY) this.outcomes.delete(this.outcomes.keys().next().value as string);
-      this.report(cmd.command_id, outcome);
+      if (abort.signal.aborted && outcome.ok) {
+        // Abandoned while it ran: undo what it did, then report it as abandoned.
+        await this.serialised(cmd.session_id, () => this.undo(cmd));
+        outcome = { ok: false, error: 'abandoned by the control plane; undone', retryable: false };
+      }
+      this.finish(cmd, outcome);
     });
+  }
+
+  /**
+   * Runs the command when its turn comes, unless it may not run any more: expired (its deadline
+   * passed while it waited), abandoned, or stale (the session already acted on a newer command).
+   */
+  private async admitAndExecute(cmd: CommandMessage, deadline: number, signal: AbortSignal): Promise<Outcome> {
+    const refuse = (reason: 'expired' | 'withdrawn' | 'stale', error: string): Outcome => {
+      this.metrics?.commandsRefused.inc({ type: cmd.command_type, reason });
+      this.log.warn('command refused', { command: cmd.command_type, id: cmd.command_id, session: cmd.session_id, reason: error });
+      return { ok: false, error, retryable: false };
+    };
+    if (signal.aborted || this.journal.isAbandoned(cmd.command_id)) return refuse('withdrawn', 'withdrawn by the control plane before it ran');
+    if (Date.now() > deadline) return refuse('expired', `expired before it ran (deadline passed ${Date.now() - deadline} ms ago)`);
+    const newest = this.journal.generation(cmd.session_id);
+    if (cmd.generation < newest)
+      return refuse('stale', `stale: session ${cmd.session_id} already acted on command generation ${newest} (this is ${cmd.generation})`);
+    this.journal.begin(cmd.session_id, cmd.generation);
+    return this.execute(cmd, { generation: cmd.generation, signal });
+  }
+
+  /** Puts back what an abandoned command did (only if nothing newer acted on the session since). */
+  private async undo(cmd: CommandMessage): Promise<void> {
+    if (this.journal.generation(cmd.session_id) > cmd.generation) return;
+    const noop = () => undefined;
+    const ctx = { generation: cmd.generation, signal: new AbortController().signal };
+    try {
+      if (cmd.command_type === 'start_session') await this.driver.stop(cmd.session_id, noop, ctx);
+      else if (cmd.command_type === 'wake_session') await this.driver.hibernate(cmd.session_id, noop, ctx);
+      else if (cmd.command_type === 'hibernate_session') await this.driver.wake(cmd.session_id, noop, ctx);
+      else return; // a stop is never undone
+      this.log.warn('abandoned command undone', { command: cmd.command_type, id: cmd.command_id, session: cmd.session_id });
+    } catch (err) {
+      // Reconciliation on the next registration sees (and repairs) whatever is left.
+      this.log.error('cannot undo an abandoned command', { command: cmd.command_type, session: cmd.session_id, error: (err as Error).message });
+    }
+  }
+
+  /** The control plane gave up on a command: never start it; undo it if it ran or runs. */
+  private onCancel(msg: CancelCommandMessage): void {
+    this.journal.abandon(msg.command_id);
+    const running = this.inflight.get(msg.command_id);
+    if (running) {
+      running.abort.abort();
+      return; // undone when it finishes
+    }
+    const done = this.outcomes.get(msg.command_id) ?? this.journal.result(msg.command_id);
+    if (done?.outcome.ok) {
+      const cmd = { type: 'command', command_id: msg.command_id, session_id: done.sessionId, command_type: done.type, generation: done.generation } as CommandMessage;
+      void this.serialised(done.sessionId, () => this.undo(cmd));
+    }
+    this.journal.acknowledged(msg.command_id);
+  }
+
+  /** Records the outcome (durably, until acknowledged) and reports it. */
+  private finish(cmd: CommandMessage, outcome: Outcome): void {
+    const entry = { commandId: cmd.command_id, sessionId: cmd.session_id, type: cmd.command_type, generation: cmd.generation, outcome };
+    this.journal.remember(entry);
+    this.outcomes.set(cmd.command_id, entry);
+    if (this.outcomes.size > OUTCOME_MEMORY) this.outcomes.delete(this.outcomes.keys().next().value as string);
+    this.report(cmd.command_id, outcome);
   }
 
   private report(commandId: string, outcome: Outcome): void {
     if (outcome.ok) this.reply({ type: 'completed', command_id: commandId, result: outcome.result });
     else this.reply({ type: 'failed', command_id: commandId, error: outcome.error, retryable: outcome.retryable });
+  }
+
+  /** Re-sends every result the control plane has not acknowledged yet (olderThanMs: not just sent). */
+  private resendResults(olderThanMs: number): void {
+    const now = Date.now();
+    for (const e of this.journal.unacknowledged()) {
+      if (now - e.at < olderThanMs) continue;
+      if (!this.registered) return;
+      this.metrics?.resultsResent.inc();
+      this.report(e.commandId, e.outcome);
+    }
   }
 
   private serialised<T>(sessionId: string, fn: () => Promise<T>): Promise<T> {
@@ -298,7 +395,7 @@ export class AgentRuntime {
     return next;
   }
 
-  private async execute(cmd: CommandMessage): Promise<Outcome> {
+  private async execute(cmd: CommandMessage, ctx: CommandContext): Promise<Outcome> {
     const progress = (message: string) => this.reply({ type: 'progress', command_id: cmd.command_id, message: message.slice(0, 500) });
     const started = Date.now();
     try {
@@ -307,24 +404,26 @@ export class AgentRuntime {
         case 'start_session': {
           const data = parseStartSessionData(cmd.data);
           if (!data.ok) return { ok: false, error: data.reason, retryable: false };
-          result = await this.driver.start(cmd.session_id, data.value, progress);
+          result = await this.driver.start(cmd.session_id, data.value, progress, ctx);
           break;
         }
         case 'hibernate_session':
-          result = await this.driver.hibernate(cmd.session_id, progress);
+          result = await this.driver.hibernate(cmd.session_id, progress, ctx);
           break;
         case 'wake_session':
-          result = await this.driver.wake(cmd.session_id, progress);
+          result = await this.driver.wake(cmd.session_id, progress, ctx);
           break;
         case 'stop_session':
-          result = await this.driver.stop(cmd.session_id, progress);
+          result = await this.driver.stop(cmd.session_id, progress, ctx);
           break;
       }
-      this.log.info('command completed', { command: cmd.command_type, session: cmd.session_id, ms: Date.now() - started });
+      this.metrics?.commandsExecuted.inc({ type: cmd.command_type, outcome: 'completed' });
+      this.log.info('command completed', { command: cmd.command_type, session: cmd.session_id, generation: cmd.generation, ms: Date.now() - started });
       return { ok: true, result };
     } catch (err) {
       const retryable = err instanceof DriverError ? err.retryable : true;
       const error = (err as Error).message || String(err);
+      this.metrics?.commandsExecuted.inc({ type: cmd.command_type, outcome: 'failed' });
       this.log.warn('command failed', { command: cmd.command_type, session: cmd.session_id, error, retryable });
       return { ok: false, error, retryable };
     }

@@ -8,7 +8,16 @@ import type { Duplex } from 'node:stream';
 import type { Pool } from 'pg';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Logger } from '../../config/log';
-import { CHANNEL_COMMAND_PENDING, claimForDelivery, CommandRow, markAcked, markFinished, markProgress } from '../../db/commands';
+import {
+  CHANNEL_COMMAND_PENDING,
+  CHANNEL_COMMAND_WITHDRAWN,
+  claimForDelivery,
+  ClaimedCommand,
+  expireOverdue,
+  markAcked,
+  markFinished,
+  markProgress,
+} from '../../db/commands';
 import { PgListener } from '../../db/listener';
 import {
   AgentMessage,
@@ -24,6 +33,7 @@ import { AGENT_TOKEN_REVOKED_CHANNEL, AgentIdentity, authenticateAgent, deadAgen
 import { bearer, TokenError, TokenService } from '../auth/tokens';
 import type { Metrics } from '../metrics';
 import type { AgentConnection, AgentHub } from './hub';
+import { classifyReport, Divergence } from './reconcile';
 
 /** Malformed frames tolerated (each answered with a reason) before the socket is closed. */
 const MAX_BAD_FRAMES = 10;
@@ -38,6 +48,10 @@ export interface AgentGatewayOptions {
   podId: string;
   log: Logger;
   metrics: Metrics;
+  /** Hands what an agent's report shows to be wrong to the session workflows (api/agents/repair.ts). */
+  onDivergence?: (agentDbId: string, agentId: string, divergences: Divergence[]) => Promise<void>;
+  /** Unfinished commands this long past their deadline are failed by the sweep (default 2 s). */
+  expiryGraceMs?: number;
 }
 
 export class AgentGateway {
@@ -47,9 +61,17 @@ export class AgentGateway {
   private readonly flushing = new Map<string, Promise<void>>();
 
   constructor(private readonly o: AgentGatewayOptions) {
-    this.listener = new PgListener(o.databaseUrl, [CHANNEL_COMMAND_PENDING, AGENT_TOKEN_REVOKED_CHANNEL], o.log);
+    this.listener = new PgListener(o.databaseUrl, [CHANNEL_COMMAND_PENDING, CHANNEL_COMMAND_WITHDRAWN, AGENT_TOKEN_REVOKED_CHANNEL], o.log);
     this.listener.on('notification', (channel: string, payload: string) => {
       if (channel === CHANNEL_COMMAND_PENDING && o.hub.local(payload)) this.flush(payload, false);
+      if (channel === CHANNEL_COMMAND_WITHDRAWN) {
+        // Only the pod holding the agent's socket tells it; an agent not connected learns it
+        // when it reports the command's result (answered with cancel_command) or never ran it.
+        const [agentDbId, commandId, sessionId] = payload.split(' ');
+        this.o.hub
+          .local(agentDbId)
+          ?.send({ type: 'cancel_command', command_id: commandId, session_id: sessionId, reason: 'withdrawn: the workflow no longer waits for it' });
+      }
       // Every pod LISTENs: whichever holds a socket using the revoked token closes it.
       if (channel === AGENT_TOKEN_REVOKED_CHANNEL) this.closeForTokens([payload], 'agent token revoked');
     });
@@ -200,6 +222,7 @@ export class AgentGateway {
     const conn: AgentConnection = {
       agentId: msg.agent_id,
       agentDbId,
+      platform: msg.platform,
       connId,
       tokenId,
       send,
@@ -216,33 +239,37 @@ export class AgentGateway {
   }
 
   /**
-   * Compares what the agent really runs with what the database believes, and records the
-   * differences where operators see them (agent metadata, session platform_metadata). Sessions
-   * are never destroyed on a report alone: their workflows stay in charge.
+   * Compares what the agent really runs with each session's desired state, records it where
+   * operators see it (agent metadata, session platform_metadata), and hands every divergence to
+   * the session workflows, which decide the repair (remove, restart, hibernate again, fail).
    */
   private async reconcile(agentDbId: string, agentId: string, reported: ReportedSession[]): Promise<void> {
-    const known = await this.o.pool.query<{ id: string; state: string }>(`SELECT id, state FROM sessions WHERE agent_id = $1 AND state NOT IN ('terminated')`, [
-      agentDbId,
-    ]);
-    const byId = new Map(reported.map((s) => [s.session_id, s]));
-    const missing: string[] = [];
-    for (const s of known.rows) {
-      const seen = byId.get(s.id);
-      byId.delete(s.id);
-      if (!seen && (s.state === 'running' || s.state === 'hibernated')) missing.push(s.id);
-      await this.o.pool.query(
-        `UPDATE sessions SET platform_metadata = COALESCE(platform_metadata, '{}'::jsonb) || jsonb_build_object('observed_state', $2::text, 'observed_at', NOW())
-          WHERE id = $1`,
-        [s.id, seen?.state ?? 'missing'],
-      );
-    }
-    const orphans = [...byId.keys()];
+    const rows = await this.o.pool.query<{ id: string; state: string; agent_id: string | null; workflow_id: string | null }>(
+      `SELECT id, state, agent_id, workflow_id FROM sessions
+        WHERE (agent_id = $1 AND state NOT IN ('terminated', 'deleted')) OR id = ANY($2::text[])`,
+      [agentDbId, reported.map((s) => s.session_id)],
+    );
+    const divergences = classifyReport(agentDbId, rows.rows, reported);
+    await this.o.pool.query(
+      `UPDATE sessions s SET platform_metadata = COALESCE(s.platform_metadata, '{}'::jsonb) || jsonb_build_object('observed_state', o.observed, 'observed_at', NOW())
+         FROM unnest($1::text[], $2::text[]) AS o(id, observed)
+        WHERE s.id = o.id AND s.agent_id = $3`,
+      [rows.rows.map((r) => r.id), rows.rows.map((r) => reported.find((x) => x.session_id === r.id)?.state ?? 'missing'), agentDbId],
+    );
+    const of = (kind: Divergence['kind']) => divergences.filter((d) => d.kind === kind).map((d) => d.sessionId);
     await this.o.pool.query(
       `UPDATE agents SET metadata = COALESCE(metadata, '{}'::jsonb) || jsonb_build_object('missing_sessions', $2::jsonb, 'orphan_sessions', $3::jsonb)
         WHERE id = $1`,
-      [agentDbId, JSON.stringify(missing), JSON.stringify(orphans)],
+      [agentDbId, JSON.stringify(of('missing')), JSON.stringify(of('orphan'))],
     );
-    if (missing.length || orphans.length) this.o.log.warn('agent report differs from database', { agent: agentId, missing, orphans });
+    if (!divergences.length) return;
+    for (const d of divergences) this.o.metrics.reconcileReports?.inc({ kind: d.kind });
+    this.o.log.warn('agent report differs from the sessions\' desired state; asking their workflows to repair', {
+      agent: agentId,
+      divergences: divergences.slice(0, 20).map((d) => `${d.sessionId}: ${d.kind} (desired ${d.desired}, observed ${d.observed})`),
+      total: divergences.length,
+    });
+    await this.o.onDivergence?.(agentDbId, agentId, divergences);
   }
 
   private async unregister(conn: AgentConnection): Promise<void> {
@@ -274,13 +301,25 @@ export class AgentGateway {
         await markProgress(pool, msg.command_id, conn.agentDbId, msg.message);
         return;
       case 'completed':
-        await markFinished(pool, msg.command_id, conn.agentDbId, { ok: true, result: msg.result });
-        this.o.metrics.commandsFinished.inc({ outcome: 'completed' });
+      case 'failed': {
+        // Written durably first, acknowledged after: a database error leaves the result
+        // unacknowledged and the agent sends it again.
+        const outcome = msg.type === 'completed' ? { ok: true as const, result: msg.result } : { ok: false as const, error: msg.error, retryable: msg.retryable };
+        const done = await markFinished(pool, msg.command_id, conn.agentDbId, outcome);
+        conn.send({ type: 'result_ack', command_id: msg.command_id });
+        this.o.metrics.resultAcks?.inc({ outcome: done.kind });
+        if (done.kind === 'recorded') {
+          this.o.metrics.commandsFinished.inc({ outcome: msg.type });
+          this.o.metrics.commandRoundTrip?.observe(
+            { platform: conn.platform ?? 'unknown', type: done.commandType, outcome: msg.type },
+            (Date.now() - done.createdAt.getTime()) / 1000,
+          );
+        } else if (done.kind === 'withdrawn' && msg.type === 'completed') {
+          // It ran after its workflow gave up on it: the agent undoes it.
+          conn.send({ type: 'cancel_command', command_id: msg.command_id, session_id: done.sessionId!, reason: 'completed after it was withdrawn' });
+        }
         return;
-      case 'failed':
-        await markFinished(pool, msg.command_id, conn.agentDbId, { ok: false, error: msg.error, retryable: msg.retryable });
-        this.o.metrics.commandsFinished.inc({ outcome: 'failed' });
-        return;
+      }
       case 'stream_error':
         this.streamErrorHandler?.(msg.stream_id, msg.error);
         return;
@@ -310,15 +349,19 @@ export class AgentGateway {
     this.flushing.set(agentDbId, next);
   }
 
-  private deliver(conn: AgentConnection, row: CommandRow): void {
+  private deliver(conn: AgentConnection, row: ClaimedCommand): void {
     const ok = conn.send({
       type: 'command',
       command_id: row.id,
       command_type: row.command_type,
       session_id: row.session_id,
+      generation: row.generation ?? 0,
+      expires_in_ms: row.expires_in_ms,
       data: row.command_data ?? {},
     });
-    if (ok) this.o.metrics.commandsSent.inc({ type: row.command_type });
+    if (!ok) return;
+    this.o.metrics.commandsSent.inc({ type: row.command_type });
+    if (row.redelivery) this.o.metrics.commandRedeliveries?.inc({ type: row.command_type });
   }
 
   /** Flushes every local agent that has queued commands (one query, not one per agent). */
@@ -332,19 +375,33 @@ export class AgentGateway {
     for (const row of r.rows) this.flush(row.agent_id, false);
   }
 
-  /** Safety net: deliver anything a missed NOTIFY left queued, and retire silent agents. */
+  /**
+   * Safety net: deliver anything a missed NOTIFY left queued, fail commands past their deadline,
+   * and retire silent agents. Any pod may flag an agent offline (placement then skips it), but
+   * only the pod holding its socket closes it, and the agent's next heartbeat on that socket sets
+   * it online again (the connection id is never cleared behind the socket holder's back).
+   */
   private async sweep(): Promise<void> {
     try {
       await this.flushAll();
+      const expired = await expireOverdue(this.o.pool, this.o.expiryGraceMs ?? 2000);
+      for (const c of expired) this.o.metrics.commandsExpired?.inc({ type: c.command_type });
+      if (expired.length) this.o.log.warn('commands expired before they finished', { count: expired.length, ids: expired.slice(0, 10).map((c) => c.id) });
+      const threshold = [this.o.heartbeatTimeoutMs];
       const stale = await this.o.pool.query<{ id: string; agent_id: string }>(
-        `UPDATE agents SET status = 'offline', websocket_conn_id = NULL
+        `UPDATE agents SET status = 'offline'
           WHERE status = 'online' AND last_heartbeat < NOW() - ($1::int * INTERVAL '1 millisecond')
           RETURNING id, agent_id`,
-        [this.o.heartbeatTimeoutMs],
+        threshold,
       );
-      for (const a of stale.rows) {
-        this.o.log.warn('agent missed its heartbeats; marked offline', { agent: a.agent_id });
-        this.o.hub.local(a.id)?.close(CloseCode.HeartbeatTimeout, 'heartbeat timeout');
+      for (const a of stale.rows) this.o.log.warn('agent missed its heartbeats; marked offline', { agent: a.agent_id });
+      const local = this.o.hub.localConnections();
+      if (local.length) {
+        const silent = await this.o.pool.query<{ id: string }>(
+          `SELECT id FROM agents WHERE id = ANY($2::uuid[]) AND last_heartbeat < NOW() - ($1::int * INTERVAL '1 millisecond')`,
+          [this.o.heartbeatTimeoutMs, local.map((c) => c.agentDbId)],
+        );
+        for (const a of silent.rows) this.o.hub.local(a.id)?.close(CloseCode.HeartbeatTimeout, 'heartbeat timeout');
       }
       // Tokens that expired, or were revoked while a NOTIFY was missed.
       const tokenIds = [...new Set([...this.o.hub.localConnections().map((c) => c.tokenId), ...this.pendingSockets.values()])].filter((t): t is string => !!t);

@@ -9,6 +9,8 @@ import type { ControlPlaneMessage } from '../../protocol/messages';
 export interface AgentConnection {
   readonly agentId: string;
   readonly agentDbId: string;
+  /** The platform it registered with (metrics labels). */
+  readonly platform?: string;
   readonly connId: string;
   /** The agent_tokens record the socket authenticated with (closed when it is revoked or expires). */
   readonly tokenId?: string;

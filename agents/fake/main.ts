@@ -1,0 +1,34 @@
+/**
+ * A protocol-faithful agent without containers: `node dist/agents/fake/main.js` with the Docker
+ * agent's environment plus FAKE_START_DELAY (default 20ms), FAKE_OP_DELAY (default 5ms),
+ * FAKE_STATE_FILE and FAKE_EVENTS_FILE (see agents/fake/driver.ts). For tests, chaos runs and
+ * benchmarks only: it registers as a docker agent.
+ */
+import { AGENT_SECRETS, envDuration, envOptional, requireSecrets } from '../../config/env';
+import { createLogger } from '../../config/log';
+import { onShutdown, runMain } from '../../config/process';
+import { loadAgentConfig } from '../common/config';
+import { AgentRuntime } from '../common/runtime';
+import { FakeDriver } from './driver';
+
+async function main() {
+  requireSecrets('fake-agent', AGENT_SECRETS);
+  const log = createLogger('fake-agent');
+  const config = loadAgentConfig('docker');
+  const driver = new FakeDriver({
+    agentId: config.agentId,
+    maxSessions: config.capacity.max_sessions,
+    startDelayMs: envDuration('FAKE_START_DELAY', '20ms'),
+    opDelayMs: envDuration('FAKE_OP_DELAY', '5ms'),
+    stateFile: envOptional('FAKE_STATE_FILE'),
+    eventsFile: envOptional('FAKE_EVENTS_FILE'),
+  });
+  await driver.init();
+  const runtime = new AgentRuntime(config, driver, log);
+  await runtime.startHealthServer();
+  runtime.start();
+  log.info(`Fake agent ${config.agentId} starting`, { control_plane: config.controlPlaneUrl });
+  onShutdown(() => runtime.stop());
+}
+
+runMain(main);
