@@ -17,7 +17,7 @@ import Docker from 'dockerode';
 import net from 'node:net';
 import type { Logger } from '../../config/log';
 import type { CommandResult, ReportedSession, StartSessionData, VncEndpoint } from '../../protocol/messages';
-import { DriverError, Progress, SessionDriver } from '../common/driver';
+import { CommandContext, DriverError, Progress, SessionDriver } from '../common/driver';
 import { generateVncPassword, VNC_PASSWORD_ENV, VncSecretSource } from '../common/rfb-auth';
 
 /** uid:gid the desktop runs as (the session image's "streamspace" user); never root. */
@@ -45,6 +45,8 @@ const LABEL = {
   template: 'io.streamspace.template',
   agent: 'io.streamspace.agent-id',
   vncPort: 'io.streamspace.vnc-port',
+  /** The command generation that created the container: "created twice" is countable per generation. */
+  generation: 'io.streamspace.generation',
 };
 
 export class DockerDriver implements SessionDriver, VncSecretSource {
@@ -80,19 +82,23 @@ export class DockerDriver implements SessionDriver, VncSecretSource {
     return data.home_volume ?? `${this.o.networkPrefix}-home-${data.user.toLowerCase().replace(/[^a-z0-9_.-]/g, '-')}`;
   }
 
-  async start(sessionId: string, data: StartSessionData, progress: Progress): Promise<CommandResult> {
+  async start(sessionId: string, data: StartSessionData, progress: Progress, ctx?: CommandContext): Promise<CommandResult> {
     let info = await this.inspect(sessionId);
     if (!info) {
       info = await this.exclusive(async () => {
         const again = await this.inspect(sessionId);
         if (again) return again;
         const running = (await this.managed()).filter((c) => c.State === 'running').length;
-        if (running >= this.o.maxSessions) throw new DriverError(`agent ${this.o.agentId} is at capacity (${running}/${this.o.maxSessions} sessions)`, false);
+        // Retryable: the control plane reserves capacity, so this only happens while containers
+        // it does not know about (being removed, left by a crash) still run.
+        if (running >= this.o.maxSessions) throw new DriverError(`agent ${this.o.agentId} is at capacity (${running}/${this.o.maxSessions} sessions)`, true);
         await this.ensureImage(data.template.image, progress);
+        if (ctx?.signal.aborted) throw DriverError.abandoned('creating the container');
         progress('creating container');
-        return this.create(sessionId, data);
+        return this.create(sessionId, data, ctx?.generation ?? 0);
       });
     }
+    if (ctx?.signal.aborted && !info.State.Running) throw DriverError.abandoned('starting the container');
     if (!info.State.Running) {
       progress('starting container');
       await this.startContainer(sessionId);
@@ -115,10 +121,11 @@ export class DockerDriver implements SessionDriver, VncSecretSource {
     return { state: 'hibernated', platform_metadata: { container_id: info.Id, container_name: info.Name.replace(/^\//, '') } };
   }
 
-  async wake(sessionId: string, progress: Progress): Promise<CommandResult> {
+  async wake(sessionId: string, progress: Progress, ctx?: CommandContext): Promise<CommandResult> {
     const info = await this.inspect(sessionId);
     if (!info) throw new DriverError(`session ${sessionId} has no container on agent ${this.o.agentId}`, false);
     if (!info.State.Running) {
+      if (ctx?.signal.aborted) throw DriverError.abandoned('starting the container');
       progress('starting container');
       await this.startContainer(sessionId);
     }
@@ -217,7 +224,7 @@ export class DockerDriver implements SessionDriver, VncSecretSource {
     throw new DriverError(`no free VNC port in ${this.o.vncPortRange.join('-')}`, true);
   }
 
-  private async create(sessionId: string, data: StartSessionData): Promise<Docker.ContainerInspectInfo> {
+  private async create(sessionId: string, data: StartSessionData, generation: number): Promise<Docker.ContainerInspectInfo> {
     const t = data.template;
     const host = this.o.network === 'host';
     const port = host ? await this.allocatePort() : t.vnc_port;
@@ -254,6 +261,7 @@ export class DockerDriver implements SessionDriver, VncSecretSource {
           [LABEL.template]: t.name,
           [LABEL.agent]: this.o.agentId,
           [LABEL.vncPort]: String(port),
+          [LABEL.generation]: String(generation),
         },
         HostConfig: {
           NetworkMode: host ? 'host' : this.o.network,
