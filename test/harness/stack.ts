@@ -276,6 +276,61 @@ export class Stack {
     return proc;
   }
 
+  /** The JSON-lines events file of fake agent agentId ({at, agent, session, generation, event}). */
+  fakeEventsFile(agentId: string): string {
+    return path.join(this.logDir, `fake-${agentId}.events.jsonl`);
+  }
+
+  /** The state file of fake agent agentId (its "containers", kept across its restarts). */
+  fakeStateFile(agentId: string): string {
+    return path.join(this.logDir, `fake-${agentId}.state.json`);
+  }
+
+  /** The command journal directory of agent agentId (kept across its restarts). */
+  agentStateDir(agentId: string): string {
+    return path.join(this.logDir, `agent-state-${agentId}`);
+  }
+
+  /**
+   * Starts (or restarts, with the same AGENT_ID, journal, state and events files) a fake agent:
+   * dist/agents/fake/main.js registering as a docker agent, without containers. Waits for its
+   * registration. env overrides anything (e.g. CONTROL_PLANE_URL for a second pod, MAX_SESSIONS,
+   * FAKE_START_DELAY, AGENT_STATE_DIR=none).
+   */
+  async startFakeAgent(agentId: string, env: NodeJS.ProcessEnv = {}): Promise<Proc> {
+    let proc = this.agents.get(agentId);
+    if (!proc) {
+      const stateDir = this.agentStateDir(agentId);
+      mkdirSync(stateDir, { recursive: true });
+      proc = new Proc(
+        `agent-${agentId}`,
+        'agents/fake/main.js',
+        {
+          ...this.commonEnv,
+          AGENT_ID: agentId,
+          AGENT_TOKEN: env.AGENT_TOKEN ?? this.agentToken(agentId),
+          CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
+          PLATFORM: 'docker',
+          REGION: 'local',
+          AGENT_STREAM_HOSTS: '127.0.0.1',
+          HEALTH_PORT: '0',
+          HEALTH_HOST: '127.0.0.1',
+          MAX_SESSIONS: '50',
+          FAKE_START_DELAY: '20ms',
+          AGENT_STATE_DIR: stateDir,
+          FAKE_STATE_FILE: this.fakeStateFile(agentId),
+          FAKE_EVENTS_FILE: this.fakeEventsFile(agentId),
+          ...env,
+        },
+        this.logDir,
+      );
+      this.agents.set(agentId, proc);
+    }
+    proc.start();
+    await proc.waitForLog(/registered successfully/);
+    return proc;
+  }
+
   /** Starts any agent process (e.g. a Kubernetes agent replica) with the stack's environment. */
   startAgentProcess(name: string, script: string, env: NodeJS.ProcessEnv): Proc {
     const proc = new Proc(name, script, { ...this.commonEnv, HEALTH_PORT: '0', ...env }, this.logDir);
