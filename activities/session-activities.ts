@@ -7,6 +7,7 @@ import type { Pool } from 'pg';
 import { ensureCommand, getCommand, nextGeneration, requeueCommand, withdrawCommand, WithdrawResult } from '../db/commands';
 import type { CommandResult, CommandType, Platform, StartSessionData } from '../protocol/messages';
 import { FailureType, SessionState } from '../workflows/session-api';
+import { placementWhenFull } from '../config/env';
 import type { CommandWaiter } from './command-waiter';
 import { InvalidTemplateError, manifestSpec, templateToSpec } from './templates';
 
@@ -77,6 +78,7 @@ export type SessionActivities = ReturnType<typeof createSessionActivities>;
 export function createSessionActivities(deps: SessionActivityDeps) {
   const { pool, waiter } = deps;
   const pollMs = deps.pollIntervalMs ?? 1000;
+  const whenFull = deps.whenFull ?? placementWhenFull();
 
   async function loadStartData(sessionId: string): Promise<StartSessionData> {
     const r = await pool.query<{
@@ -157,7 +159,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         if (!free.length) {
           await client.query('ROLLBACK');
           const why = candidates.rowCount ? `no capacity: all ${candidates.rowCount} online ${platform} agent(s) are full` : `no ${platform} agent is online`;
-          if (candidates.rowCount && deps.whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
+          if (candidates.rowCount && whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
           // Retryable: the workflow keeps trying until an agent has room or the start times out.
           throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
         }

@@ -58,6 +58,9 @@ export interface GatewayConfig {
   defaultSessionImage: string;
   /** Sweep interval for offline agents and undelivered commands. */
   sweepIntervalMs: number;
+  /** Sessions whose workflow start is unconfirmed this long are adopted (SESSION_REAPER_GRACE). */
+  sessionReaperGraceMs: number;
+  sessionReaperIntervalMs: number;
 }
 
 /**
@@ -104,6 +107,8 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     bodyLimit: envInt('BODY_LIMIT', 64 * 1024, env),
     defaultSessionImage: envString('DEFAULT_SESSION_IMAGE', 'streamspace/session:local', env),
     sweepIntervalMs: envDuration('AGENT_SWEEP_INTERVAL', '2s', env),
+    sessionReaperGraceMs: envDuration('SESSION_REAPER_GRACE', '15s', env),
+    sessionReaperIntervalMs: envDuration('SESSION_REAPER_INTERVAL', '10s', env),
   };
 }
 

@@ -13,6 +13,8 @@ import { createPool } from '../db/pool';
 import { ensureUser } from '../db/users';
 import { AGENT_CONNECT_PATH, AGENT_STREAM_PATH } from '../protocol/messages';
 import { AgentGateway, rejectUpgrade } from './agents/gateway';
+import { createRepairHandler } from './agents/repair';
+import { SessionReaper } from './sessions/reaper';
 import { AgentHub, MemoryAgentHub } from './agents/hub';
 import { RedisAgentHub } from './agents/redis-hub';
 import { buildApp } from './app';
@@ -55,8 +57,17 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     podId: config.podId,
     log,
     metrics,
+    onDivergence: createRepairHandler({ temporal, taskQueue: config.taskQueue, log }),
   });
   await agentGateway.start();
+  const reaper = new SessionReaper({
+    pool,
+    log,
+    workflows: { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
+    graceMs: config.sessionReaperGraceMs,
+    intervalMs: config.sessionReaperIntervalMs,
+  });
+  reaper.start();
   const vnc = new VncTunnel({
     pool,
     hub,
@@ -135,6 +146,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     pool,
     async close() {
       vnc.close();
+      reaper.stop();
       await agentGateway.close();
       if (agentServer) await new Promise<void>((r) => agentServer!.close(() => r()));
       await app.close();

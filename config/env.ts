@@ -184,3 +184,10 @@ export function refuseToStart(component: string, reason: string): never {
   process.stderr.write(`${component}: refusing to start: ${reason.replace(/\s*\n\s*/g, ' ')}\n`);
   process.exit(78);
 }
+
+/** PLACEMENT_WHEN_FULL: when every agent of a platform is full, `queue` a start (until its timeout) or `fail` it at once. */
+export function placementWhenFull(env: NodeJS.ProcessEnv = process.env): 'queue' | 'fail' {
+  const v = envString('PLACEMENT_WHEN_FULL', 'queue', env);
+  if (v !== 'queue' && v !== 'fail') throw new Error(`PLACEMENT_WHEN_FULL must be queue or fail, not "${v}"`);
+  return v;
+}

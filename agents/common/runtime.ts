@@ -26,7 +26,7 @@ import { backoffDelay } from './backoff';
 import type { AgentConfig } from './config';
 import { CommandContext, DriverError, SessionDriver } from './driver';
 import { CommandJournal, Outcome, OutboxEntry } from './journal';
-import type { AgentMetrics } from './metrics';
+import { AgentMetrics, createAgentMetrics } from './metrics';
 
 /** How many finished command outcomes are remembered for re-delivered commands. */
 const OUTCOME_MEMORY = 2000;
@@ -46,8 +46,8 @@ export class AgentRuntime {
   private readonly outcomes = new Map<string, Omit<OutboxEntry, 'at'>>();
   private resendTimer: NodeJS.Timeout | null = null;
   readonly journal: CommandJournal;
-  /** Set by main to count commands (agents/common/metrics.ts). */
-  metrics: AgentMetrics | null = null;
+  /** The agent's Prometheus metrics, served at the health port's /metrics (agents/common/metrics.ts). */
+  readonly metrics: AgentMetrics = createAgentMetrics();
   private readonly sessionQueues = new Map<string, Promise<unknown>>();
   /** Set by the VNC tunnel module to serve open_stream requests. */
   onOpenStream: ((msg: OpenStreamMessage) => void) | null = null;
@@ -83,6 +83,15 @@ export class AgentRuntime {
     this.healthServer = http.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
       if (path === '/health') return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+      if (path === '/metrics') {
+        const m = this.metrics;
+        if (!m) return void res.writeHead(404).end();
+        void m.render().then(
+          (text) => res.writeHead(200, { 'content-type': m.contentType }).end(text),
+          () => res.writeHead(500).end(),
+        );
+        return;
+      }
       if (path === '/ready') {
         const body = JSON.stringify({ status: this.registered ? 'ready' : 'not ready', registered: this.registered, ...extra() });
         return void res.writeHead(this.registered ? 200 : 503, { 'content-type': 'application/json' }).end(body);
@@ -313,7 +322,7 @@ export class AgentRuntime {
    */
   private async admitAndExecute(cmd: CommandMessage, deadline: number, signal: AbortSignal): Promise<Outcome> {
     const refuse = (reason: 'expired' | 'withdrawn' | 'stale', error: string): Outcome => {
-      this.metrics?.commandsRefused.inc({ type: cmd.command_type, reason });
+      this.metrics.commandsRefused.inc({ type: cmd.command_type, reason });
       this.log.warn('command refused', { command: cmd.command_type, id: cmd.command_id, session: cmd.session_id, reason: error });
       return { ok: false, error, retryable: false };
     };
@@ -379,7 +388,7 @@ export class AgentRuntime {
     for (const e of this.journal.unacknowledged()) {
       if (now - e.at < olderThanMs) continue;
       if (!this.registered) return;
-      this.metrics?.resultsResent.inc();
+      this.metrics.resultsResent.inc();
       this.report(e.commandId, e.outcome);
     }
   }
@@ -417,13 +426,13 @@ export class AgentRuntime {
           result = await this.driver.stop(cmd.session_id, progress, ctx);
           break;
       }
-      this.metrics?.commandsExecuted.inc({ type: cmd.command_type, outcome: 'completed' });
+      this.metrics.commandsExecuted.inc({ type: cmd.command_type, outcome: 'completed' });
       this.log.info('command completed', { command: cmd.command_type, session: cmd.session_id, generation: cmd.generation, ms: Date.now() - started });
       return { ok: true, result };
     } catch (err) {
       const retryable = err instanceof DriverError ? err.retryable : true;
       const error = (err as Error).message || String(err);
-      this.metrics?.commandsExecuted.inc({ type: cmd.command_type, outcome: 'failed' });
+      this.metrics.commandsExecuted.inc({ type: cmd.command_type, outcome: 'failed' });
       this.log.warn('command failed', { command: cmd.command_type, session: cmd.session_id, error, retryable });
       return { ok: false, error, retryable };
     }

@@ -4,9 +4,10 @@
  * the workflow and never run twice. Users see their own sessions; admins see all.
  */
 import { Type } from '@sinclair/typebox';
-import { WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { FailureType, hibernateUpdate, sessionWorkflowId, statusQuery, stopUpdate, wakeUpdate } from '../../workflows/session-api';
 import { startSessionWorkflow } from '../../activities/session-adoption';
@@ -38,6 +39,15 @@ const ListQuery = Type.Object(
 );
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 255 }) });
+
+/** Hibernate, wake and stop answer within `wait` seconds: the final state (200) or the transition under way (202). */
+const WaitQuery = Type.Object(
+  { wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 60, description: 'seconds to wait for the outcome (default 5)' })) },
+  { additionalProperties: false },
+);
+const DEFAULT_WAIT_S = 5;
+/** How long a workflow may take to accept an Update before the request fails with 503 (no worker?). */
+const ACCEPT_TIMEOUT_MS = 10_000;
 
 interface SessionRow {
   id: string;
@@ -108,9 +118,11 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
 
     const id = randomUUID();
     const workflowId = sessionWorkflowId(id);
+    // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
+    // between, the session reaper (api/sessions/reaper.ts) starts it.
     await pool.query(
-      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace)
-       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL)`,
+      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed)
+       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false)`,
       [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
     );
     try {
@@ -119,9 +131,13 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
       );
     } catch (err) {
-      await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2 WHERE id = $1`, [id, `workflow not started: ${(err as Error).message}`]);
+      await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
+        id,
+        `workflow not started: ${(err as Error).message}`,
+      ]);
       throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
     }
+    await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);
     return reply.status(201).send(present(await loadOwned(req, id), claims.role === 'admin'));
   });
 
@@ -152,17 +168,8 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
     const row = await loadOwned(req, req.params.id);
-    const out: Record<string, unknown> = present(row, req.user!.role === 'admin');
     // Live progress from the workflow (which step, which agent) when it is still running.
-    try {
-      const st = await app.deps.temporal.workflow.getHandle(sessionWorkflowId(row.id)).query(statusQuery);
-      out.transition = st.transition;
-      out.progress = st.progress;
-    } catch {
-      out.transition = null;
-      out.progress = null;
-    }
-    return out;
+    return { ...present(row, req.user!.role === 'admin'), ...(await liveStatus(row.id)) };
   });
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/commands', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
@@ -180,28 +187,57 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   type Op = 'hibernate' | 'wake' | 'stop';
   const updates = { hibernate: hibernateUpdate, wake: wakeUpdate, stop: stopUpdate };
 
-  async function lifecycle(req: FastifyRequest<{ Params: { id: string } }>, op: Op) {
+  async function lifecycle(req: FastifyRequest<{ Params: { id: string }; Querystring: { wait?: number } }>, reply: FastifyReply, op: Op) {
+    const admin = req.user!.role === 'admin';
     const row = await loadOwned(req, req.params.id);
     if (op === 'stop' && (row.state === 'terminated' || row.state === 'failed')) {
       // Nothing runs any more: a failed session's workflow already cleaned up after itself.
       if (row.state === 'failed')
         await app.deps.pool.query(`UPDATE sessions SET state = 'terminated', updated_at = NOW() WHERE id = $1 AND state = 'failed'`, [row.id]);
-      return present(await loadOwned(req, row.id), req.user!.role === 'admin');
+      return present(await loadOwned(req, row.id), admin);
     }
     const handle = app.deps.temporal.workflow.getHandle(sessionWorkflowId(row.id));
+    // Accepted (validated, serialised) by the workflow, then waited on for at most `wait`
+    // seconds: the request never hangs on an agent; 202 says the transition goes on.
+    let outcome: 'done' | 'pending';
     try {
-      await handle.executeUpdate(updates[op]);
+      const update = await withTimeout(
+        handle.startUpdate(updates[op], { waitForStage: WorkflowUpdateStage.ACCEPTED }),
+        ACCEPT_TIMEOUT_MS,
+        () => new HttpError(503, `the session workflow did not accept the ${op} request within ${ACCEPT_TIMEOUT_MS / 1000}s (is a worker running?)`),
+      );
+      const waitMs = (req.query.wait ?? DEFAULT_WAIT_S) * 1000;
+      outcome = await Promise.race([update.result().then(() => 'done' as const), sleep(waitMs).then(() => 'pending' as const)]);
     } catch (err) {
+      if (err instanceof HttpError) throw err;
       throw toHttpError(err, op, row.state);
     }
-    return present(await loadOwned(req, row.id), req.user!.role === 'admin');
+    const out: Record<string, unknown> = present(await loadOwned(req, row.id), admin);
+    if (outcome === 'done') return out;
+    const live = await liveStatus(row.id);
+    return reply.status(202).send({ ...out, ...live });
   }
 
-  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/hibernate', { ...auth, schema: { ...secured, params: IdParams } }, (req) =>
-    lifecycle(req, 'hibernate'),
-  );
-  app.post<{ Params: { id: string } }>('/api/v1/sessions/:id/wake', { ...auth, schema: { ...secured, params: IdParams } }, (req) => lifecycle(req, 'wake'));
-  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams } }, (req) => lifecycle(req, 'stop'));
+  /** The workflow's own view of a transition under way (which step, which agent). */
+  async function liveStatus(id: string): Promise<{ transition: string | null; progress: string | null }> {
+    try {
+      const st = await app.deps.temporal.workflow.getHandle(sessionWorkflowId(id)).query(statusQuery);
+      return { transition: st.transition, progress: st.progress };
+    } catch {
+      return { transition: null, progress: null };
+    }
+  }
+
+  const lifecycleSchema = { ...auth, schema: { ...secured, params: IdParams, querystring: WaitQuery } };
+  type LifecycleRequest = { Params: { id: string }; Querystring: { wait?: number } };
+  app.post<LifecycleRequest>('/api/v1/sessions/:id/hibernate', lifecycleSchema, (req, reply) => lifecycle(req, reply, 'hibernate'));
+  app.post<LifecycleRequest>('/api/v1/sessions/:id/wake', lifecycleSchema, (req, reply) => lifecycle(req, reply, 'wake'));
+  app.delete<LifecycleRequest>('/api/v1/sessions/:id', lifecycleSchema, (req, reply) => lifecycle(req, reply, 'stop'));
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(onTimeout()), ms)))]).finally(() => clearTimeout(timer));
 }
 
 function toHttpError(err: unknown, op: string, state: string): HttpError {
