@@ -1,3 +1,4 @@
+-- version: v2.0.6-command-deadlines
 -- v2.0.6: every command has a deadline and an owner; session rows are never left without a workflow.
 --   * agent_commands.generation: the session's command sequence number (the workflow's). Agents
 --     refuse a command older than one they already acted on for the session.
