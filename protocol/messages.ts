@@ -163,6 +163,8 @@ export const RegisteredMessage = Type.Object(
     type: Type.Literal('registered'),
     conn_id: Type.String(),
     heartbeat_interval_ms: Type.Integer({ minimum: 100 }),
+    /** The control plane's clock (epoch ms) when it sent this: the agent keeps the offset to read `expires_at_ms`. */
+    server_time_ms: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   { additionalProperties: false },
 );
@@ -171,8 +173,10 @@ export const RegisteredMessage = Type.Object(
  * A command has an owner (the session's workflow), a generation and a deadline. The generation
  * is the session's command sequence number: it only grows, so an agent that has already acted on
  * generation n refuses anything older (a stale re-delivery). `expires_in_ms` is the time left when
- * the frame was sent (relative, so agent and control-plane clocks need not agree): an agent never
- * starts a command after it expired, also when it was queued behind another one.
+ * the frame was sent; `expires_at_ms` the deadline on the control plane's clock, which the agent
+ * reads through the offset it measured at registration (so an agent frozen with the frame in its
+ * socket buffer still sees it expired, and no clock agreement is needed). An agent never starts a
+ * command after it expired, also when it was queued behind another one.
  */
 export const CommandMessage = Type.Object(
   {
@@ -182,6 +186,7 @@ export const CommandMessage = Type.Object(
     session_id: Type.String({ minLength: 1 }),
     generation: Type.Integer({ minimum: 0 }),
     expires_in_ms: Type.Integer({ minimum: 0 }),
+    expires_at_ms: Type.Optional(Type.Integer({ minimum: 0 })),
     data: Type.Record(Type.String(), Type.Unknown()),
   },
   { additionalProperties: false },

@@ -45,6 +45,8 @@ export class AgentRuntime {
   /** Recent outcomes (the journal keeps the unacknowledged ones across restarts). */
   private readonly outcomes = new Map<string, Omit<OutboxEntry, 'at'>>();
   private resendTimer: NodeJS.Timeout | null = null;
+  /** Local clock minus the control plane's, measured at registration (network delay included: a few ms early at worst). */
+  private clockOffsetMs = 0;
   readonly journal: CommandJournal;
   /** The agent's Prometheus metrics, served at the health port's /metrics (agents/common/metrics.ts). */
   readonly metrics: AgentMetrics = createAgentMetrics();
@@ -201,6 +203,7 @@ export class AgentRuntime {
     const msg = parsed.value;
     switch (msg.type) {
       case 'registered':
+        if (msg.server_time_ms !== undefined) this.clockOffsetMs = Date.now() - msg.server_time_ms;
         this.registered = true;
         this.attempt = 0;
         this.log.info('Agent registered successfully with Control Plane', { agent: this.config.agentId, conn: msg.conn_id });
@@ -295,7 +298,9 @@ export class AgentRuntime {
   }
 
   private onCommand(ws: WebSocket, cmd: CommandMessage): void {
-    const deadline = Date.now() + cmd.expires_in_ms;
+    // The earlier of: the time left when it was sent, and its deadline on the control plane's clock
+    // (which catches a frame that sat in the socket buffer while this process was frozen).
+    const deadline = Math.min(Date.now() + cmd.expires_in_ms, cmd.expires_at_ms !== undefined ? cmd.expires_at_ms + this.clockOffsetMs : Infinity);
     this.send(ws, { type: 'ack', command_id: cmd.command_id });
     const known = this.outcomes.get(cmd.command_id)?.outcome ?? this.journal.result(cmd.command_id)?.outcome;
     // A retryable failure delivered again is a retry: run it again rather than replay the failure.

@@ -230,7 +230,7 @@ export class AgentGateway {
     };
     const replaced = await this.o.hub.attach(conn);
     replaced?.close(CloseCode.Replaced, 'replaced by a newer connection of the same agent');
-    send({ type: 'registered', conn_id: connId, heartbeat_interval_ms: Math.max(100, Math.floor(this.o.heartbeatTimeoutMs / 3)) });
+    send({ type: 'registered', conn_id: connId, heartbeat_interval_ms: Math.max(100, Math.floor(this.o.heartbeatTimeoutMs / 3)), server_time_ms: Date.now() });
     this.o.log.info('Agent registered', { agent: msg.agent_id, platform: msg.platform, sessions: msg.sessions.length, conn: connId });
     await this.reconcile(agentDbId, msg.agent_id, msg.sessions);
     // Everything not yet finished is (re)delivered: the agent de-duplicates by command id.
@@ -357,6 +357,7 @@ export class AgentGateway {
       session_id: row.session_id,
       generation: row.generation ?? 0,
       expires_in_ms: row.expires_in_ms,
+      ...(row.expires_at ? { expires_at_ms: row.expires_at.getTime() } : {}),
       data: row.command_data ?? {},
     });
     if (!ok) return;
