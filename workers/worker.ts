@@ -10,6 +10,7 @@ import { CHANNEL_COMMAND_DONE } from '../db/commands';
 import { PgListener } from '../db/listener';
 import type { Logger } from '../config/log';
 import { WORKFLOW_BUNDLE_PATH, WORKFLOWS_PATH } from './bundle';
+import type { WorkerMetrics } from './metrics';
 
 export interface SessionWorkerOptions {
   connection: NativeConnection;
@@ -24,6 +25,8 @@ export interface SessionWorkerOptions {
   redisUrl?: string;
   /** Lets the migration's import start workflows for the sessions it imports. */
   adoption?: AdoptionDeps;
+  /** The worker's Prometheus metrics (workers/metrics.ts), for the activities to count with. */
+  metrics?: WorkerMetrics;
 }
 
 export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
@@ -34,6 +37,7 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
       pool: opts.pool,
       waiter: new CommandWaiter(listener),
       heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+      ...(opts.metrics ? { metrics: opts.metrics } : {}),
     }),
     ...createMigrationActivities({ redisUrl: opts.redisUrl, adoption: opts.adoption }),
   };

@@ -1,6 +1,7 @@
 /** Liveness, readiness (database and Temporal reachable) and Prometheus metrics. */
 import type { Connection } from '@temporalio/client';
 import type { FastifyInstance } from 'fastify';
+import { setAgentStatuses } from '../metrics';
 
 export async function healthRoutes(app: FastifyInstance): Promise<void> {
   app.get('/health', { schema: { hide: true } }, async () => ({ status: 'ok' }));
@@ -25,13 +26,13 @@ export async function healthRoutes(app: FastifyInstance): Promise<void> {
   app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
     const { pool, metrics, hub } = app.deps;
     try {
-      const r = await pool.query<{ status: string; n: number }>('SELECT status, count(*)::int AS n FROM agents GROUP BY status');
-      for (const s of ['online', 'offline', 'draining']) metrics.agentStatus.set(r.rows.find((x) => x.status === s)?.n ?? 0, { status: s });
+      const r = await pool.query<{ agent_id: string; status: string | null }>('SELECT agent_id, status FROM agents');
+      setAgentStatuses(metrics, r.rows);
     } catch {
       // metrics still render without the database
     }
     metrics.agentsConnectedHere.set(hub.localConnections().length);
-    return reply.type('text/plain; version=0.0.4').send(metrics.render());
+    return reply.type(metrics.contentType).send(await metrics.render());
   });
 }
 
