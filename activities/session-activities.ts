@@ -193,7 +193,8 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         expiresAt: input.deadline,
       });
       if (!created && row.status !== 'completed') {
-        if (row.withdrawn_at || (row.status === 'failed' && row.result?.retryable === false)) throw commandFailed(input, row.error_message);
+        if (row.withdrawn_at) throw commandWithdrawn(input, row.error_message);
+        if (row.status === 'failed' && row.result?.retryable === false) throw commandFailed(input, row.error_message);
         if (Date.now() > input.deadline) throw commandFailed(input, 'expired: its deadline passed before it finished');
         // An earlier attempt died or timed out: deliver again rather than wait on a lost frame.
         await requeueCommand(pool, row.id, input.agentDbId, row.status === 'failed');
@@ -203,7 +204,8 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         if (!cur) throw ApplicationFailure.nonRetryable(`command ${row.id} vanished`, FailureType.CommandFailed);
         if (cur.status === 'completed') return cur.result as CommandResult;
         if (cur.status === 'failed') {
-          if (cur.result?.retryable === false || cur.withdrawn_at) throw commandFailed(input, cur.error_message);
+          if (cur.withdrawn_at) throw commandWithdrawn(input, cur.error_message);
+          if (cur.result?.retryable === false) throw commandFailed(input, cur.error_message);
           throw ApplicationFailure.retryable(`agent failed ${input.commandType}: ${cur.error_message}`, 'CommandRetryable');
         }
         ctx.heartbeat({ commandId: cur.id, status: cur.status, progress: cur.progress });
@@ -257,6 +259,10 @@ export function createSessionActivities(deps: SessionActivityDeps) {
 }
 
 const WITHDRAWN = 'withdrawn: the workflow no longer waits for this command (start cancelled or timed out)';
+
+function commandWithdrawn(input: DispatchInput, reason: string | null): ApplicationFailure {
+  return ApplicationFailure.create({ message: `${input.commandType} ${reason ?? 'withdrawn'}`, type: FailureType.CommandWithdrawn, nonRetryable: true });
+}
 
 function commandFailed(input: DispatchInput, reason: string | null): ApplicationFailure {
   return ApplicationFailure.create({

@@ -78,4 +78,6 @@ export const FailureType = {
   InvalidTemplate: 'InvalidTemplate',
   StartTimedOut: 'StartTimedOut',
   NoCapacity: 'NoCapacity',
+  /** The command was withdrawn (its workflow gave up on it, or its deadline passed): the agent undoes it. */
+  CommandWithdrawn: 'CommandWithdrawn',
 } as const;

@@ -150,7 +150,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         commands.dispatchCommand({ sessionId: input.sessionId, agentDbId: agentDbId!, commandType: type, idempotencyKey, generation: seq, deadline }),
       );
     } catch (err) {
-      if (isCancellation(err)) {
+      if (abandoned(err)) {
         const reason = stopRequested ? 'withdrawn: cancelled by a stop request' : `withdrawn: no outcome within ${Math.round((deadline - Date.now()) / 1000 + 0.5)}s`;
         const now = await CancellationScope.nonCancellable(() => db.withdrawCommand({ idempotencyKey, reason }));
         if (now === 'completed') onAgent = true;
@@ -177,7 +177,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
     } catch (err) {
       // An agent's own failure may leave a half-made container; a withdrawn start is undone by the agent.
-      if (!isCancellation(err)) onAgent = true;
+      if (!abandoned(err)) onAgent = true;
       throw err;
     }
   }
@@ -214,7 +214,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       try {
         await stoppable(() => start('starting', 'running'), input.startTimeoutMs);
       } catch (err) {
-        if (stopRequested && isCancellation(err)) return;
+        if (stopRequested && abandoned(err)) return;
         await fail(`the session's container ${o.observed === 'absent' ? 'vanished' : 'failed'} on agent ${agentId} and could not be restarted: ${errorMessage(err)}`, 'reconcile');
       }
     } else if (state === 'running' && o.observed === 'hibernated') {
@@ -268,7 +268,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
           try {
             await stoppable(() => start('waking', 'hibernated'), input.startTimeoutMs);
           } catch (err) {
-            lastError = `wake failed: ${stopRequested && isCancellation(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
+            lastError = `wake failed: ${stopRequested && abandoned(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
             if (agentDbId && onAgent && !stopRequested) await runCommand('stop_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS).catch(() => undefined);
             if (!stopRequested || !onAgent) {
               agentDbId = null;
@@ -284,7 +284,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
           const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS));
           await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
         } catch (err) {
-          lastError = `wake failed: ${stopRequested && isCancellation(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
+          lastError = `wake failed: ${stopRequested && abandoned(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
           throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
         }
         return status();
@@ -307,7 +307,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     } catch (err) {
       if (stopRequested) {
         lastError = 'start cancelled by a stop request';
-      } else if (isCancellation(err)) {
+      } else if (abandoned(err)) {
         // The start command was withdrawn: the agent abandons and undoes it (and reconciliation
         // removes anything an agent that was away still has).
         const timedOut = `start timed out after ${Math.round(input.startTimeoutMs / 1000)}s (${progress ?? 'no progress'})`;
@@ -350,6 +350,15 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     ...input,
     carried: { state, agentDbId, agentId, commandSeq, runs: carried.runs + 1, onAgent },
   });
+}
+
+/** The wait for a command ended without the agent's outcome: cancelled, timed out, or the command withdrawn/expired. */
+function abandoned(err: unknown): boolean {
+  if (isCancellation(err)) return true;
+  for (let e: unknown = err; e && typeof e === 'object'; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ApplicationFailure && e.type === FailureType.CommandWithdrawn) return true;
+  }
+  return false;
 }
 
 function failureClass(err: unknown): string {

@@ -4,7 +4,7 @@
  * the workflow and never run twice. Users see their own sessions; admins see all.
  */
 import { Type } from '@sinclair/typebox';
-import { WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage } from '@temporalio/client';
+import { ServiceError, WorkflowHandle, WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -185,7 +185,6 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   });
 
   type Op = 'hibernate' | 'wake' | 'stop';
-  const updates = { hibernate: hibernateUpdate, wake: wakeUpdate, stop: stopUpdate };
 
   async function lifecycle(req: FastifyRequest<{ Params: { id: string }; Querystring: { wait?: number } }>, reply: FastifyReply, op: Op) {
     const admin = req.user!.role === 'admin';
@@ -202,7 +201,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     let outcome: 'done' | 'pending';
     try {
       const update = await withTimeout(
-        handle.startUpdate(updates[op], { waitForStage: WorkflowUpdateStage.ACCEPTED }),
+        acceptUpdate(handle, op),
         ACCEPT_TIMEOUT_MS,
         () => new HttpError(503, `the session workflow did not accept the ${op} request within ${ACCEPT_TIMEOUT_MS / 1000}s (is a worker running?)`),
       );
@@ -235,6 +234,26 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   app.delete<LifecycleRequest>('/api/v1/sessions/:id', lifecycleSchema, (req, reply) => lifecycle(req, reply, 'stop'));
 }
 
+/**
+ * Starts the Update and waits until the workflow accepted it. The server aborts an Update whose
+ * workflow task failed before accepting it (e.g. a benign race with a new event, retried by the
+ * SDK): it is sent again under the same update id, so it is never applied twice.
+ */
+async function acceptUpdate(handle: WorkflowHandle, op: 'hibernate' | 'wake' | 'stop') {
+  const updateId = randomUUID();
+  const def = { hibernate: hibernateUpdate, wake: wakeUpdate, stop: stopUpdate }[op];
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await handle.startUpdate(def, { updateId, waitForStage: WorkflowUpdateStage.ACCEPTED });
+    } catch (err) {
+      const code = err instanceof ServiceError ? (err.cause as { code?: number } | undefined)?.code : undefined;
+      // gRPC ABORTED / UNAVAILABLE: not accepted (yet); anything else is the answer.
+      if ((code !== 10 && code !== 14) || attempt >= 50) throw err;
+      await sleep(Math.min(500, 50 * (attempt + 1)));
+    }
+  }
+}
+
 function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(onTimeout()), ms)))]).finally(() => clearTimeout(timer));
@@ -254,5 +273,6 @@ function toHttpError(err: unknown, op: string, state: string): HttpError {
   }
   if (err instanceof Error && /workflow execution already completed/i.test(err.message))
     return new HttpError(409, `cannot ${op}: the session is ${state} and no longer managed`);
-  return new HttpError(503, `${op} could not reach the session workflow: ${err instanceof Error ? err.message : String(err)}`);
+  const cause = err instanceof Error && err.cause instanceof Error ? ` (${err.cause.message})` : '';
+  return new HttpError(503, `${op} could not reach the session workflow: ${err instanceof Error ? err.message : String(err)}${cause}`);
 }
