@@ -130,6 +130,19 @@ export interface ApiResponse<T = any> {
   body: T;
 }
 
+/** A second (third, ...) gateway process of a Stack: see Stack.startApiPod. */
+export interface ApiPod {
+  name: string;
+  proc: Proc;
+  port: number;
+  agentPort: number;
+  podId: string;
+  /** http://127.0.0.1:<port> */
+  url: string;
+  /** ws://127.0.0.1:<agentPort>: CONTROL_PLANE_URL for agents held by this pod. */
+  agentUrl: string;
+}
+
 export class Stack {
   readonly id = randomBytes(4).toString('hex');
   readonly dbName = `ss_e2e_${this.id}`;
@@ -276,6 +289,48 @@ export class Stack {
     return proc;
   }
 
+  /** Processes started by startApiPod / startExtraWorker (stopped by stop()). */
+  readonly extraProcs: Proc[] = [];
+
+  /**
+   * Starts another gateway process (an API pod) on the stack's database and Temporal queue, with its
+   * own HTTP and agent ports and POD_ID. For several pods to share agents, create the Stack with
+   * AGENT_HUB_BACKEND=redis and REDIS_URL (TEST_ENV.redisUrl) in its extraEnv, as multi-pod.test.ts
+   * does. Restart it with `pod.proc.kill('SIGKILL'); pod.proc.start(); await pod.proc.waitForLog(/Server started/)`
+   * (same ports).
+   */
+  async startApiPod(name = 'api-2', env: NodeJS.ProcessEnv = {}): Promise<ApiPod> {
+    const port = await freePort();
+    const agentPort = await freePort();
+    const podId = `${name}-${this.id}`;
+    const proc = new Proc(
+      name,
+      'api/main.js',
+      {
+        ...this.commonEnv,
+        PORT: String(port),
+        AGENT_WS_PORT: String(agentPort),
+        HOST: '127.0.0.1',
+        POD_ID: podId,
+        // Agents dial VNC streams for browsers on this pod straight back to it.
+        AGENT_STREAM_URL: `ws://127.0.0.1:${agentPort}`,
+        ...env,
+      },
+      this.logDir,
+    ).start();
+    this.extraProcs.push(proc);
+    await proc.waitForLog(/Server started/);
+    return { name, proc, port, agentPort, podId, url: `http://127.0.0.1:${port}`, agentUrl: `ws://127.0.0.1:${agentPort}` };
+  }
+
+  /** Starts another worker process on the stack's task queue (metrics on a free port). */
+  async startExtraWorker(name = 'worker-2', env: NodeJS.ProcessEnv = {}): Promise<Proc> {
+    const proc = new Proc(name, 'workers/main.js', { ...this.commonEnv, WORKER_METRICS_PORT: '0', ...env }, this.logDir).start();
+    this.extraProcs.push(proc);
+    await proc.waitForLog(/Worker started/);
+    return proc;
+  }
+
   /** The JSON-lines events file of fake agent agentId ({at, agent, session, generation, event}). */
   fakeEventsFile(agentId: string): string {
     return path.join(this.logDir, `fake-${agentId}.events.jsonl`);
@@ -416,6 +471,7 @@ export class Stack {
 
   async stop(): Promise<void> {
     for (const a of this.agents.values()) await a.kill('SIGTERM');
+    for (const p of this.extraProcs) await p.kill('SIGTERM');
     await this.worker?.kill('SIGTERM');
     await this.api?.kill('SIGTERM');
     for (const c of await this.containers().catch(() => []))
