@@ -11,7 +11,7 @@ import { loadAgentConfig } from '../common/config';
 import { AgentRuntime } from '../common/runtime';
 import { attachTunnel } from '../common/tunnel';
 import { KubernetesDriver } from './driver';
-import { LeaderElector } from './leader';
+import { LeaderElector, validateLeaderTimings } from './leader';
 import { onShutdown, runMain } from '../../config/process';
 
 async function main() {
@@ -23,6 +23,15 @@ async function main() {
   if (kubeconfig) kc.loadFromFile(kubeconfig);
   else kc.loadFromCluster();
   const namespace = envString('NAMESPACE', 'streamspace');
+  const ha = envBool('ENABLE_HA', false);
+  // Checked before anything starts: RENEW_DEADLINE < LEASE_DURATION, or a follower could take over
+  // while this replica still acts.
+  const timings = {
+    leaseDurationMs: envDuration('LEASE_DURATION', '15s'),
+    renewDeadlineMs: envDuration('RENEW_DEADLINE', '10s'),
+    retryPeriodMs: envDuration('RETRY_PERIOD', '2s'),
+  };
+  if (ha) validateLeaderTimings(timings);
   const driver = new KubernetesDriver({
     kubeConfig: kc,
     namespace,
@@ -36,7 +45,6 @@ async function main() {
   const runtime = new AgentRuntime(config, driver, log);
   attachTunnel(runtime, log);
 
-  const ha = envBool('ENABLE_HA', false);
   let elector: LeaderElector | null = null;
   await runtime.startHealthServer(() => ({ ha, leader: elector ? elector.isLeader : true }));
   if (ha) {
@@ -46,9 +54,7 @@ async function main() {
       name: envString('LEASE_LOCK_NAME', 'k8s-agent-leader'),
       // Unique per process, like client-go's "<pod>_<uuid>": a restarted pod is a new candidate.
       identity: `${config.identity}_${randomUUID().slice(0, 8)}`,
-      leaseDurationMs: envDuration('LEASE_DURATION', '15s'),
-      renewDeadlineMs: envDuration('RENEW_DEADLINE', '10s'),
-      retryPeriodMs: envDuration('RETRY_PERIOD', '2s'),
+      ...timings,
       log,
       onStartedLeading: () => runtime.start(),
       onStoppedLeading: () => runtime.stop({ keepHealth: true }),
