@@ -23,7 +23,7 @@
  *                  and anything an agent holds for no session of the run
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -126,7 +126,7 @@ export interface ChaosResult {
   duplicateSessions: number;
   divergent: number;
   faults: FaultRecord[];
-  failures: { session: string | null; kind: OpKind; reason: string }[];
+  failures: { session: string | null; kind: OpKind; reason: string; startedAt: number; endedAt: number | null }[];
   lostOps: OpRecord[];
   doubles: { session: string; generation: string; creates: number; source: string }[];
   divergences: { session: string; db: string; agents: string }[];
@@ -186,6 +186,8 @@ async function callPod<T = any>(base: string, method: string, urlPath: string, t
  * Alternates between the pods; on a connection error or a 5xx other than 502 (an agent's own
  * failure) tries the other pod, then backs off, until deadline. `ambiguous` is told when a
  * request may have been executed without its answer arriving (connection dropped, timeout, 5xx).
+ * `once`: not repeated (a create): the first ambiguous outcome is returned (status 0 when no
+ * answer came at all) for the caller to find out what happened.
  */
 async function call<T = any>(
   c: Ctx,
@@ -194,6 +196,7 @@ async function call<T = any>(
   body: unknown,
   deadline: number,
   onAttempt: () => void = () => undefined,
+  once = false,
 ): Promise<ApiResponse<T> & { ambiguous: boolean }> {
   let ambiguous = false;
   let last = '';
@@ -210,9 +213,11 @@ async function call<T = any>(
       if (r.status < 500 || r.status === 502) return { ...r, ambiguous };
       ambiguous = true;
       last = `${r.status} ${JSON.stringify(r.body).slice(0, 200)}`;
+      if (once) return { ...r, ambiguous };
     } catch (err) {
       ambiguous = true;
       last = (err as Error).message;
+      if (once) return { status: 0, body: last as T, ambiguous };
     }
     if (Date.now() > deadline) throw new Error(`${method} ${urlPath}: no answer before the deadline (last: ${last})`);
     if (i % c.pods.length === c.pods.length - 1) await sleep(Math.min(2000, 200 * (i + 1)));
@@ -263,7 +268,7 @@ async function create(c: Ctx, n: number): Promise<OpRecord> {
   for (;;) {
     let r: (ApiResponse & { ambiguous: boolean }) | null = null;
     try {
-      r = await call(c, 'POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker', tags: [tag] }, deadline, () => rec.attempts++);
+      r = await call(c, 'POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker', tags: [tag] }, deadline, () => rec.attempts++, true);
     } catch {
       r = null;
     }
@@ -274,22 +279,22 @@ async function create(c: Ctx, n: number): Promise<OpRecord> {
     if (r && r.status < 500 && !r.ambiguous) return (finish(rec, 'failed', `create refused: ${r.status} ${JSON.stringify(r.body)}`), rec);
     if (c.o.naiveCreate) {
       if (Date.now() > deadline) return (finish(rec, 'failed', 'create: no answer before the deadline'), rec);
+      await sleep(100);
       continue;
     }
-    // The answer was lost (or an error after the row may exist): find it by its tag before creating again.
+    // The answer was lost (or an error after the row may exist): find it by its tag before
+    // creating again; the lookup itself is repeated until it answers.
     let found: any[] | null = null;
-    try {
-      const l = await call(c, 'GET', `/api/v1/sessions?tag=${encodeURIComponent(tag)}`, undefined, deadline);
-      if (l.status === 200) found = l.body;
-    } catch {
-      found = null;
+    while (found === null && Date.now() < deadline) {
+      const l = await call(c, 'GET', `/api/v1/sessions?tag=${encodeURIComponent(tag)}`, undefined, deadline).catch(() => null);
+      if (l?.status === 200 && Array.isArray(l.body)) found = l.body;
+      else await sleep(250);
     }
     if (found && found.length) {
       rec.session = found[found.length - 1].id;
       break;
     }
     if (Date.now() > deadline) return (finish(rec, 'failed', 'create: no answer and no session with its tag before the deadline'), rec);
-    if (r && r.status < 500) return (finish(rec, 'failed', `create refused: ${r.status} ${JSON.stringify(r.body)}`), rec);
   }
   await awaitState(c, rec, 'running', deadline);
   return rec;
@@ -818,13 +823,32 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       duplicateSessions: dupSessions.length,
       divergent: div.length,
       faults,
-      failures: c.ops.filter((r) => r.outcome === 'failed').map((r) => ({ session: r.session, kind: r.kind, reason: r.reason ?? '' })),
+      failures: c.ops.filter((r) => r.outcome === 'failed').map((r) => ({ session: r.session, kind: r.kind, reason: r.reason ?? '', startedAt: r.startedAt, endedAt: r.endedAt })),
       lostOps,
       doubles: dbl,
       divergences: div,
       creates: { fake: creates.filter((e) => e.source !== dockerId).length, docker: creates.filter((e) => e.source === dockerId).length },
       logDir: stack.logDir,
     };
+    // For a post-mortem (the database is dropped with the stack): every operation, and the
+    // command log and sessions of the run.
+    const dump = async (sql: string) => (await stack.pool.query(sql).catch((err: Error) => ({ rows: [{ error: err.message }] }))).rows;
+    writeFileSync(
+      path.join(stack.logDir, 'chaos-result.json'),
+      JSON.stringify(
+        {
+          faults,
+          ops: c.ops,
+          sessions: await dump(`SELECT s.id, s.state, s.error_message, s.tags, a.agent_id AS agent, s.created_at, s.updated_at FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id ORDER BY s.created_at`),
+          agent_commands: await dump(
+            `SELECT c.id, c.session_id, c.command_type, c.status, c.generation, c.retry_count, c.error_message, c.withdrawn_at, c.expires_at, c.created_at, c.sent_at, c.completed_at, a.agent_id AS agent
+               FROM agent_commands c LEFT JOIN agents a ON a.id = c.agent_id ORDER BY c.created_at`,
+          ),
+        },
+        null,
+        1,
+      ),
+    );
     return { ...res, table: chaosTable(res) };
   } finally {
     docker?.close();
@@ -841,7 +865,7 @@ export function chaosReport(r: ChaosResult): string {
     r.table,
     '',
     'what each fault hit:',
-    ...r.faults.map((f) => `  ${f.name}: ${f.hit || 'requests and commands under way'} (${f.inFlight} operations in flight)`),
+    ...r.faults.map((f) => `  ${new Date(f.injectedAt).toISOString().slice(11, 23)} ${f.name}: ${f.hit || 'requests and commands under way'} (${f.inFlight} operations in flight)`),
     '',
     `creates counted: fake ${r.creates.fake}, docker ${r.creates.docker}; logs: ${r.logDir}`];
   if (r.failures.length) {
@@ -852,6 +876,8 @@ export function chaosReport(r: ChaosResult): string {
       by.set(k, (by.get(k) ?? 0) + 1);
     }
     for (const [k, n] of by) lines.push(`  ${n} × ${k}`);
+    const iso = (t: number | null) => (t ? new Date(t).toISOString().slice(11, 23) : '-');
+    for (const f of r.failures.slice(0, 30)) lines.push(`    ${f.kind} ${f.session} ${iso(f.startedAt)} → ${iso(f.endedAt)}`);
   }
   if (r.lostOps.length) lines.push('', 'lost operations:', ...r.lostOps.map((l) => `  ${l.kind} of session ${l.session} (#${l.n}) started ${new Date(l.startedAt).toISOString()}${l.reason ? ': ' + l.reason : ''}`));
   if (r.doubles.length) lines.push('', 'executed twice:', ...r.doubles.map((d) => `  session ${d.session} generation ${d.generation}: ${d.creates} creates (${d.source})`));
