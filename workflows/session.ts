@@ -33,6 +33,7 @@ import {
   hibernateUpdate,
   ObservedReport,
   observedSignal,
+  WITHDRAWN_BY_STOP,
   SessionState,
   SessionStatus,
   SessionWorkflowInput,
@@ -98,7 +99,9 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 
   /** Runs fn exclusively: lifecycle operations never interleave. */
   async function exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    await condition(() => !busy);
+    // A loop, not one condition: the SDK unblocks every waiting condition in one pass, so two
+    // waiters may both see !busy before either sets it.
+    while (busy) await condition(() => !busy);
     busy = true;
     try {
       return await fn();
@@ -151,7 +154,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       );
     } catch (err) {
       if (abandoned(err)) {
-        const reason = stopRequested ? 'withdrawn: cancelled by a stop request' : `withdrawn: no outcome within ${Math.round((deadline - Date.now()) / 1000 + 0.5)}s`;
+        const reason = stopRequested ? WITHDRAWN_BY_STOP : `withdrawn: no outcome within ${Math.round((deadline - Date.now()) / 1000 + 0.5)}s`;
         const now = await CancellationScope.nonCancellable(() => db.withdrawCommand({ idempotencyKey, reason }));
         if (now === 'completed') onAgent = true;
       }
@@ -305,8 +308,12 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     try {
       await stoppable(() => start(), input.startTimeoutMs);
     } catch (err) {
-      if (stopRequested) {
+      if (stopRequested || hasFailureType(err, FailureType.CommandWithdrawnByStop)) {
+        // (A replay whose stop Update the server dropped with a failed workflow task still sees
+        // that a stop withdrew the start: it stops; the Update, sent again, finds it terminated.)
+        stopRequested = true;
         lastError = 'start cancelled by a stop request';
+        await stop().catch(() => undefined);
       } else if (abandoned(err)) {
         // The start command was withdrawn: the agent abandons and undoes it (and reconciliation
         // removes anything an agent that was away still has).
@@ -354,9 +361,12 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 
 /** The wait for a command ended without the agent's outcome: cancelled, timed out, or the command withdrawn/expired. */
 function abandoned(err: unknown): boolean {
-  if (isCancellation(err)) return true;
+  return isCancellation(err) || hasFailureType(err, FailureType.CommandWithdrawn) || hasFailureType(err, FailureType.CommandWithdrawnByStop);
+}
+
+function hasFailureType(err: unknown, type: string): boolean {
   for (let e: unknown = err; e && typeof e === 'object'; e = (e as { cause?: unknown }).cause) {
-    if (e instanceof ApplicationFailure && e.type === FailureType.CommandWithdrawn) return true;
+    if (e instanceof ApplicationFailure && e.type === type) return true;
   }
   return false;
 }

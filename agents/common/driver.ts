@@ -17,6 +17,13 @@ export type Progress = (message: string) => void;
 export interface CommandContext {
   generation: number;
   signal: AbortSignal;
+  /** Epoch ms (agent clock): past it the command must not take another irreversible step. */
+  deadline: number;
+}
+
+/** True when the command may not take its next irreversible step: abandoned, or past its deadline. */
+export function mustNotProceed(ctx?: CommandContext): boolean {
+  return !!ctx && (ctx.signal.aborted || Date.now() > ctx.deadline);
 }
 
 export interface SessionDriver {
@@ -40,9 +47,10 @@ export interface SessionDriver {
 
 /** A failure the driver can classify: retryable=false means retrying the command cannot help. */
 export class DriverError extends Error {
-  /** Thrown when a command's AbortSignal fired before an irreversible step. */
-  static abandoned(what: string): DriverError {
-    return new DriverError(`abandoned by the control plane before ${what}`, false);
+  /** Thrown when a command was abandoned (or expired) before an irreversible step. */
+  static abandoned(what: string, ctx?: CommandContext): DriverError {
+    const why = ctx && !ctx.signal.aborted ? 'expired' : 'abandoned by the control plane';
+    return new DriverError(`${why} before ${what}`, false);
   }
 
   constructor(

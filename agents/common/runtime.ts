@@ -337,14 +337,14 @@ export class AgentRuntime {
     if (cmd.generation < newest)
       return refuse('stale', `stale: session ${cmd.session_id} already acted on command generation ${newest} (this is ${cmd.generation})`);
     this.journal.begin(cmd.session_id, cmd.generation);
-    return this.execute(cmd, { generation: cmd.generation, signal });
+    return this.execute(cmd, { generation: cmd.generation, signal, deadline });
   }
 
   /** Puts back what an abandoned command did (only if nothing newer acted on the session since). */
   private async undo(cmd: CommandMessage): Promise<void> {
     if (this.journal.generation(cmd.session_id) > cmd.generation) return;
     const noop = () => undefined;
-    const ctx = { generation: cmd.generation, signal: new AbortController().signal };
+    const ctx = { generation: cmd.generation, signal: new AbortController().signal, deadline: Infinity };
     try {
       if (cmd.command_type === 'start_session') await this.driver.stop(cmd.session_id, noop, ctx);
       else if (cmd.command_type === 'wake_session') await this.driver.hibernate(cmd.session_id, noop, ctx);

@@ -17,7 +17,7 @@ import Docker from 'dockerode';
 import net from 'node:net';
 import type { Logger } from '../../config/log';
 import type { CommandResult, ReportedSession, StartSessionData, VncEndpoint } from '../../protocol/messages';
-import { CommandContext, DriverError, Progress, SessionDriver } from '../common/driver';
+import { CommandContext, DriverError, mustNotProceed, Progress, SessionDriver } from '../common/driver';
 import { generateVncPassword, VNC_PASSWORD_ENV, VncSecretSource } from '../common/rfb-auth';
 
 /** uid:gid the desktop runs as (the session image's "streamspace" user); never root. */
@@ -93,12 +93,12 @@ export class DockerDriver implements SessionDriver, VncSecretSource {
         // it does not know about (being removed, left by a crash) still run.
         if (running >= this.o.maxSessions) throw new DriverError(`agent ${this.o.agentId} is at capacity (${running}/${this.o.maxSessions} sessions)`, true);
         await this.ensureImage(data.template.image, progress);
-        if (ctx?.signal.aborted) throw DriverError.abandoned('creating the container');
+        if (mustNotProceed(ctx)) throw DriverError.abandoned('creating the container', ctx);
         progress('creating container');
         return this.create(sessionId, data, ctx?.generation ?? 0);
       });
     }
-    if (ctx?.signal.aborted && !info.State.Running) throw DriverError.abandoned('starting the container');
+    if (mustNotProceed(ctx) && !info.State.Running) throw DriverError.abandoned('starting the container', ctx);
     if (!info.State.Running) {
       progress('starting container');
       await this.startContainer(sessionId);
@@ -125,7 +125,7 @@ export class DockerDriver implements SessionDriver, VncSecretSource {
     const info = await this.inspect(sessionId);
     if (!info) throw new DriverError(`session ${sessionId} has no container on agent ${this.o.agentId}`, false);
     if (!info.State.Running) {
-      if (ctx?.signal.aborted) throw DriverError.abandoned('starting the container');
+      if (mustNotProceed(ctx)) throw DriverError.abandoned('starting the container', ctx);
       progress('starting container');
       await this.startContainer(sessionId);
     }

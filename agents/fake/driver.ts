@@ -9,7 +9,7 @@
 import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CommandResult, ReportedSession, StartSessionData, VncEndpoint } from '../../protocol/messages';
-import { CommandContext, DriverError, Progress, SessionDriver } from '../common/driver';
+import { CommandContext, DriverError, mustNotProceed, Progress, SessionDriver } from '../common/driver';
 
 export interface FakeDriverOptions {
   agentId: string;
@@ -43,7 +43,7 @@ export class FakeDriver implements SessionDriver {
     if (!existing) {
       progress('creating fake container');
       await sleep(this.o.startDelayMs);
-      if (ctx?.signal.aborted) throw DriverError.abandoned('creating the container');
+      if (mustNotProceed(ctx)) throw DriverError.abandoned('creating the container', ctx);
       const running = [...this.sessions.values()].filter((s) => s.state === 'running').length;
       if (running >= this.o.maxSessions) throw new DriverError(`agent ${this.o.agentId} is at capacity (${running}/${this.o.maxSessions} sessions)`, true);
       this.sessions.set(sessionId, { state: 'running', generation: ctx?.generation ?? 0 });
@@ -62,7 +62,7 @@ export class FakeDriver implements SessionDriver {
     const s = this.sessions.get(sessionId);
     if (!s) throw new DriverError(`session ${sessionId} has no container on agent ${this.o.agentId}`, false);
     if (s.state !== 'hibernated') {
-      if (ctx?.signal.aborted) throw DriverError.abandoned('stopping the container');
+      if (mustNotProceed(ctx)) throw DriverError.abandoned('stopping the container', ctx);
       s.state = 'hibernated';
       this.event(sessionId, 'hibernated', ctx);
       this.save();
@@ -75,7 +75,7 @@ export class FakeDriver implements SessionDriver {
     const s = this.sessions.get(sessionId);
     if (!s) throw new DriverError(`session ${sessionId} has no container on agent ${this.o.agentId}`, false);
     if (s.state !== 'running') {
-      if (ctx?.signal.aborted) throw DriverError.abandoned('starting the container');
+      if (mustNotProceed(ctx)) throw DriverError.abandoned('starting the container', ctx);
       s.state = 'running';
       this.event(sessionId, 'woken', ctx);
       this.save();

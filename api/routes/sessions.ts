@@ -46,6 +46,7 @@ const WaitQuery = Type.Object(
   { additionalProperties: false },
 );
 const DEFAULT_WAIT_S = 5;
+const TARGET = { hibernate: 'hibernated', wake: 'running', stop: 'terminated' } as const;
 /** How long a workflow may take to accept an Update before the request fails with 503 (no worker?). */
 const ACCEPT_TIMEOUT_MS = 10_000;
 
@@ -209,7 +210,16 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       outcome = await Promise.race([update.result().then(() => 'done' as const), sleep(waitMs).then(() => 'pending' as const)]);
     } catch (err) {
       if (err instanceof HttpError) throw err;
-      throw toHttpError(err, op, row.state);
+      const httpErr = err instanceof WorkflowClosed ? new HttpError(409, `cannot ${op}: the session is no longer managed`) : toHttpError(err, op, row.state);
+      // The workflow finished meanwhile (e.g. it completed the stop in a workflow task that the
+      // server made us re-send): the row tells whether the request got what it asked for.
+      const now = await loadOwned(req, row.id);
+      if (httpErr.statusCode === 409 && now.state === TARGET[op]) return present(now, admin);
+      if (httpErr.statusCode === 409 && op === 'stop' && now.state === 'failed') {
+        await app.deps.pool.query(`UPDATE sessions SET state = 'terminated', updated_at = NOW() WHERE id = $1 AND state = 'failed'`, [row.id]);
+        return present(await loadOwned(req, row.id), admin);
+      }
+      throw httpErr;
     }
     const out: Record<string, unknown> = present(await loadOwned(req, row.id), admin);
     if (outcome === 'done') return out;
@@ -246,13 +256,26 @@ async function acceptUpdate(handle: WorkflowHandle, op: 'hibernate' | 'wake' | '
     try {
       return await handle.startUpdate(def, { updateId, waitForStage: WorkflowUpdateStage.ACCEPTED });
     } catch (err) {
-      const code = err instanceof ServiceError ? (err.cause as { code?: number } | undefined)?.code : undefined;
-      // gRPC ABORTED / UNAVAILABLE: not accepted (yet); anything else is the answer.
-      if ((code !== 10 && code !== 14) || attempt >= 50) throw err;
-      await sleep(Math.min(500, 50 * (attempt + 1)));
+      const cause = err instanceof ServiceError ? (err.cause as { code?: number; details?: string } | undefined) : undefined;
+      // gRPC ABORTED / UNAVAILABLE, or FAILED_PRECONDITION "... due to unexpected workflow task
+      // failure": not accepted (or accepted in a workflow task that then failed, which the
+      // server forgets); anything else is the answer.
+      const retry = cause?.code === 10 || cause?.code === 14 || (cause?.code === 9 && /workflow task failure/i.test(cause.details ?? ''));
+      if (!retry || attempt >= 50) throw err;
+      // Sending an Update to a workflow that just closed takes the server seconds to refuse: see
+      // whether the workflow closes (it may have completed the request in the failed task's retry).
+      let status = (await handle.describe()).status;
+      for (let i = 0; i < 10 && status.name === 'RUNNING'; i++) {
+        await sleep(50);
+        status = (await handle.describe()).status;
+      }
+      if (status.name !== 'RUNNING') throw new WorkflowClosed();
     }
   }
 }
+
+/** The workflow closed while an Update was being re-sent: its outcome is in the session row. */
+class WorkflowClosed extends Error {}
 
 function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
