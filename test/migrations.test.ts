@@ -93,6 +93,7 @@ describe('migration files', () => {
       '005_v2.0.3-v1-users-catalog.sql',
       '006_v2.0.4-agent-tokens.sql',
       '007_v2.0.5-accounts.sql',
+      '008_v2.0.6-command-deadlines.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -103,6 +104,7 @@ describe('migration files', () => {
       'v2.0.3-v1-users-catalog',
       'v2.0.4-agent-tokens',
       'v2.0.5-accounts',
+      'v2.0.6-command-deadlines',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });

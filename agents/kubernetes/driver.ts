@@ -14,7 +14,7 @@
 import { CoreV1Api, KubeConfig, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../../config/log';
 import type { CommandResult, ReportedSession, StartSessionData, VncEndpoint } from '../../protocol/messages';
-import { DriverError, Progress, SessionDriver } from '../common/driver';
+import { CommandContext, DriverError, mustNotProceed, Progress, SessionDriver } from '../common/driver';
 import { generateVncPassword, VNC_PASSWORD_ENV, VncSecretSource } from '../common/rfb-auth';
 
 /** uid/gid the desktop runs as (the session image's "streamspace" user); never root. */
@@ -81,8 +81,9 @@ export class KubernetesDriver implements SessionDriver, VncSecretSource {
 
   async close(): Promise<void> {}
 
-  async start(sessionId: string, data: StartSessionData, progress: Progress): Promise<CommandResult> {
+  async start(sessionId: string, data: StartSessionData, progress: Progress, ctx?: CommandContext): Promise<CommandResult> {
     const name = this.objectName(sessionId);
+    const generation = ctx?.generation ?? 0;
     const labels = this.labels(sessionId, data);
     const ns = this.o.namespace;
     let createdNow: string[] = [];
@@ -91,6 +92,7 @@ export class KubernetesDriver implements SessionDriver, VncSecretSource {
         progress('ensuring home volume claim');
         if (await this.createIfAbsent(() => this.core.createNamespacedPersistentVolumeClaim({ namespace: ns, body: this.pvc(data) }))) createdNow.push('pvc');
       }
+      if (mustNotProceed(ctx)) throw DriverError.abandoned('creating the session objects', ctx);
       progress('ensuring service');
       if (
         await this.createIfAbsent(() =>
@@ -108,8 +110,9 @@ export class KubernetesDriver implements SessionDriver, VncSecretSource {
         )
       )
         createdNow.push('service');
+      if (mustNotProceed(ctx)) throw DriverError.abandoned('creating the pod', ctx);
       progress('ensuring pod');
-      if (await this.createIfAbsent(() => this.core.createNamespacedPod({ namespace: ns, body: this.pod(sessionId, data) }))) createdNow.push('pod');
+      if (await this.createIfAbsent(() => this.core.createNamespacedPod({ namespace: ns, body: this.pod(sessionId, data, generation) }))) createdNow.push('pod');
     } catch (err) {
       // The API server refused our objects (e.g. an invalid quantity): leave nothing behind.
       if (code(err) === 422 || code(err) === 400) {
@@ -129,7 +132,7 @@ export class KubernetesDriver implements SessionDriver, VncSecretSource {
     return { state: 'hibernated', platform_metadata: { pod: null, service: this.objectName(sessionId) } };
   }
 
-  async wake(sessionId: string, progress: Progress): Promise<CommandResult> {
+  async wake(sessionId: string, progress: Progress, ctx?: CommandContext): Promise<CommandResult> {
     const name = this.objectName(sessionId);
     if (!(await this.readPod(name))) {
       // Rebuild the pod from the spec we stored on the Service when the session started.
@@ -139,8 +142,11 @@ export class KubernetesDriver implements SessionDriver, VncSecretSource {
       });
       const stored = svc.metadata?.annotations?.['streamspace.io/start-data'];
       if (!stored) throw new DriverError(`session ${sessionId} cannot be woken: its start data is missing`, false);
+      if (mustNotProceed(ctx)) throw DriverError.abandoned('recreating the pod', ctx);
       progress('recreating pod');
-      await this.createIfAbsent(() => this.core.createNamespacedPod({ namespace: this.o.namespace, body: this.pod(sessionId, JSON.parse(stored)) }));
+      await this.createIfAbsent(() =>
+        this.core.createNamespacedPod({ namespace: this.o.namespace, body: this.pod(sessionId, JSON.parse(stored), ctx?.generation ?? 0) }),
+      );
     }
     return this.waitReady(sessionId, progress);
   }
@@ -208,14 +214,15 @@ export class KubernetesDriver implements SessionDriver, VncSecretSource {
     };
   }
 
-  private pod(sessionId: string, data: StartSessionData): V1Pod {
+  /** The Pod; `generation`: the command that creates it (annotation: "created twice" is countable per generation). */
+  private pod(sessionId: string, data: StartSessionData, generation: number): V1Pod {
     const t = data.template;
     const resources = { ...(t.resources.cpu ? { cpu: t.resources.cpu } : {}), ...(t.resources.memory ? { memory: t.resources.memory } : {}) };
     return {
       metadata: {
         name: this.objectName(sessionId),
         labels: this.labels(sessionId, data),
-        annotations: { 'streamspace.io/session-id': sessionId, [VNC_PORT_ANNOTATION]: String(t.vnc_port) },
+        annotations: { 'streamspace.io/session-id': sessionId, [VNC_PORT_ANNOTATION]: String(t.vnc_port), 'streamspace.io/generation': String(generation) },
       },
       spec: {
         restartPolicy: 'Always',

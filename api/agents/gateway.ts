@@ -116,7 +116,7 @@ export class AgentGateway {
     const dead = new Set(tokenIds);
     for (const conn of this.o.hub.localConnections()) {
       if (conn.tokenId && dead.has(conn.tokenId)) {
-        this.o.log.warn('closing agent socket: its token is no longer valid', { agent: conn.agentId, token: conn.tokenId, reason });
+        this.o.log.warn('closing agent socket: its token is no longer valid', { agent: conn.agentId, token_id: conn.tokenId, reason });
         conn.close(CloseCode.Unauthorized, reason);
       }
     }

@@ -80,7 +80,7 @@ export async function agentRoutes(app: FastifyInstance): Promise<void> {
         description: body.description,
         createdBy: req.user?.sub,
       });
-      app.deps.log.info(rotate ? 'agent token rotated' : 'agent token minted', { agent: agentId, token: m.record.id, revoked: m.revoked, by: req.user?.sub });
+      app.deps.log.info(rotate ? 'agent token rotated' : 'agent token minted', { agent: agentId, token_id: m.record.id, revoked: m.revoked, by: req.user?.sub });
       // The token is returned once; only its hash is stored.
       return { ...view(m.record), token: m.token, revoked: m.revoked };
     } catch (err) {
@@ -137,7 +137,7 @@ export async function agentRoutes(app: FastifyInstance): Promise<void> {
       // The UPDATE fires NOTIFY agent_token_revoked: every pod closes sockets using this token.
       const r = await revokeAgentToken(app.deps.pool, req.params.agentId, req.params.tokenId, `revoked by ${req.user?.sub ?? 'admin'}`);
       if (!r) throw new HttpError(404, `agent "${req.params.agentId}" has no token ${req.params.tokenId}`);
-      app.deps.log.info('agent token revoked', { agent: r.agent_id, token: r.id, by: req.user?.sub });
+      app.deps.log.info('agent token revoked', { agent: r.agent_id, token_id: r.id, by: req.user?.sub });
       return view(r);
     },
   );
