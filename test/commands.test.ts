@@ -4,7 +4,8 @@
  * runtime (journal, de-duplication, result acknowledgement) over a driver without containers,
  * whose every create and remove is counted in an events file.
  */
-import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TEST_ENV } from './harness/env';
 import { Stack, waitFor } from './harness/stack';
@@ -130,6 +131,9 @@ describe('deadlines: an expired or withdrawn command never runs, also after the 
     await stack.startFakeAgent(AGENT);
     await sleep(1500);
     expect(events(stack, AGENT, id)).toEqual([]);
+    // Not even delivered: the control plane does not re-deliver a withdrawn command (the agent's
+    // journal would refuse it too, but it never gets the chance).
+    expect(agent.output).not.toMatch(new RegExp(`"session":"${id}"[^\n]*command refused`));
     const rows = await commands(stack, id);
     expect(rows).toHaveLength(1);
     expect(rows[0].withdrawn_at).not.toBeNull();
@@ -290,7 +294,7 @@ describe('HTTP never hangs on an agent; create is orphan-proof', () => {
 
   test('a session row left without its workflow (gateway died after the INSERT) is adopted and runs', async () => {
     const user = await stack.pool.query<{ id: string }>(`SELECT id::text FROM users WHERE username = 'admin'`);
-    const id = '7d0c5a52-0000-4000-8000-00000000a001';
+    const id = randomUUID(); // workflow ids are namespace-wide: never reuse one across runs
     await stack.pool.query(
       `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, workflow_confirmed, created_at)
        VALUES ($1, $2, 'terminal', 'pending', 'docker', '[]', true, $3, false, NOW() - INTERVAL '5 seconds')`,

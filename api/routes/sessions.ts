@@ -46,6 +46,8 @@ const WaitQuery = Type.Object(
   { additionalProperties: false },
 );
 const DEFAULT_WAIT_S = 5;
+/** How long GET /sessions/:id waits for the workflow's live status before answering without it. */
+const QUERY_TIMEOUT_MS = 1500;
 const TARGET = { hibernate: 'hibernated', wake: 'running', stop: 'terminated' } as const;
 /** How long a workflow may take to accept an Update before the request fails with 503 (no worker?). */
 const ACCEPT_TIMEOUT_MS = 10_000;
@@ -230,7 +232,8 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   /** The workflow's own view of a transition under way (which step, which agent). */
   async function liveStatus(id: string): Promise<{ transition: string | null; progress: string | null }> {
     try {
-      const st = await app.deps.temporal.workflow.getHandle(sessionWorkflowId(id)).query(statusQuery);
+      // Bounded: a query waits for a worker (forever, for a closed workflow whose queue has none).
+      const st = await withTimeout(app.deps.temporal.workflow.getHandle(sessionWorkflowId(id)).query(statusQuery), QUERY_TIMEOUT_MS, () => new Error('query timed out'));
       return { transition: st.transition, progress: st.progress };
     } catch {
       return { transition: null, progress: null };
