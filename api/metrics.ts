@@ -98,11 +98,6 @@ export function createMetrics() {
     }),
     resultAcks: counter('streamspace_command_results_acknowledged_total', 'Command results acknowledged to agents, by outcome', ['outcome']),
     reconcileReports: counter('streamspace_reconcile_divergences_total', 'Differences between what agents run and the database, by kind', ['kind']),
-    /**
-     * Sessions that ended failed. The worker counts these (it sees every failure, with its reason); the
-     * gateway keeps the series for dashboards that scrape it, labelled alike.
-     */
-    sessionFailures: counter('streamspace_session_failures_total', 'Sessions that ended in state failed', ['platform', 'reason']),
     /** Per agent: 1 on the series of its current status, 0 on the others (the alert reads `{status="offline"} > 0`). */
     agentStatus: gauge('streamspace_agent_status', 'Agents by status (from the database): 1 for the current status', ['agent_id', 'status']),
     agentsConnectedHere: gauge('streamspace_agents_connected', 'Agent sockets held by this pod'),

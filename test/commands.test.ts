@@ -36,6 +36,13 @@ async function commands(stack: Stack, sessionId: string) {
   return r.rows;
 }
 
+/** The worker's /metrics (its URL is in its log: "Worker metrics at …"). */
+async function workerMetrics(stack: Stack): Promise<string> {
+  const url = /Worker metrics at (http:\/\/\S+?\/metrics)/.exec(stack.worker.output)?.[1];
+  if (!url) throw new Error('the worker did not log its metrics URL');
+  return (await fetch(url)).text();
+}
+
 const create = (stack: Stack, admin: string, extra: Record<string, unknown> = {}) =>
   stack.call('POST', '/api/v1/sessions', { user: 'alice', template: 'terminal', platform: 'docker', ...extra }, admin);
 
@@ -118,6 +125,8 @@ describe('deadlines: an expired or withdrawn command never runs, also after the 
     expect(agent.output).toMatch(/command refused.*expired|expired before it ran/);
     expect(events(stack, AGENT, id)).toEqual([]);
     expect((await commands(stack, id)).map((c) => `${c.command_type}:${c.status}`)).toEqual(['start_session:failed']);
+    // The spec's failure counter moves (on the worker, with the reason).
+    expect(await workerMetrics(stack)).toMatch(/^streamspace_session_failures_total\{platform="docker",reason="start_timeout"\} [1-9]/m);
   });
 
   test('agent killed while holding a sent command, restarted after the start timed out: nothing is re-delivered or run', async () => {
@@ -224,6 +233,8 @@ describe('reconciliation repairs what the agent really has', () => {
       .filter((e) => e.event === 'created')
       .map((e) => e.generation);
     expect(new Set(gens).size).toBe(2);
+    const m = await workerMetrics(stack);
+    for (const action of ['restart', 'hibernate_again', 'remove_orphan']) expect(m).toMatch(new RegExp(`^streamspace_reconcile_repairs_total\\{action="${action}"\\} 1$`, 'm'));
   });
 });
 
@@ -258,6 +269,9 @@ describe('capacity is reserved atomically', () => {
     // At the driver: exactly 5 created, never a capacity refusal.
     expect(events(stack, AGENT).filter((e) => e.event === 'created')).toHaveLength(5);
     expect(stack.agents.get(AGENT)!.output).not.toMatch(/at capacity/);
+    const m = await workerMetrics(stack);
+    expect(m).toMatch(/^streamspace_session_failures_total\{platform="docker",reason="no_capacity"\} 45$/m);
+    expect(m).toMatch(/^streamspace_session_start_seconds_count\{platform="docker"\} 5$/m);
   });
 });
 

@@ -9,7 +9,6 @@ import net from 'node:net';
 import client, { Counter, Histogram, Registry } from 'prom-client';
 
 /** Command round trips: a few milliseconds (refused) to a slow image pull (minutes). */
-export const ROUND_TRIP_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 /** Session start (create → running): 0.1 s to 10 min. */
 export const SESSION_START_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600];
 
@@ -26,6 +25,7 @@ export function createWorkerMetrics() {
       buckets: SESSION_START_BUCKETS,
       registers,
     }),
+    // Only the worker counts these (the gateway counts commands: expiry and round trip).
     sessionFailures: new Counter({
       name: 'streamspace_session_failures_total',
       help: 'Sessions that ended in state failed, by platform and reason (start_timeout, start_failed, command_failed, reconcile)',
@@ -36,19 +36,6 @@ export function createWorkerMetrics() {
       name: 'streamspace_reconcile_repairs_total',
       help: 'Repairs made after an agent reported a divergence, by action (remove_orphan, restart, hibernate_again, fail, none)',
       labelNames: ['action'] as const,
-      registers,
-    }),
-    commandsExpired: new Counter({
-      name: 'streamspace_commands_expired_total',
-      help: 'Commands that expired before an agent finished them, by command type',
-      labelNames: ['type'] as const,
-      registers,
-    }),
-    commandRoundTrip: new Histogram({
-      name: 'streamspace_command_round_trip_seconds',
-      help: 'From a command being dispatched to its result, by platform, command type and outcome (completed|failed)',
-      labelNames: ['platform', 'type', 'outcome'] as const,
-      buckets: ROUND_TRIP_BUCKETS,
       registers,
     }),
     contentType: registry.contentType,
