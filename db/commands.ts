@@ -138,8 +138,7 @@ export async function markProgress(db: Queryable, id: string, agentDbId: string,
  * agent). All four are durable answers: the agent may stop re-sending.
  */
 export type FinishResult =
-  | { kind: 'recorded'; commandType: CommandType; createdAt: Date; sessionId: string }
-  | { kind: 'duplicate' | 'withdrawn' | 'unknown'; sessionId?: string };
+  { kind: 'recorded'; commandType: CommandType; createdAt: Date; sessionId: string } | { kind: 'duplicate' | 'withdrawn' | 'unknown'; sessionId?: string };
 
 /** Records the outcome once; a repeated report of an already finished command changes nothing. */
 export async function markFinished(
@@ -162,10 +161,10 @@ export async function markFinished(
     await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, id]);
     return { kind: 'recorded', commandType: r.rows[0].command_type, createdAt: r.rows[0].created_at, sessionId: r.rows[0].session_id };
   }
-  const cur = await db.query<{ withdrawn_at: Date | null; session_id: string }>('SELECT withdrawn_at, session_id FROM agent_commands WHERE id = $1 AND agent_id = $2', [
-    id,
-    agentDbId,
-  ]);
+  const cur = await db.query<{ withdrawn_at: Date | null; session_id: string }>(
+    'SELECT withdrawn_at, session_id FROM agent_commands WHERE id = $1 AND agent_id = $2',
+    [id, agentDbId],
+  );
   if (!cur.rows[0]) return { kind: 'unknown' };
   return { kind: cur.rows[0].withdrawn_at ? 'withdrawn' : 'duplicate', sessionId: cur.rows[0].session_id };
 }
@@ -200,7 +199,10 @@ export async function withdrawCommand(db: Queryable, idempotencyKey: string, rea
  * Fails every unfinished command whose deadline passed more than graceMs ago (its workflow died
  * with it, or could not withdraw it), and tells the agents to abandon them.
  */
-export async function expireOverdue(db: Queryable, graceMs: number): Promise<{ id: string; agent_id: string; session_id: string; command_type: CommandType }[]> {
+export async function expireOverdue(
+  db: Queryable,
+  graceMs: number,
+): Promise<{ id: string; agent_id: string; session_id: string; command_type: CommandType }[]> {
   const r = await db.query<{ id: string; agent_id: string; session_id: string; command_type: CommandType }>(
     `UPDATE agent_commands SET status = 'failed', error_message = 'expired: its deadline passed before it finished',
             withdrawn_at = NOW(), completed_at = NOW(), updated_at = NOW()

@@ -65,7 +65,7 @@ describe('chaos: churn under faults', () => {
     expect(r.creates.fake + r.creates.docker).toBeGreaterThan(0);
   });
 
-  test("after reconciliation, the agents hold exactly what the database says", () => {
+  test('after reconciliation, the agents hold exactly what the database says', () => {
     expect(r.divergences).toEqual([]);
   });
 });

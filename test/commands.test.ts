@@ -234,7 +234,8 @@ describe('reconciliation repairs what the agent really has', () => {
       .map((e) => e.generation);
     expect(new Set(gens).size).toBe(2);
     const m = await workerMetrics(stack);
-    for (const action of ['restart', 'hibernate_again', 'remove_orphan']) expect(m).toMatch(new RegExp(`^streamspace_reconcile_repairs_total\\{action="${action}"\\} 1$`, 'm'));
+    for (const action of ['restart', 'hibernate_again', 'remove_orphan'])
+      expect(m).toMatch(new RegExp(`^streamspace_reconcile_repairs_total\\{action="${action}"\\} 1$`, 'm'));
   });
 });
 
@@ -256,7 +257,10 @@ describe('capacity is reserved atomically', () => {
     const final = await waitFor(
       'all 50 settled',
       async () => {
-        const r = await stack.pool.query<{ id: string; state: string; error_message: string | null }>('SELECT id, state, error_message FROM sessions WHERE id = ANY($1)', [ids]);
+        const r = await stack.pool.query<{ id: string; state: string; error_message: string | null }>(
+          'SELECT id, state, error_message FROM sessions WHERE id = ANY($1)',
+          [ids],
+        );
         return r.rows.every((s) => s.state === 'running' || s.state === 'failed') ? r.rows : undefined;
       },
       90_000,
@@ -339,7 +343,9 @@ describe('liveness is owned by the pod holding the agent socket', () => {
     await stack.pool.query(`UPDATE agents SET last_heartbeat = NOW() - INTERVAL '1 hour' WHERE agent_id = $1`, [AGENT]);
     await offline;
     await sleep(3000); // several heartbeats of the agent, still on its first socket
-    const r = await stack.pool.query<{ status: string; websocket_conn_id: string | null }>(`SELECT status, websocket_conn_id FROM agents WHERE agent_id = $1`, [AGENT]);
+    const r = await stack.pool.query<{ status: string; websocket_conn_id: string | null }>(`SELECT status, websocket_conn_id FROM agents WHERE agent_id = $1`, [
+      AGENT,
+    ]);
     expect(r.rows[0].status).toBe('online');
     expect(r.rows[0].websocket_conn_id).not.toBeNull();
     expect(stack.agents.get(AGENT)!.output.match(/registered successfully/g)).toHaveLength(1);

@@ -70,6 +70,9 @@ export interface CleanupInput {
   reason: string;
 }
 
+/** The withdrawal reason of a command a stop request cancelled. */
+export const WITHDRAWN_BY_STOP = 'withdrawn: cancelled by a stop request';
+
 /** Failure types the gateway maps to HTTP statuses. */
 export const FailureType = {
   InvalidTransition: 'InvalidTransition',
@@ -80,4 +83,6 @@ export const FailureType = {
   NoCapacity: 'NoCapacity',
   /** The command was withdrawn (its workflow gave up on it, or its deadline passed): the agent undoes it. */
   CommandWithdrawn: 'CommandWithdrawn',
+  /** Withdrawn because a stop cancelled it (also seen by a replay that lost the stop Update). */
+  CommandWithdrawnByStop: 'CommandWithdrawnByStop',
 } as const;

@@ -54,7 +54,12 @@ const db = proxyLocalActivities<SessionActivities>({
 // Placement retries while no agent is online; the start scope's timeout bounds it.
 const placement = proxyLocalActivities<SessionActivities>({
   startToCloseTimeout: '30s',
-  retry: { initialInterval: '1s', backoffCoefficient: 1.5, maximumInterval: '5s', nonRetryableErrorTypes: [FailureType.InvalidTemplate, FailureType.NoCapacity] },
+  retry: {
+    initialInterval: '1s',
+    backoffCoefficient: 1.5,
+    maximumInterval: '5s',
+    nonRetryableErrorTypes: [FailureType.InvalidTemplate, FailureType.NoCapacity],
+  },
 });
 
 // Commands wait on an agent: they heartbeat, so a dead worker is noticed in seconds and the
@@ -218,7 +223,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         await stoppable(() => start('starting', 'running'), input.startTimeoutMs);
       } catch (err) {
         if (stopRequested && abandoned(err)) return;
-        await fail(`the session's container ${o.observed === 'absent' ? 'vanished' : 'failed'} on agent ${agentId} and could not be restarted: ${errorMessage(err)}`, 'reconcile');
+        await fail(
+          `the session's container ${o.observed === 'absent' ? 'vanished' : 'failed'} on agent ${agentId} and could not be restarted: ${errorMessage(err)}`,
+          'reconcile',
+        );
       }
     } else if (state === 'running' && o.observed === 'hibernated') {
       await note('wake_again');
@@ -374,7 +382,8 @@ function hasFailureType(err: unknown, type: string): boolean {
 function failureClass(err: unknown): string {
   let e: unknown = err;
   while (e && typeof e === 'object') {
-    if (e instanceof ApplicationFailure && e.type) return e.type === FailureType.NoCapacity ? 'no_capacity' : e.type === FailureType.InvalidTemplate ? 'invalid_template' : 'start_failed';
+    if (e instanceof ApplicationFailure && e.type)
+      return e.type === FailureType.NoCapacity ? 'no_capacity' : e.type === FailureType.InvalidTemplate ? 'invalid_template' : 'start_failed';
     e = (e as { cause?: unknown }).cause;
   }
   return 'start_failed';

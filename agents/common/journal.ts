@@ -25,10 +25,7 @@ export interface OutboxEntry {
 }
 
 type Entry =
-  | { k: 'gen'; s: string; g: number; at: number }
-  | { k: 'abandon'; c: string; at: number }
-  | { k: 'out'; e: OutboxEntry }
-  | { k: 'acked'; c: string };
+  { k: 'gen'; s: string; g: number; at: number } | { k: 'abandon'; c: string; at: number } | { k: 'out'; e: OutboxEntry } | { k: 'acked'; c: string };
 
 /** Entries older than this are forgotten at compaction (a command's deadline is minutes, not days). */
 const RETAIN_MS = 7 * 24 * 3600_000;

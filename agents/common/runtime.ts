@@ -367,7 +367,13 @@ export class AgentRuntime {
     }
     const done = this.outcomes.get(msg.command_id) ?? this.journal.result(msg.command_id);
     if (done?.outcome.ok) {
-      const cmd = { type: 'command', command_id: msg.command_id, session_id: done.sessionId, command_type: done.type, generation: done.generation } as CommandMessage;
+      const cmd = {
+        type: 'command',
+        command_id: msg.command_id,
+        session_id: done.sessionId,
+        command_type: done.type,
+        generation: done.generation,
+      } as CommandMessage;
       void this.serialised(done.sessionId, () => this.undo(cmd));
     }
     this.journal.acknowledged(msg.command_id);

@@ -112,7 +112,8 @@ export class KubernetesDriver implements SessionDriver, VncSecretSource {
         createdNow.push('service');
       if (mustNotProceed(ctx)) throw DriverError.abandoned('creating the pod', ctx);
       progress('ensuring pod');
-      if (await this.createIfAbsent(() => this.core.createNamespacedPod({ namespace: ns, body: this.pod(sessionId, data, generation) }))) createdNow.push('pod');
+      if (await this.createIfAbsent(() => this.core.createNamespacedPod({ namespace: ns, body: this.pod(sessionId, data, generation) })))
+        createdNow.push('pod');
     } catch (err) {
       // The API server refused our objects (e.g. an invalid quantity): leave nothing behind.
       if (code(err) === 422 || code(err) === 400) {

@@ -264,7 +264,7 @@ export class AgentGateway {
     );
     if (!divergences.length) return;
     for (const d of divergences) this.o.metrics.reconcileReports?.inc({ kind: d.kind });
-    this.o.log.warn('agent report differs from the sessions\' desired state; asking their workflows to repair', {
+    this.o.log.warn("agent report differs from the sessions' desired state; asking their workflows to repair", {
       agent: agentId,
       divergences: divergences.slice(0, 20).map((d) => `${d.sessionId}: ${d.kind} (desired ${d.desired}, observed ${d.observed})`),
       total: divergences.length,
@@ -304,7 +304,8 @@ export class AgentGateway {
       case 'failed': {
         // Written durably first, acknowledged after: a database error leaves the result
         // unacknowledged and the agent sends it again.
-        const outcome = msg.type === 'completed' ? { ok: true as const, result: msg.result } : { ok: false as const, error: msg.error, retryable: msg.retryable };
+        const outcome =
+          msg.type === 'completed' ? { ok: true as const, result: msg.result } : { ok: false as const, error: msg.error, retryable: msg.retryable };
         const done = await markFinished(pool, msg.command_id, conn.agentDbId, outcome);
         conn.send({ type: 'result_ack', command_id: msg.command_id });
         this.o.metrics.resultAcks?.inc({ outcome: done.kind });

@@ -37,13 +37,20 @@ export function classifyReport(agentDbId: string, known: KnownSession[], reporte
     seen.add(r.session_id);
     const row = byId.get(r.session_id);
     if (!row || row.agent_id !== agentDbId || ['terminated', 'failed', 'deleted'].includes(row.state)) {
-      out.push({ sessionId: r.session_id, kind: 'orphan', desired: row ? `${row.state}${row.agent_id !== agentDbId ? ' elsewhere' : ''}` : 'unknown', observed: r.state });
+      out.push({
+        sessionId: r.session_id,
+        kind: 'orphan',
+        desired: row ? `${row.state}${row.agent_id !== agentDbId ? ' elsewhere' : ''}` : 'unknown',
+        observed: r.state,
+      });
       continue;
     }
     if (IN_TRANSITION.has(row.state) || r.state === 'starting') continue;
     if (row.state === 'running' && r.state === 'failed') out.push({ sessionId: row.id, kind: 'missing', desired: 'running', observed: 'failed' });
-    else if (row.state === 'running' && r.state === 'hibernated') out.push({ sessionId: row.id, kind: 'state_mismatch', desired: 'running', observed: 'hibernated' });
-    else if (row.state === 'hibernated' && r.state === 'running') out.push({ sessionId: row.id, kind: 'state_mismatch', desired: 'hibernated', observed: 'running' });
+    else if (row.state === 'running' && r.state === 'hibernated')
+      out.push({ sessionId: row.id, kind: 'state_mismatch', desired: 'running', observed: 'hibernated' });
+    else if (row.state === 'hibernated' && r.state === 'running')
+      out.push({ sessionId: row.id, kind: 'state_mismatch', desired: 'hibernated', observed: 'running' });
   }
   for (const row of known) {
     if (seen.has(row.id) || row.agent_id !== agentDbId) continue;

@@ -162,7 +162,6 @@ export function checkRef(field: string, ref: string): string {
 }
 
 function checkAbsPath(field: string, p: string, root?: string): string {
-  // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f]/.test(p)) throw new MigrationInputError(field, 'contains control characters');
   if (!path.posix.isAbsolute(p)) throw new MigrationInputError(field, 'must be an absolute path');
   if (p.split('/').includes('..')) throw new MigrationInputError(field, 'must not contain ".."');

@@ -80,7 +80,12 @@ export async function agentRoutes(app: FastifyInstance): Promise<void> {
         description: body.description,
         createdBy: req.user?.sub,
       });
-      app.deps.log.info(rotate ? 'agent token rotated' : 'agent token minted', { agent: agentId, token_id: m.record.id, revoked: m.revoked, by: req.user?.sub });
+      app.deps.log.info(rotate ? 'agent token rotated' : 'agent token minted', {
+        agent: agentId,
+        token_id: m.record.id,
+        revoked: m.revoked,
+        by: req.user?.sub,
+      });
       // The token is returned once; only its hash is stored.
       return { ...view(m.record), token: m.token, revoked: m.revoked };
     } catch (err) {

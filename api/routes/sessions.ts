@@ -233,7 +233,11 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   async function liveStatus(id: string): Promise<{ transition: string | null; progress: string | null }> {
     try {
       // Bounded: a query waits for a worker (forever, for a closed workflow whose queue has none).
-      const st = await withTimeout(app.deps.temporal.workflow.getHandle(sessionWorkflowId(id)).query(statusQuery), QUERY_TIMEOUT_MS, () => new Error('query timed out'));
+      const st = await withTimeout(
+        app.deps.temporal.workflow.getHandle(sessionWorkflowId(id)).query(statusQuery),
+        QUERY_TIMEOUT_MS,
+        () => new Error('query timed out'),
+      );
       return { transition: st.transition, progress: st.progress };
     } catch {
       return { transition: null, progress: null };

@@ -26,7 +26,10 @@ export class SessionReaper {
   constructor(private readonly o: ReaperOptions) {}
 
   start(): void {
-    this.timer = setInterval(() => void this.runOnce().catch((err) => this.o.log.warn('session reaper failed; retrying', { error: (err as Error).message })), this.o.intervalMs);
+    this.timer = setInterval(
+      () => void this.runOnce().catch((err) => this.o.log.warn('session reaper failed; retrying', { error: (err as Error).message })),
+      this.o.intervalMs,
+    );
     this.timer.unref();
   }
 

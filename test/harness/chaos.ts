@@ -604,7 +604,12 @@ async function watchDockerCreates(stack: Stack, agentId: string): Promise<{ even
       try {
         const e = JSON.parse(line);
         const a = e.Actor?.Attributes ?? {};
-        events.push({ at: Math.round((e.timeNano ?? e.time * 1e9) / 1e6), session: a['io.streamspace.session-id'], generation: String(a['io.streamspace.generation']), source: agentId });
+        events.push({
+          at: Math.round((e.timeNano ?? e.time * 1e9) / 1e6),
+          session: a['io.streamspace.session-id'],
+          generation: String(a['io.streamspace.generation']),
+          source: agentId,
+        });
       } catch {
         // partial line
       }
@@ -619,7 +624,13 @@ function doubles(creates: CreateEvent[]): { session: string; generation: string;
   for (const e of creates) by.set(`${e.session}/${e.generation}`, [...(by.get(`${e.session}/${e.generation}`) ?? []), e]);
   return [...by.values()]
     .filter((l) => l.length > 1)
-    .map((l) => ({ session: l[0].session, generation: l[0].generation, creates: l.length, source: [...new Set(l.map((e) => e.source))].join(','), at: l[1].at }));
+    .map((l) => ({
+      session: l[0].session,
+      generation: l[0].generation,
+      creates: l.length,
+      source: [...new Set(l.map((e) => e.source))].join(','),
+      at: l[1].at,
+    }));
 }
 
 // ---------------------------------------------------------------------------------------- table
@@ -629,7 +640,19 @@ function fmtMs(ms: number | null): string {
 }
 
 export function chaosTable(r: Omit<ChaosResult, 'table'>): string {
-  const head = ['fault', 'target', 'in flight', 'ops completed', 'failed (reason)', 'lost', 'executed twice', 'divergent', 'back after', 'healthy after', 'recovered in'];
+  const head = [
+    'fault',
+    'target',
+    'in flight',
+    'ops completed',
+    'failed (reason)',
+    'lost',
+    'executed twice',
+    'divergent',
+    'back after',
+    'healthy after',
+    'recovered in',
+  ];
   const rows = r.faults.map((f) => [
     f.name,
     f.target,
@@ -684,7 +707,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     targetStartDelay: '1500ms',
     ...options,
   };
-  if (o.freezeMs <= Math.max(durMs(o.startTimeout), durMs(o.heartbeatTimeout))) throw new Error('freezeMs must exceed the start timeout and the heartbeat timeout');
+  if (o.freezeMs <= Math.max(durMs(o.startTimeout), durMs(o.heartbeatTimeout)))
+    throw new Error('freezeMs must exceed the start timeout and the heartbeat timeout');
   const log = o.log ?? ((l: string) => process.stdout.write(`[chaos ${new Date().toISOString().slice(11, 23)}] ${l}\n`));
   const stack = new Stack(o.testName ?? 'chaos', {
     AGENT_HUB_BACKEND: 'redis',
@@ -721,9 +745,25 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         }),
       ),
     );
-    if (dockerId) await stack.startDockerAgent(dockerId, { MAX_SESSIONS: String(o.dockerMaxSessions), VNC_PORT_RANGE: '15800-15849', CONTROL_PLANE_URL: pods[0].agentUrl });
+    if (dockerId)
+      await stack.startDockerAgent(dockerId, { MAX_SESSIONS: String(o.dockerMaxSessions), VNC_PORT_RANGE: '15800-15849', CONTROL_PLANE_URL: pods[0].agentUrl });
     const token = await stack.login();
-    const c: Ctx = { stack, pods, token, runId: stack.id, o, fakeIds, dockerId, ops: [], rr: 0, injected: 0, awaitingTarget: false, churnDone: false, creating: pods.map(() => 0), log };
+    const c: Ctx = {
+      stack,
+      pods,
+      token,
+      runId: stack.id,
+      o,
+      fakeIds,
+      dockerId,
+      ops: [],
+      rr: 0,
+      injected: 0,
+      awaitingTarget: false,
+      churnDone: false,
+      creating: pods.map(() => 0),
+      log,
+    };
     log(`stack ${stack.id} up in ${Date.now() - t0} ms (logs: ${stack.logDir}); ${o.sessions} sessions, concurrency ${o.concurrency}`);
 
     // Churn: launches are spread over the fault schedule (until fault k is injected, at most
@@ -823,7 +863,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       duplicateSessions: dupSessions.length,
       divergent: div.length,
       faults,
-      failures: c.ops.filter((r) => r.outcome === 'failed').map((r) => ({ session: r.session, kind: r.kind, reason: r.reason ?? '', startedAt: r.startedAt, endedAt: r.endedAt })),
+      failures: c.ops
+        .filter((r) => r.outcome === 'failed')
+        .map((r) => ({ session: r.session, kind: r.kind, reason: r.reason ?? '', startedAt: r.startedAt, endedAt: r.endedAt })),
       lostOps,
       doubles: dbl,
       divergences: div,
@@ -839,7 +881,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
         {
           faults,
           ops: c.ops,
-          sessions: await dump(`SELECT s.id, s.state, s.error_message, s.tags, a.agent_id AS agent, s.created_at, s.updated_at FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id ORDER BY s.created_at`),
+          sessions: await dump(
+            `SELECT s.id, s.state, s.error_message, s.tags, a.agent_id AS agent, s.created_at, s.updated_at FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id ORDER BY s.created_at`,
+          ),
           agent_commands: await dump(
             `SELECT c.id, c.session_id, c.command_type, c.status, c.generation, c.retry_count, c.error_message, c.withdrawn_at, c.expires_at, c.created_at, c.sent_at, c.completed_at, a.agent_id AS agent
                FROM agent_commands c LEFT JOIN agents a ON a.id = c.agent_id ORDER BY c.created_at`,
@@ -865,9 +909,13 @@ export function chaosReport(r: ChaosResult): string {
     r.table,
     '',
     'what each fault hit:',
-    ...r.faults.map((f) => `  ${new Date(f.injectedAt).toISOString().slice(11, 23)} ${f.name}: ${f.hit || 'requests and commands under way'} (${f.inFlight} operations in flight)`),
+    ...r.faults.map(
+      (f) =>
+        `  ${new Date(f.injectedAt).toISOString().slice(11, 23)} ${f.name}: ${f.hit || 'requests and commands under way'} (${f.inFlight} operations in flight)`,
+    ),
     '',
-    `creates counted: fake ${r.creates.fake}, docker ${r.creates.docker}; logs: ${r.logDir}`];
+    `creates counted: fake ${r.creates.fake}, docker ${r.creates.docker}; logs: ${r.logDir}`,
+  ];
   if (r.failures.length) {
     lines.push('', `operations failed with a reason (${r.failures.length}):`);
     const by = new Map<string, number>();
@@ -879,8 +927,14 @@ export function chaosReport(r: ChaosResult): string {
     const iso = (t: number | null) => (t ? new Date(t).toISOString().slice(11, 23) : '-');
     for (const f of r.failures.slice(0, 30)) lines.push(`    ${f.kind} ${f.session} ${iso(f.startedAt)} → ${iso(f.endedAt)}`);
   }
-  if (r.lostOps.length) lines.push('', 'lost operations:', ...r.lostOps.map((l) => `  ${l.kind} of session ${l.session} (#${l.n}) started ${new Date(l.startedAt).toISOString()}${l.reason ? ': ' + l.reason : ''}`));
-  if (r.doubles.length) lines.push('', 'executed twice:', ...r.doubles.map((d) => `  session ${d.session} generation ${d.generation}: ${d.creates} creates (${d.source})`));
+  if (r.lostOps.length)
+    lines.push(
+      '',
+      'lost operations:',
+      ...r.lostOps.map((l) => `  ${l.kind} of session ${l.session} (#${l.n}) started ${new Date(l.startedAt).toISOString()}${l.reason ? ': ' + l.reason : ''}`),
+    );
+  if (r.doubles.length)
+    lines.push('', 'executed twice:', ...r.doubles.map((d) => `  session ${d.session} generation ${d.generation}: ${d.creates} creates (${d.source})`));
   if (r.duplicateSessions) lines.push('', `${r.duplicateSessions} chaos tags carried by more than one session (a retried create made a duplicate)`);
   if (r.divergences.length) lines.push('', 'divergent:', ...r.divergences.map((d) => `  session ${d.session}: database ${d.db}, agents hold ${d.agents}`));
   return lines.join('\n');
