@@ -6,7 +6,7 @@ import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activ
 import type { Pool } from 'pg';
 import { ensureCommand, getCommand, nextGeneration, requeueCommand, withdrawCommand, WithdrawResult } from '../db/commands';
 import type { CommandResult, CommandType, Platform, StartSessionData } from '../protocol/messages';
-import { FailureType, SessionState } from '../workflows/session-api';
+import { FailureType, SessionState, WITHDRAWN_BY_STOP } from '../workflows/session-api';
 import { placementWhenFull } from '../config/env';
 import type { CommandWaiter } from './command-waiter';
 import { InvalidTemplateError, manifestSpec, templateToSpec } from './templates';
@@ -261,7 +261,11 @@ export function createSessionActivities(deps: SessionActivityDeps) {
 const WITHDRAWN = 'withdrawn: the workflow no longer waits for this command (start cancelled or timed out)';
 
 function commandWithdrawn(input: DispatchInput, reason: string | null): ApplicationFailure {
-  return ApplicationFailure.create({ message: `${input.commandType} ${reason ?? 'withdrawn'}`, type: FailureType.CommandWithdrawn, nonRetryable: true });
+  return ApplicationFailure.create({
+    message: `${input.commandType} ${reason ?? 'withdrawn'}`,
+    type: reason === WITHDRAWN_BY_STOP ? FailureType.CommandWithdrawnByStop : FailureType.CommandWithdrawn,
+    nonRetryable: true,
+  });
 }
 
 function commandFailed(input: DispatchInput, reason: string | null): ApplicationFailure {
