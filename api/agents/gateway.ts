@@ -250,11 +250,12 @@ export class AgentGateway {
       [agentDbId, reported.map((s) => s.session_id)],
     );
     const divergences = classifyReport(agentDbId, rows.rows, reported);
+    const observed = new Map(reported.map((r) => [r.session_id, r.state]));
     await this.o.pool.query(
       `UPDATE sessions s SET platform_metadata = COALESCE(s.platform_metadata, '{}'::jsonb) || jsonb_build_object('observed_state', o.observed, 'observed_at', NOW())
          FROM unnest($1::text[], $2::text[]) AS o(id, observed)
         WHERE s.id = o.id AND s.agent_id = $3`,
-      [rows.rows.map((r) => r.id), rows.rows.map((r) => reported.find((x) => x.session_id === r.id)?.state ?? 'missing'), agentDbId],
+      [rows.rows.map((r) => r.id), rows.rows.map((r) => observed.get(r.id) ?? 'missing'), agentDbId],
     );
     const of = (kind: Divergence['kind']) => divergences.filter((d) => d.kind === kind).map((d) => d.sessionId);
     await this.o.pool.query(
@@ -269,7 +270,11 @@ export class AgentGateway {
       divergences: divergences.slice(0, 20).map((d) => `${d.sessionId}: ${d.kind} (desired ${d.desired}, observed ${d.observed})`),
       total: divergences.length,
     });
-    await this.o.onDivergence?.(agentDbId, agentId, divergences);
+    // Not awaited: the agent's socket stays paused until registration ends, and handing thousands
+    // of divergences to Temporal must not hold its heartbeats and results back.
+    void this.o
+      .onDivergence?.(agentDbId, agentId, divergences)
+      .catch((err) => this.o.log.warn('reconcile hand-over failed (the next registration retries)', { agent: agentId, error: (err as Error).message }));
   }
 
   private async unregister(conn: AgentConnection): Promise<void> {
