@@ -76,7 +76,8 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
   const redisUrl = envOptional('REDIS_URL', env);
   if (hubBackend === 'redis' && !redisUrl) throw new Error('AGENT_HUB_BACKEND=redis needs REDIS_URL');
   return {
-    host: envString('HOST', '127.0.0.1', env),
+    // In a container (anything but a developer machine) the gateway must be reachable from outside.
+    host: envString('HOST', dev ? '127.0.0.1' : '0.0.0.0', env),
     port: envInt('PORT', 8080, env),
     agentWsPort: envInt('AGENT_WS_PORT', 8081, env),
     databaseUrl: databaseUrl(env),

@@ -3,7 +3,7 @@ import { NativeConnection, Runtime } from '@temporalio/worker';
 import type { Logger as TemporalLogger, LogLevel as TemporalLogLevel, LogMetadata } from '@temporalio/common';
 import { Client, Connection } from '@temporalio/client';
 import os from 'node:os';
-import { databaseUrl, envDuration, envInt, envOptional, requireSecrets, taskQueue, temporalAddress, temporalNamespace, WORKER_SECRETS } from '../config/env';
+import { databaseUrl, devMode, envDuration, envInt, envOptional, requireSecrets, taskQueue, temporalAddress, temporalNamespace, WORKER_SECRETS } from '../config/env';
 import { createLogger, type Logger } from '../config/log';
 import { createPool } from '../db/pool';
 import { ensureSearchAttributes } from './search-attributes';
@@ -67,12 +67,13 @@ async function main() {
 }
 
 /**
- * WORKER_METRICS_HOST (127.0.0.1) : WORKER_METRICS_PORT (9464; 0 picks a free port). When the port is
+ * WORKER_METRICS_HOST (0.0.0.0; 127.0.0.1 in dev mode) : WORKER_METRICS_PORT (9464; 0 picks a free port). When the port is
  * the default and already taken (several workers on one host), a free one is used instead, with a warning;
  * a port set explicitly must be free.
  */
 async function startMetricsServer(log: Logger, metrics: ReturnType<typeof createWorkerMetrics>, sdkMetricsUrl: string): Promise<WorkerMetricsServer> {
-  const host = envOptional('WORKER_METRICS_HOST') ?? '127.0.0.1';
+  // Scraped from outside the container: all interfaces, except on a developer machine.
+  const host = envOptional('WORKER_METRICS_HOST') ?? (devMode() ? '127.0.0.1' : '0.0.0.0');
   const explicit = envOptional('WORKER_METRICS_PORT') !== undefined;
   const port = envInt('WORKER_METRICS_PORT', 9464);
   let server: WorkerMetricsServer;

@@ -1,6 +1,6 @@
 /** Settings every agent reads (names as in the spec's agent environment). */
 import os from 'node:os';
-import { envDuration, envInt, envOptional, envRequired, envString } from '../../config/env';
+import { devMode, envDuration, envInt, envOptional, envRequired, envString } from '../../config/env';
 import type { Capacity, Platform } from '../../protocol/messages';
 
 export interface AgentConfig {
@@ -39,7 +39,8 @@ export function loadAgentConfig(platform: Platform, env: NodeJS.ProcessEnv = pro
     reconnectInitialDelayMs: envDuration('RECONNECT_INITIAL_DELAY', '100ms', env),
     reconnectMaxDelayMs: envDuration('RECONNECT_MAX_DELAY', '5s', env),
     healthPort: envInt('HEALTH_PORT', 8082, env),
-    healthHost: envString('HEALTH_HOST', '127.0.0.1', env),
+    // Probes come from outside the container: all interfaces, except on a developer machine.
+    healthHost: envString('HEALTH_HOST', devMode(env) ? '127.0.0.1' : '0.0.0.0', env),
     identity: envString('POD_NAME', `${os.hostname()}_${process.pid}`, env),
   };
 }

@@ -79,8 +79,12 @@ export class AgentRuntime {
     return this.registered;
   }
 
-  /** Starts the /health and /ready endpoints (port HEALTH_PORT, default 8082). */
-  async startHealthServer(extra: () => Record<string, unknown> = () => ({})): Promise<void> {
+  /**
+   * Starts /health (liveness: the process answers), /ready and /metrics on HEALTH_PORT (default
+   * 8082). Readiness is "able to do this replica's job": registered with the control plane, or
+   * what `ready` says (an HA follower is ready when it could take over, not only when it leads).
+   */
+  async startHealthServer(extra: () => Record<string, unknown> = () => ({}), ready: () => boolean = () => this.registered): Promise<void> {
     if (this.config.healthPort === 0 && this.healthServer) return;
     this.healthServer = http.createServer((req, res) => {
       const path = (req.url ?? '/').split('?')[0];
@@ -95,8 +99,9 @@ export class AgentRuntime {
         return;
       }
       if (path === '/ready') {
-        const body = JSON.stringify({ status: this.registered ? 'ready' : 'not ready', registered: this.registered, ...extra() });
-        return void res.writeHead(this.registered ? 200 : 503, { 'content-type': 'application/json' }).end(body);
+        const ok = ready();
+        const body = JSON.stringify({ status: ok ? 'ready' : 'not ready', registered: this.registered, ...extra() });
+        return void res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(body);
       }
       res.writeHead(404).end();
     });

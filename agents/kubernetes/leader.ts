@@ -101,6 +101,8 @@ export class LeaderElector {
   private observed: { holder: string; renew: string; at: number } | null = null;
   /** When the last successful acquire/renew attempt started (monotonic); the deadline runs from here. */
   private lastRenew = 0;
+  /** When an attempt last got an answer from the API server (monotonic), leading or not. */
+  private lastContact = -Infinity;
   private knownLeader = '';
 
   constructor(private readonly o: LeaderElectionOptions) {
@@ -110,6 +112,14 @@ export class LeaderElector {
 
   get isLeader(): boolean {
     return this.leading;
+  }
+
+  /**
+   * Able to lead: the Lease API answered within the last LEASE_DURATION (a follower that cannot
+   * reach it could not take over). Readiness of an HA replica, leader or follower.
+   */
+  get canLead(): boolean {
+    return !this.stopped && now() - this.lastContact < this.o.leaseDurationMs;
   }
 
   async start(): Promise<void> {
@@ -148,6 +158,7 @@ export class LeaderElector {
     const deadline = this.leading ? this.renewDeadlineAt : started + this.o.renewDeadlineMs;
     try {
       const ok = await this.tryAcquireOrRenew(deadline);
+      this.lastContact = now();
       if (this.stopped || term !== this.term) {
         // Stepped down (or stopped) while the attempt ran: its outcome is stale.
       } else if (ok && now() < deadline) {

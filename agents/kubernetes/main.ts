@@ -46,7 +46,11 @@ async function main() {
   attachTunnel(runtime, log);
 
   let elector: LeaderElector | null = null;
-  await runtime.startHealthServer(() => ({ ha, leader: elector ? elector.isLeader : true }));
+  await runtime.startHealthServer(
+    () => ({ ha, leader: elector ? elector.isLeader : true }),
+    // HA: the leader is ready once registered; a follower once it could take over (Lease API reachable).
+    () => (elector ? (elector.isLeader ? runtime.isRegistered : elector.canLead) : runtime.isRegistered),
+  );
   if (ha) {
     elector = new LeaderElector({
       kubeConfig: kc,
