@@ -221,6 +221,9 @@ describe('Leader election enforces RENEW_DEADLINE with request timeouts (real AP
     const b = startReplica('k8s-agent-b', directKubeconfig, bHealth);
     await waitFor('B to follow A', async () => /This agent is a FOLLOWER \(leader: k8s-agent-a_/.test(b.output), 30_000);
     expect((await holder()).startsWith('k8s-agent-a_')).toBe(true);
+    // Readiness means "able to lead": the follower is Ready too (a rolling update must not wait on it).
+    expect((await fetch(`http://127.0.0.1:${bHealth}/ready`)).status).toBe(200);
+    expect((await fetch(`http://127.0.0.1:${aHealth}/ready`)).status).toBe(200);
 
     // Record both replicas' leader state (their /ready) every 50 ms for the rest of the test.
     const samples: Record<'a' | 'b', Sample[]> = { a: [], b: [] };
