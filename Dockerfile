@@ -2,7 +2,7 @@
 #   node dist/api/main.js          API gateway (8080) + agent WebSocket hub (8081)  [default]
 #   node dist/workers/main.js      Temporal worker
 #   node dist/agents/docker/main.js  Docker agent
-#   node dist/db/cli.js up         schema migrations
+#   node dist/db/cli.js up         schema migrations (npm run db:migrate)
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 # Dependencies first, so source edits do not invalidate the npm ci layer.

@@ -1,18 +1,16 @@
 /**
- * `npm run migrate [-- <command>]`
+ * `npm run db:migrate [-- <command>]`: the database schema (never the v1 → v2 migration run,
+ * which is `npm run migration`, db/migration-main.ts).
  *
- *   (none) | up   apply pending migrations and print applied/skipped versions
- *   status        list each migration version with its applied time (or "pending")
- *   plan|start|progress|approve|retry|rollback|abort|keep-v1   the blue-green migration run (db/migration-cli.ts)
+ *   (none) | up   apply pending schema migrations and print applied/skipped versions
+ *   status        list each schema version with its applied time (or "pending")
  *   help          usage
  *
  * The database is DATABASE_URL, else DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD (config/env.ts);
- * MIGRATIONS_DIR overrides the folder of .sql files. More commands (the blue-green migration
- * workflow: start, status, approve, rollback, abort) plug into COMMANDS below.
+ * MIGRATIONS_DIR overrides the folder of .sql files.
  */
 import { databaseUrl } from '../config/env';
 import { migrate, migrationStatus } from './migrate';
-import { MIGRATION_COMMANDS } from './migration-cli';
 
 export interface CliIo {
   out: (line: string) => void;
@@ -35,9 +33,12 @@ const up: CliCommand = {
 };
 
 const status: CliCommand = {
-  summary: "schema versions applied; with a run id: that migration run's progress (--watch)",
+  summary: 'schema versions: applied (when) or pending',
   async run(args, io) {
-    if (args[0] && !args[0].startsWith('--')) return MIGRATION_COMMANDS.progress.run(args, io);
+    if (args[0] && !args[0].startsWith('--')) {
+      io.err(`"${args[0]}" looks like a migration run id: that is \`npm run migration -- status ${args[0]}\``);
+      return 2;
+    }
     const { migrations, unknown } = await migrationStatus(databaseUrl());
     const width = Math.max(7, ...migrations.map((m) => m.version.length), ...unknown.map((u) => u.version.length));
     io.out(`${'version'.padEnd(width)}  applied_at`);
@@ -53,38 +54,47 @@ const status: CliCommand = {
 };
 
 /** Subcommands by name; add new ones here. */
-export const COMMANDS: Record<string, CliCommand> = { up, status, ...MIGRATION_COMMANDS };
+export const COMMANDS: Record<string, CliCommand> = { up, status };
 
-export function usage(): string {
-  const lines = ['usage: npm run migrate [-- <command> [args]]', '', 'commands:'];
-  const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length), 4);
-  for (const [name, cmd] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(width)}  ${cmd.summary}`);
+/** Usage of a command set, as `npm run <program> -- <command>`. */
+export function usage(program = 'db:migrate', commands: Record<string, CliCommand> = COMMANDS): string {
+  const lines = [`usage: npm run ${program} [-- <command> [args]]`, '', 'commands:'];
+  const width = Math.max(...Object.keys(commands).map((n) => n.length), 4);
+  for (const [name, cmd] of Object.entries(commands)) lines.push(`  ${name.padEnd(width)}  ${cmd.summary}`);
   lines.push(`  ${'help'.padEnd(width)}  show this message`);
   return lines.join('\n');
 }
 
-export async function main(argv: string[], io: CliIo): Promise<number> {
-  const [name = 'up', ...rest] = argv;
+/** Runs one command of a set (no command: `fallback`, or the usage). */
+export async function runCli(
+  argv: string[],
+  io: CliIo,
+  opts: { program: string; commands: Record<string, CliCommand>; fallback?: string } = { program: 'db:migrate', commands: COMMANDS, fallback: 'up' },
+): Promise<number> {
+  const [name = opts.fallback ?? 'help', ...rest] = argv;
   if (name === 'help' || name === '--help' || name === '-h') {
-    io.out(usage());
-    return 0;
+    io.out(usage(opts.program, opts.commands));
+    return argv.length ? 0 : 2;
   }
-  const cmd = Object.prototype.hasOwnProperty.call(COMMANDS, name) ? COMMANDS[name] : undefined;
+  const cmd = Object.prototype.hasOwnProperty.call(opts.commands, name) ? opts.commands[name] : undefined;
   if (!cmd) {
     io.err(`unknown command: ${name}`);
-    io.err(usage());
+    io.err(usage(opts.program, opts.commands));
     return 2;
   }
   try {
     return await cmd.run(rest, io);
   } catch (err) {
-    io.err(`migrate ${name} failed: ${err instanceof Error ? err.message : String(err)}`);
+    io.err(`${opts.program} ${name} failed: ${err instanceof Error ? err.message : String(err)}`);
     return 1;
   }
 }
 
-if (require.main === module) {
-  main(process.argv.slice(2), {
+export const main = (argv: string[], io: CliIo): Promise<number> => runCli(argv, io);
+
+/** Runs `run` as the process's main program with stdout/stderr. */
+export function runAsMain(run: (argv: string[], io: CliIo) => Promise<number>): void {
+  run(process.argv.slice(2), {
     out: (l) => process.stdout.write(l + '\n'),
     err: (l) => process.stderr.write(l + '\n'),
   }).then(
@@ -97,3 +107,5 @@ if (require.main === module) {
     },
   );
 }
+
+if (require.main === module) runAsMain(main);

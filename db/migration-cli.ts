@@ -1,5 +1,5 @@
 /**
- * Operator commands for the blue-green migration workflow (`npm run migrate -- <command>`):
+ * Operator commands for the blue-green migration workflow (`npm run migration -- <command>`):
  *   plan   [--config f.json]          dry run: preflight checks and the plan; changes nothing
  *   start  [--config f.json]          start a run (prints its id)
  *   status <runId> [--watch]          phases with progress bars (from the workflow's query)
@@ -50,7 +50,7 @@ function readConfig(args: string[]): unknown {
 }
 
 const need = (args: string[]): string => {
-  if (!args[0] || args[0].startsWith('--')) throw new Error('a run id is required (see `npm run migrate -- start`)');
+  if (!args[0] || args[0].startsWith('--')) throw new Error('a run id is required (see `npm run migration -- start`)');
   if (!new RegExp(RUN_ID_PATTERN).test(args[0])) throw new Error(`run id must match ${RUN_ID_PATTERN}`);
   return args[0];
 };
@@ -74,10 +74,10 @@ export function render(p: MigrationProgress): string[] {
     lines.push(
       `  cut-over deltas: ${p.import.delta.processed} sessions of moving users checked, ${p.import.delta.reimported} re-imported (v1 wrote them), ${p.import.delta.adopted} adopted`,
     );
-  if (p.awaitingApproval) lines.push(`  waiting for approval of cohort "${p.awaitingApproval}": npm run migrate -- approve ${p.runId}`);
+  if (p.awaitingApproval) lines.push(`  waiting for approval of cohort "${p.awaitingApproval}": npm run migration -- approve ${p.runId}`);
   if (p.blockedReason) lines.push(`  ${p.blockedReason}`);
   if (p.decommissionAt && p.status === 'waiting-to-decommission')
-    lines.push(`  v1 is decommissioned at ${p.decommissionAt} (keep it: npm run migrate -- keep-v1 ${p.runId})`);
+    lines.push(`  v1 is decommissioned at ${p.decommissionAt} (keep it: npm run migration -- keep-v1 ${p.runId})`);
   for (const s of p.rollback)
     lines.push(`  rollback: ${s.status === 'done' ? 'ok  ' : s.status === 'skipped' ? 'skip' : 'FAIL'} ${s.step}${s.detail ? ` — ${s.detail}` : ''}`);
   return lines;
@@ -95,7 +95,7 @@ async function startRun(args: string[], io: CliIo, dryRun: boolean): Promise<num
       typedSearchAttributes: [{ key: SA.migrationPhase, value: 'starting' }],
     });
     if (!dryRun) {
-      io.out(`started ${options.runId} (workflow ${h.workflowId}); watch: npm run migrate -- status ${options.runId} --watch`);
+      io.out(`started ${options.runId} (workflow ${h.workflowId}); watch: npm run migration -- status ${options.runId} --watch`);
       return 0;
     }
     const p = (await h.result()) as MigrationProgress;
@@ -141,7 +141,7 @@ export const MIGRATION_COMMANDS: Record<string, CliCommand> = {
           .filter((x) => x !== '--restore')
           .join(' ');
         await c.workflow.getHandle(migrationWorkflowId(need(a))).executeUpdate(rollbackUpdate, { args: [reason, restore ? { database: 'restore' } : {}] });
-        io.out(`rollback of ${a[0]} accepted; watch: npm run migrate -- progress ${a[0]} --watch`);
+        io.out(`rollback of ${a[0]} accepted; watch: npm run migration -- status ${a[0]} --watch`);
         return 0;
       }),
   },

@@ -263,7 +263,7 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     expect(await routedTo(bob)).toBe('v1');
     expect(v1Api.requests.some((q) => q.path === '/api/v1/sessions')).toBe(true);
     // Progress is visible from the CLI, the query and the Temporal UI's search attribute.
-    const cli = await run(process.execPath, [path.join(ROOT, 'dist/db/cli.js'), 'status', runId], { env: { ...process.env, ...stack.commonEnv } });
+    const cli = await run(process.execPath, [path.join(ROOT, 'dist/db/migration-main.js'), 'status', runId], { env: { ...process.env, ...stack.commonEnv } });
     expect(cli.stdout).toMatch(/import\s+\[#{24}\] 100%/);
     expect(cli.stdout).toMatch(/waiting for approval of cohort "pilot"/);
     const desc = await stack.temporal.workflow.getHandle(migrationWorkflowId(runId)).describe();
@@ -273,7 +273,7 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     await stack.startWorker();
     expect((await stack.call('POST', `/api/v1/migrations/${runId}/approve`, { cohort: 'pilot' }, admin)).status).toBe(202);
     await until(runId, 'beta awaiting approval', (p) => p.awaitingApproval === 'beta');
-    await run(process.execPath, [path.join(ROOT, 'dist/db/cli.js'), 'approve', runId], { env: { ...process.env, ...stack.commonEnv } });
+    await run(process.execPath, [path.join(ROOT, 'dist/db/migration-main.js'), 'approve', runId], { env: { ...process.env, ...stack.commonEnv } });
     const final = await until(runId, 'completed', (p) => p.status === 'completed', 180_000);
     expect(await routedTo(bob)).toBe('v2');
 

@@ -177,7 +177,7 @@ describe('the migration API validates and keeps secrets out of Temporal', () => 
     const r = await new Promise<{ code: number; stderr: string }>((resolve) =>
       execFile(
         process.execPath,
-        [path.join(ROOT, 'dist/db/cli.js'), 'start', '--config', file],
+        [path.join(ROOT, 'dist/db/migration-main.js'), 'start', '--config', file],
         { env: { ...process.env, ...stack.commonEnv } },
         (err, _out, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stderr }),
       ),
