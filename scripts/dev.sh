@@ -12,7 +12,7 @@ AGENT_WS_PORT=${AGENT_WS_PORT:-8081}
 LOGS=${STREAMSPACE_DEV_LOGS:-/var/log/streamspace/dev}
 mkdir -p "$LOGS"
 
-bash scripts/provision.sh
+bash scripts/provision.sh dev
 npm run build --silent
 
 export DATABASE_URL=${DATABASE_URL:-postgres://streamspace:streamspace@127.0.0.1:55432/streamspace}

