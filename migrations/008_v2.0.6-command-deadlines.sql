@@ -17,3 +17,6 @@ CREATE INDEX IF NOT EXISTS idx_agent_commands_open ON agent_commands (agent_id, 
 
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS workflow_confirmed BOOLEAN;
 CREATE INDEX IF NOT EXISTS idx_sessions_workflow_unconfirmed ON sessions (created_at) WHERE workflow_confirmed = false;
+
+INSERT INTO schema_migrations (version) VALUES ('v2.0.6-command-deadlines')
+ON CONFLICT (version) DO NOTHING;

@@ -116,7 +116,9 @@ describe('agent credentials (two API pods, Redis hub)', () => {
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(pod2.output).toMatch(/closing agent socket: its token is no longer valid/);
     // The agent keeps trying and is refused with the reason.
-    await waitFor('agent refused', async () => /control plane refused the agent.*401.*agent token revoked/.test(agent.output), 10_000);
+    // One log line (pino JSON: fields in any order) with the refusal, its status and its reason.
+    const refused = (l: string) => l.includes('control plane refused the agent') && /\b401\b/.test(l) && l.includes('agent token revoked');
+    await waitFor('agent refused', async () => agent.output.split('\n').some(refused), 10_000);
     const r = await dialAgent(stack.agentPort, minted.body.token);
     expect(r).toMatchObject({ status: 401, body: expect.stringMatching(/agent token revoked/) });
     await agent.kill('SIGTERM');
