@@ -9,6 +9,7 @@ import type { Duplex } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import type { Pool } from 'pg';
 import { createLogger, Logger } from '../config/log';
+import { temporalConnectionOptions } from '../config/temporal';
 import { createPool } from '../db/pool';
 import { ensureUser } from '../db/users';
 import { AGENT_CONNECT_PATH, AGENT_STREAM_PATH } from '../protocol/messages';
@@ -42,7 +43,8 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
   await bootstrap(pool, config, log);
 
   // Lazy: the gateway starts (and /ready says why it is not ready) even while Temporal is down.
-  const connection = Connection.lazy({ address: config.temporalAddress });
+  // TLS / mTLS / API key from TEMPORAL_TLS_* and TEMPORAL_API_KEY (config/temporal.ts); the address from config.
+  const connection = Connection.lazy({ ...temporalConnectionOptions(), address: config.temporalAddress });
   const temporal = new Client({ connection, namespace: config.temporalNamespace });
   const tokens = new TokenService(config.jwtSecret, config.agentTokenSecret, config.jwtTtlSeconds);
   const metrics = createMetrics();

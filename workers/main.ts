@@ -3,7 +3,8 @@ import { NativeConnection, Runtime } from '@temporalio/worker';
 import type { Logger as TemporalLogger, LogLevel as TemporalLogLevel, LogMetadata } from '@temporalio/common';
 import { Client, Connection } from '@temporalio/client';
 import os from 'node:os';
-import { databaseUrl, devMode, envDuration, envInt, envOptional, requireSecrets, taskQueue, temporalAddress, temporalNamespace, WORKER_SECRETS } from '../config/env';
+import { databaseUrl, devMode, envDuration, envInt, envOptional, requireSecrets, taskQueue, temporalNamespace, WORKER_SECRETS } from '../config/env';
+import { temporalConnectionOptions } from '../config/temporal';
 import { createLogger, type Logger } from '../config/log';
 import { createPool } from '../db/pool';
 import { ensureSearchAttributes } from './search-attributes';
@@ -26,14 +27,16 @@ async function main() {
   });
   const metrics = createWorkerMetrics();
   const metricsServer = await startMetricsServer(log, metrics, sdkMetricsUrl);
-  const address = temporalAddress();
+  // TEMPORAL_ADDRESS with TLS / mTLS / API key (TEMPORAL_TLS_*, TEMPORAL_API_KEY; config/temporal.ts).
+  const temporalOptions = temporalConnectionOptions();
+  const address = temporalOptions.address;
   const namespace = temporalNamespace();
   const url = databaseUrl();
   const pool = createPool(url);
-  const clientConnection = await Connection.connect({ address });
+  const clientConnection = await Connection.connect(temporalOptions);
   await ensureSearchAttributes(clientConnection, namespace);
   const temporal = new Client({ connection: clientConnection, namespace });
-  const connection = await NativeConnection.connect({ address });
+  const connection = await NativeConnection.connect(temporalOptions);
   const { worker, close } = await createSessionWorker({
     connection,
     namespace,

@@ -1,4 +1,5 @@
 /** Settings every agent reads (names as in the spec's agent environment). */
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { devMode, envDuration, envInt, envOptional, envRequired, envString } from '../../config/env';
 import type { Capacity, Platform } from '../../protocol/messages';
@@ -19,6 +20,27 @@ export interface AgentConfig {
   identity: string;
 }
 
+/**
+ * AGENT_TOKEN_FILE: the agent's credential read from a file (a mounted Secret, or the volume the
+ * compose file's agent-bootstrap step writes it to) when AGENT_TOKEN is unset; surrounding whitespace
+ * is dropped. Returns env with AGENT_TOKEN set from the file; a file that cannot be read or is empty
+ * leaves AGENT_TOKEN unset and says why on stderr (the start-up guard then refuses to start).
+ */
+export function applyAgentTokenFile(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const file = envOptional('AGENT_TOKEN_FILE', env);
+  if (!file || envOptional('AGENT_TOKEN', env) !== undefined) return env;
+  try {
+    const token = readFileSync(file, 'utf8').trim();
+    if (token) env.AGENT_TOKEN = token;
+    else process.stderr.write(`AGENT_TOKEN_FILE ${file} is empty\n`);
+  } catch (err) {
+    process.stderr.write(`AGENT_TOKEN_FILE ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})\n`);
+  }
+  return env;
+}
+// At load, before any agent's main() runs its start-up guard on AGENT_TOKEN.
+applyAgentTokenFile();
+
 export function loadAgentConfig(platform: Platform, env: NodeJS.ProcessEnv = process.env): AgentConfig {
   const declared = envString('PLATFORM', platform, env);
   if (declared !== platform) throw new Error(`PLATFORM=${declared} but this is the ${platform} agent`);
@@ -27,7 +49,7 @@ export function loadAgentConfig(platform: Platform, env: NodeJS.ProcessEnv = pro
   return {
     agentId: envRequired('AGENT_ID', env),
     controlPlaneUrl: envRequired('CONTROL_PLANE_URL', env),
-    token: envRequired('AGENT_TOKEN', env),
+    token: envRequired('AGENT_TOKEN', applyAgentTokenFile(env)),
     platform,
     region: envOptional('REGION', env) ?? null,
     clusterId: envOptional('CLUSTER_ID', env) ?? null,
