@@ -13,7 +13,8 @@
 import { Client, Connection } from '@temporalio/client';
 import { readFileSync } from 'node:fs';
 import { migrationOptions, RUN_ID_PATTERN } from '../api/migrations/options';
-import { taskQueue, temporalAddress, temporalNamespace } from '../config/env';
+import { taskQueue, temporalNamespace } from '../config/env';
+import { temporalConnectionOptions } from '../config/temporal';
 import {
   abortSignal,
   approveSignal,
@@ -29,7 +30,8 @@ import { SA } from '../workflows/search-attributes';
 import type { CliCommand, CliIo } from './cli';
 
 async function withClient<T>(fn: (c: Client) => Promise<T>): Promise<T> {
-  const connection = await Connection.connect({ address: temporalAddress() });
+  // TEMPORAL_ADDRESS with the TLS / API key settings (config/temporal.ts), as the gateway and worker.
+  const connection = await Connection.connect(temporalConnectionOptions());
   try {
     return await fn(new Client({ connection, namespace: temporalNamespace() }));
   } finally {

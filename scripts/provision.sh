@@ -40,7 +40,8 @@ die() { say "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- check: what is there, what is missing
 DEV_PACKAGES=(postgresql redis-server docker.io debootstrap debian-archive-keyring iproute2 procps curl ca-certificates)
-TEST_PACKAGES=(chromium git python3-yaml)
+# docker-compose (v1, Debian's): `docker-compose config -q` validates docker-compose.yml in test/compose.test.ts.
+TEST_PACKAGES=(chromium git python3-yaml docker-compose)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 report() {
   local missing=0 line
