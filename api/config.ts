@@ -48,6 +48,8 @@ export interface GatewayConfig {
   vncOpenTimeoutMs: number;
   /** Base URL agents use to reach this pod directly for VNC streams (multi-pod); unset: same address as the control socket. */
   agentStreamUrl: string | null;
+  /** This pod's address for the other API pods (VNC stream hand-off, POD_INTERNAL_URL); unset: HOST:AGENT_WS_PORT unless HOST is a wildcard. */
+  podInternalUrl: string | null;
   sessionStartTimeoutMs: number;
   /** Session workflows continue as new past this many history events. */
   sessionHistoryLimit: number;
@@ -100,6 +102,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     vncTicketTtlMs: envDuration('VNC_TICKET_TTL', '30s', env),
     vncOpenTimeoutMs: envDuration('VNC_OPEN_TIMEOUT', '10s', env),
     agentStreamUrl: envOptional('AGENT_STREAM_URL', env) ?? null,
+    podInternalUrl: envOptional('POD_INTERNAL_URL', env) ?? null,
     sessionStartTimeoutMs: envDuration('SESSION_START_TIMEOUT', '5m', env),
     sessionHistoryLimit: envInt('SESSION_HISTORY_LIMIT', 2000, env),
     hubBackend,

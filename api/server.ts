@@ -23,6 +23,7 @@ import { hashPassword } from './auth/tokens';
 import { TokenService } from './auth/tokens';
 import type { GatewayConfig } from './config';
 import { createMetrics } from './metrics';
+import { createPodHandoff, VNC_POD_HOP_PATH } from './vnc/pod-hop';
 import { VIEWER_SOCKET_PATH, VncTunnel } from './vnc/tunnel';
 
 export interface RunningGateway {
@@ -80,6 +81,8 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     ticketTtlMs: config.vncTicketTtlMs,
     openTimeoutMs: config.vncOpenTimeoutMs,
     agentStreamUrl: config.agentStreamUrl,
+    // Several pods behind an Ingress: a stream socket landing on another pod is handed to this one.
+    handoff: await createPodHandoff(config, log, metrics),
   });
   agentGateway.streamErrorHandler = (streamId, error) => vnc.streamFailed(streamId, error);
 
@@ -96,6 +99,11 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
         log.error('agent stream upgrade failed', { error: err.message });
         rejectUpgrade(socket, 500, 'internal error');
       });
+      return true;
+    },
+    (req, socket, head) => {
+      if (pathOf(req) !== VNC_POD_HOP_PATH) return false;
+      vnc.handlePodHopUpgrade(req, socket, head);
       return true;
     },
     (req, socket, head) => {

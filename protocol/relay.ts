@@ -1,6 +1,6 @@
 /**
  * Byte relays for the VNC tunnel, used at both ends (gateway: WebSocket ⇄ WebSocket; agent:
- * TCP ⇄ WebSocket). Messages are forwarded as they arrive, without stream wrappers, and each
+ * TCP ⇄ WebSocket; between two gateway pods: a raw splice, spliceSockets). Messages are forwarded as they arrive, without stream wrappers, and each
  * direction has its own backpressure: when more than HIGH_WATER bytes are queued towards a slow
  * peer, the source is paused until the queue drains below LOW_WATER. A close or error on either
  * side ends both.
@@ -91,4 +91,42 @@ export function relayTcpWebSocket(tcp: net.Socket, ws: WebSocket): void {
   tcp.once('error', end);
   ws.once('close', end);
   ws.once('error', end);
+}
+
+/**
+ * Raw bytes both ways, no framing (a pod relaying a stream socket to another pod: the WebSocket
+ * frames on both legs are the same, client-masked one way and unmasked the other). Backpressure by
+ * pipe(); an end on one side ends the other once its data is written; a close or error on either
+ * side ends both (destroyed after 2 s at the latest). TCP keep-alive catches a vanished peer.
+ */
+export function spliceSockets(a: net.Socket, b: net.Socket, hooks: Pick<RelayHooks, 'onClose'> = {}): () => void {
+  for (const s of [a, b]) {
+    s.setNoDelay(true);
+    s.setKeepAlive(true, 30_000);
+  }
+  a.pipe(b);
+  b.pipe(a);
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    for (const s of [a, b]) {
+      s.end();
+      setTimeout(() => s.destroy(), 2000).unref();
+    }
+    hooks.onClose?.(1000, 'closed');
+  };
+  for (const s of [a, b]) {
+    s.once('close', end);
+    s.on('error', () => {
+      a.destroy();
+      b.destroy();
+      end();
+    });
+  }
+  return () => {
+    a.destroy();
+    b.destroy();
+    end();
+  };
 }

@@ -9,10 +9,11 @@
  * 3. The two sockets are relayed (protocol/relay.ts): backpressure end to end, and a close or
  *    error on either side closes the other. Idle tunnels close after VNC_PROXY_TIMEOUT.
  *
- * Multi-pod: the stream socket must land on the pod that holds the browser socket. Each pod can
- * advertise its own direct address for agents in AGENT_STREAM_URL (e.g. ws://<pod-ip>:8081); the
- * open_stream request itself travels through the AgentHub (Redis backend: to the pod that holds
- * the agent's control socket), so browser, agent control socket and stream may be on any pods.
+ * Multi-pod: the open_stream request travels through the AgentHub (Redis backend: to the pod that
+ * holds the agent's control socket), so browser and agent control socket may be on any pods. The
+ * stream socket goes where AGENT_STREAM_URL says (unset: CONTROL_PLANE_URL's origin): either this
+ * pod's own address (e.g. ws://<pod-ip>:8081, in-cluster agents: it lands here), or the Ingress
+ * (agents outside the cluster: it lands on any pod, which hands it to this one, pod-hop.ts).
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
@@ -27,6 +28,7 @@ import type { AgentHub } from '../agents/hub';
 import { authenticateAgent } from '../auth/agent-credentials';
 import { bearer, TokenError, TokenService } from '../auth/tokens';
 import type { Metrics } from '../metrics';
+import type { PodHandoff } from './pod-hop';
 
 export const VIEWER_SOCKET_PATH = /^\/api\/v1\/sessions\/([^/]+)\/vnc$/;
 
@@ -40,8 +42,10 @@ export interface VncTunnelOptions {
   ticketTtlMs: number;
   /** How long the agent has to dial its stream socket back. */
   openTimeoutMs: number;
-  /** Absolute base URL agents use to reach this pod for streams; relative path when unset. */
+  /** Absolute base URL agents dial for streams (this pod, or the Ingress); relative path when unset. */
   agentStreamUrl: string | null;
+  /** Hands stream sockets that land on the wrong pod to the right one (Redis hub only). */
+  handoff?: PodHandoff | null;
 }
 
 interface PendingStream {
@@ -143,18 +147,43 @@ export class VncTunnel {
     } catch (err) {
       return rejectUpgrade(socket, 401, `agent authentication failed: ${err instanceof TokenError ? err.message : 'invalid token'}`);
     }
+    const error = query.get('error');
+    // Not waited for here: behind an Ingress the stream may have landed on another pod than the
+    // viewer's; that pod (if any) gets it through a hop.
+    if (!this.pending.has(streamId) && this.o.handoff && (await this.o.handoff.forward(req, socket, head, streamId, agentId, error))) return;
+    this.attachStream(req, socket, head, streamId, agentId, error);
+  }
+
+  /** Owner side of a hand-off: another pod relays a stream socket that landed there. */
+  handlePodHopUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const handoff = this.o.handoff;
+    if (!handoff) return rejectUpgrade(socket, 404, 'no pod hand-off here (AGENT_HUB_BACKEND=redis only)');
+    const hop = handoff.verifyHop(req);
+    if ('status' in hop) return rejectUpgrade(socket, hop.status, hop.reason);
+    if (this.attachStream(req, socket, head, hop.streamId, hop.agentId, hop.error) && !hop.error) handoff.accepted();
+  }
+
+  /** Joins a stream socket (the agent's, or a hop carrying it) to the viewer waiting for it; true when it was. */
+  private attachStream(req: IncomingMessage, socket: Duplex, head: Buffer, streamId: string, agentId: string, error: string | null): boolean {
     const p = this.pending.get(streamId);
-    if (!p) return rejectUpgrade(socket, 404, 'no such stream (expired or already connected)');
-    if (p.agentId !== agentId) return rejectUpgrade(socket, 403, 'this stream belongs to another agent');
+    if (!p) {
+      rejectUpgrade(socket, 404, 'no such stream (expired or already connected)');
+      return false;
+    }
+    if (p.agentId !== agentId) {
+      rejectUpgrade(socket, 403, 'this stream belongs to another agent');
+      return false;
+    }
     // The agent reports a failure here too: this is the pod that waits for the stream, which
     // need not be the pod holding the agent's control socket.
-    const error = query.get('error');
     if (error) {
       this.streamFailed(streamId, error.slice(0, 1000));
-      return rejectUpgrade(socket, 410, 'stream failure recorded');
+      rejectUpgrade(socket, 410, 'stream failure recorded');
+      return true;
     }
     this.pending.delete(streamId);
     this.wss.handleUpgrade(req, socket, head, (ws) => p.resolve(ws));
+    return true;
   }
 
   /** An agent could not reach the session's VNC server. */
@@ -170,6 +199,7 @@ export class VncTunnel {
     return new Promise<WebSocket>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(streamId);
+        this.o.handoff?.unregister(streamId);
         reject(new Error(`agent ${agentId} did not open the stream within ${this.o.openTimeoutMs} ms`));
       }, this.o.openTimeoutMs);
       const settle =
@@ -177,6 +207,7 @@ export class VncTunnel {
         (v: T) => {
           clearTimeout(timer);
           viewer.off('close', onViewerGone);
+          this.o.handoff?.unregister(streamId);
           fn(v);
         };
       const onViewerGone = () => {
@@ -188,12 +219,19 @@ export class VncTunnel {
       this.pending.set(streamId, { agentId, resolve: settle(resolve), reject: settle(reject) });
       const path = `${AGENT_STREAM_PATH}?stream_id=${streamId}`;
       const url = this.o.agentStreamUrl ? new URL(path, this.o.agentStreamUrl).toString() : path;
-      this.o.hub.sendToAgent(agentDbId, { type: 'open_stream', stream_id: streamId, session_id: sessionId, url }).then(
-        (sent) => {
-          if (!sent) this.streamFailed(streamId, `agent ${agentId} is not connected`);
-        },
-        (err: Error) => this.streamFailed(streamId, err.message),
-      );
+      // Recorded for the other pods before the agent is asked: its stream may land on any of them.
+      const recorded = this.o.handoff ? this.o.handoff.register(streamId, agentId) : Promise.resolve();
+      recorded
+        .then(() => {
+          if (!this.pending.has(streamId)) return false; // the viewer went away meanwhile
+          return this.o.hub.sendToAgent(agentDbId, { type: 'open_stream', stream_id: streamId, session_id: sessionId, url });
+        })
+        .then(
+          (sent) => {
+            if (!sent) this.streamFailed(streamId, `agent ${agentId} is not connected`);
+          },
+          (err: Error) => this.streamFailed(streamId, err.message),
+        );
     });
   }
 
@@ -233,6 +271,7 @@ export class VncTunnel {
 
   close(): void {
     clearInterval(this.flushTimer);
+    this.o.handoff?.close();
     for (const ws of this.open) ws.terminate();
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
