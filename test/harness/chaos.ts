@@ -506,6 +506,12 @@ async function runFaults(c: Ctx, faults: FaultRecord[]): Promise<void> {
       }
       // Recovered once healthy and an operation has completed after the injection.
       while (Date.now() < until && !c.churnDone && !c.ops.some((r) => r.outcome === 'completed' && r.endedAt! > f.injectedAt)) await sleep(100);
+      // The churn may have run out of sessions (a short run, or a fault that waited for its target):
+      // recovery is then shown by one more session driven through its lifecycle after the fault.
+      if (!c.ops.some((r) => r.outcome === 'completed' && r.endedAt! > f.injectedAt)) {
+        c.log(`  ${f.name}: nothing completed since the injection; probing with one more session`);
+        await churnOne(c, c.o.sessions + i).catch((err) => c.log(`  probe after ${f.name} failed: ${(err as Error).message}`));
+      }
     } catch (err) {
       f.error = (err as Error).message;
       if (!f.injectedAt) f.injectedAt = Date.now();
