@@ -839,7 +839,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     ).rows;
     const lostOps = c.ops.filter((r) => r.outcome === 'pending');
     // Sessions never created at all (a create that vanished) are lost too.
-    const missing = o.sessions - new Set(c.ops.filter((r) => r.kind === 'create').map((r) => r.n)).size;
+    // (Only the churn's own sessions 0..n-1: probe sessions after a fault have indices beyond.)
+    const missing = o.sessions - new Set(c.ops.filter((r) => r.kind === 'create' && r.n < o.sessions).map((r) => r.n)).size;
 
     // Per fault: its window runs from its injection to the next one (the last: to the churn's end).
     const divIds = new Set(div.map((d) => d.session));
