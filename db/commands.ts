@@ -187,7 +187,6 @@ export async function withdrawCommand(db: Queryable, idempotencyKey: string, rea
   if (r.rowCount) {
     const c = r.rows[0];
     await notifyWithdrawn(db, [c]);
-    await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, c.id]);
     return 'withdrawn';
   }
   const cur = await db.query<{ status: CommandStatus }>('SELECT status FROM agent_commands WHERE idempotency_key = $1', [idempotencyKey]);
@@ -210,15 +209,18 @@ export async function expireOverdue(
       RETURNING id, agent_id, session_id, command_type`,
     [graceMs],
   );
-  if (r.rowCount) {
-    await notifyWithdrawn(db, r.rows);
-    for (const c of r.rows) await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, c.id]);
-  }
+  if (r.rowCount) await notifyWithdrawn(db, r.rows);
   return r.rows;
 }
 
+/** Tells the agents' pods (cancel_command) and the waiting activities (done), all rows in one round trip. */
 async function notifyWithdrawn(db: Queryable, rows: { id: string; agent_id: string; session_id: string }[]): Promise<void> {
-  for (const c of rows) await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_WITHDRAWN, `${c.agent_id} ${c.id} ${c.session_id}`]);
+  await db.query(`SELECT pg_notify($1, w), pg_notify($2, d) FROM unnest($3::text[], $4::text[]) AS n(w, d)`, [
+    CHANNEL_COMMAND_WITHDRAWN,
+    CHANNEL_COMMAND_DONE,
+    rows.map((c) => `${c.agent_id} ${c.id} ${c.session_id}`),
+    rows.map((c) => c.id),
+  ]);
 }
 
 /** The next command generation for a session (one above any command issued for it). */

@@ -209,7 +209,12 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         () => new HttpError(503, `the session workflow did not accept the ${op} request within ${ACCEPT_TIMEOUT_MS / 1000}s (is a worker running?)`),
       );
       const waitMs = (req.query.wait ?? DEFAULT_WAIT_S) * 1000;
-      outcome = await Promise.race([update.result().then(() => 'done' as const), sleep(waitMs).then(() => 'pending' as const)]);
+      // The wait's timer is cleared as soon as the Update finishes (no timer left per request).
+      const waited = new AbortController();
+      outcome = await Promise.race([
+        update.result().then(() => 'done' as const),
+        sleep(waitMs, 'pending' as const, { signal: waited.signal }).catch(() => 'pending' as const),
+      ]).finally(() => waited.abort());
     } catch (err) {
       if (err instanceof HttpError) throw err;
       const httpErr = err instanceof WorkflowClosed ? new HttpError(409, `cannot ${op}: the session is no longer managed`) : toHttpError(err, op, row.state);

@@ -255,6 +255,18 @@ export class Stack {
     return token;
   }
 
+  /** What every docker-platform agent of the stack gets: identity, credential, control plane. */
+  private dockerAgentEnv(agentId: string, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+    return {
+      ...this.commonEnv,
+      AGENT_ID: agentId,
+      AGENT_TOKEN: env.AGENT_TOKEN ?? this.agentToken(agentId),
+      CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
+      PLATFORM: 'docker',
+      REGION: 'local',
+    };
+  }
+
   /** Starts (or restarts) a Docker agent with host networking on loopback VNC ports. */
   async startDockerAgent(agentId: string, env: NodeJS.ProcessEnv = {}, waitRegistered = true): Promise<Proc> {
     let proc = this.agents.get(agentId);
@@ -263,12 +275,7 @@ export class Stack {
         `agent-${agentId}`,
         'agents/docker/main.js',
         {
-          ...this.commonEnv,
-          AGENT_ID: agentId,
-          AGENT_TOKEN: env.AGENT_TOKEN ?? this.agentToken(agentId),
-          CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
-          PLATFORM: 'docker',
-          REGION: 'local',
+          ...this.dockerAgentEnv(agentId, env),
           DOCKER_NETWORK: 'host',
           NETWORK_PREFIX: `sst${this.id}`,
           VNC_LISTEN: '127.0.0.1',
@@ -361,12 +368,7 @@ export class Stack {
         `agent-${agentId}`,
         'agents/fake/main.js',
         {
-          ...this.commonEnv,
-          AGENT_ID: agentId,
-          AGENT_TOKEN: env.AGENT_TOKEN ?? this.agentToken(agentId),
-          CONTROL_PLANE_URL: `ws://127.0.0.1:${this.agentPort}`,
-          PLATFORM: 'docker',
-          REGION: 'local',
+          ...this.dockerAgentEnv(agentId, env),
           AGENT_STREAM_HOSTS: '127.0.0.1',
           HEALTH_PORT: '0',
           HEALTH_HOST: '127.0.0.1',
