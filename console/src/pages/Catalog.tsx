@@ -1,0 +1,5 @@
+import { PageHeader } from '../components/common';
+
+export function CatalogPage() {
+  return <PageHeader title="CatalogPage" />;
+}

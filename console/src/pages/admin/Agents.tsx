@@ -1,0 +1,5 @@
+import { PageHeader } from '../../components/common';
+
+export function AgentsPage() {
+  return <PageHeader title="AgentsPage" />;
+}

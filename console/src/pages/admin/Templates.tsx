@@ -1,0 +1,5 @@
+import { PageHeader } from '../../components/common';
+
+export function TemplatesPage() {
+  return <PageHeader title="TemplatesPage" />;
+}
