@@ -32,6 +32,8 @@ export interface SessionToStart {
   platform: Platform;
   /** Absent: a new session, started now. Present: the workflow resumes in this state (imported). */
   carried?: CarriedState;
+  /** A retried session: the commands it already had (see SessionWorkflowInput.firstCommandSeq). */
+  firstCommandSeq?: number;
 }
 
 /** Starts `session/<id>`; `false` when it is already running (nothing done). */
@@ -45,6 +47,7 @@ export async function startSessionWorkflow(s: SessionWorkflowSettings, t: Sessio
     startTimeoutMs: s.startTimeoutMs,
     maxHistoryEvents: s.historyLimit,
     ...(t.carried ? { carried: t.carried } : {}),
+    ...(t.firstCommandSeq ? { firstCommandSeq: t.firstCommandSeq } : {}),
   };
   try {
     await s.temporal.workflow.start(SESSION_WORKFLOW_TYPE, {

@@ -14,6 +14,9 @@ import type { TokenService } from './auth/tokens';
 import type { GatewayConfig } from './config';
 import type { Metrics } from './metrics';
 import type { VncTunnel } from './vnc/tunnel';
+import type { LiveEvents } from './events/live';
+import { eventRoutes } from './routes/events';
+import { consoleRoutes } from './console/routes';
 import { viewerRoutes } from './vnc/viewer-routes';
 import { agentRoutes } from './routes/agents';
 import { migrationRoutes } from './routes/migrations';
@@ -24,6 +27,7 @@ import { sessionRoutes } from './routes/sessions';
 import { templateRoutes } from './routes/templates';
 import { userRoutes } from './routes/users';
 import { securityHeaders } from './security-headers';
+import { httpReason } from './errors';
 
 export interface AppDeps {
   config: GatewayConfig;
@@ -34,6 +38,7 @@ export interface AppDeps {
   hub: AgentHub;
   agentGateway: AgentGateway;
   vnc: VncTunnel;
+  live: LiveEvents;
   log: Logger;
 }
 
@@ -82,6 +87,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(agentRoutes);
   await app.register(viewerRoutes);
   await app.register(migrationRoutes);
+  await app.register(eventRoutes);
+  await app.register(consoleRoutes);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }
@@ -92,30 +99,4 @@ const hopsOf =
   (_address: string, hop: number): boolean =>
     hop < n;
 
-export function httpReason(status: number): string {
-  const reasons: Record<number, string> = {
-    400: 'Bad Request',
-    401: 'Unauthorized',
-    403: 'Forbidden',
-    404: 'Not Found',
-    409: 'Conflict',
-    413: 'Payload Too Large',
-    415: 'Unsupported Media Type',
-    422: 'Unprocessable Entity',
-    429: 'Too Many Requests',
-    502: 'Bad Gateway',
-    503: 'Service Unavailable',
-    504: 'Gateway Timeout',
-  };
-  return reasons[status] ?? (status >= 500 ? 'Internal Server Error' : 'Error');
-}
-
-/** An error with an HTTP status and a reason the client can act on. */
-export class HttpError extends Error {
-  constructor(
-    readonly statusCode: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+export { HttpError, httpReason } from './errors';

@@ -63,6 +63,8 @@ export interface GatewayConfig {
   /** Sessions whose workflow start is unconfirmed this long are adopted (SESSION_REAPER_GRACE). */
   sessionReaperGraceMs: number;
   sessionReaperIntervalMs: number;
+  /** Temporal Web UI base URL for links from the console (TEMPORAL_UI_URL); null: no links. */
+  temporalUiUrl: string | null;
 }
 
 /**
@@ -113,6 +115,8 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     sweepIntervalMs: envDuration('AGENT_SWEEP_INTERVAL', '2s', env),
     sessionReaperGraceMs: envDuration('SESSION_REAPER_GRACE', '15s', env),
     sessionReaperIntervalMs: envDuration('SESSION_REAPER_INTERVAL', '10s', env),
+    // The dev stack's Temporal dev server serves its UI on :58233 (scripts/services.sh).
+    temporalUiUrl: envOptional('TEMPORAL_UI_URL', env)?.replace(/\/+$/, '') ?? (dev ? 'http://127.0.0.1:58233' : null),
   };
 }
 

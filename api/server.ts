@@ -19,6 +19,7 @@ import { SessionReaper } from './sessions/reaper';
 import { AgentHub, MemoryAgentHub } from './agents/hub';
 import { RedisAgentHub } from './agents/redis-hub';
 import { buildApp } from './app';
+import { LiveEvents } from './events/live';
 import { hashPassword } from './auth/tokens';
 import { TokenService } from './auth/tokens';
 import type { GatewayConfig } from './config';
@@ -86,7 +87,11 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
   });
   agentGateway.streamErrorHandler = (streamId, error) => vnc.streamFailed(streamId, error);
 
-  const app = await buildApp({ config, pool, temporal, tokens, metrics, hub, agentGateway, vnc, log });
+  // The console's live stream (its own LISTEN connection; nothing is loaded while nobody watches).
+  const live = new LiveEvents(pool, config.databaseUrl, config.heartbeatTimeoutMs, log);
+  await live.start();
+
+  const app = await buildApp({ config, pool, temporal, tokens, metrics, hub, agentGateway, vnc, live, log });
   const upgradeHandlers: UpgradeHandler[] = [
     (req, socket, head) => {
       if (pathOf(req) !== AGENT_CONNECT_PATH) return false;
@@ -157,6 +162,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     async close() {
       vnc.close();
       reaper.stop();
+      await live.close();
       await agentGateway.close();
       if (agentServer) await new Promise<void>((r) => agentServer!.close(() => r()));
       await app.close();

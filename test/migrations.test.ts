@@ -94,6 +94,7 @@ describe('migration files', () => {
       '006_v2.0.4-agent-tokens.sql',
       '007_v2.0.5-accounts.sql',
       '008_v2.0.6-command-deadlines.sql',
+      '009_v2.0.7-console-live.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -105,6 +106,7 @@ describe('migration files', () => {
       'v2.0.4-agent-tokens',
       'v2.0.5-accounts',
       'v2.0.6-command-deadlines',
+      'v2.0.7-console-live',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });

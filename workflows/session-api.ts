@@ -23,6 +23,11 @@ export interface SessionWorkflowInput {
   maxHistoryEvents?: number;
   /** Carried across continue-as-new; absent on the first run. */
   carried?: CarriedState;
+  /**
+   * Commands the session already had (a failed session started again by a retry): numbering goes
+   * on from there, so idempotency keys and generations never repeat an earlier run's. Absent: 0.
+   */
+  firstCommandSeq?: number;
 }
 
 export interface CarriedState {

@@ -74,7 +74,7 @@ const commands = proxyActivities<SessionActivities>({
 const COMMAND_TIMEOUT_MS = 5 * 60_000;
 
 export async function sessionWorkflow(input: SessionWorkflowInput): Promise<SessionStatus> {
-  const carried: CarriedState = input.carried ?? { state: 'pending', agentDbId: null, agentId: null, commandSeq: 0, runs: 0 };
+  const carried: CarriedState = input.carried ?? { state: 'pending', agentDbId: null, agentId: null, commandSeq: input.firstCommandSeq ?? 0, runs: 0 };
   let state: SessionState = carried.state;
   let agentDbId = carried.agentDbId;
   let agentId = carried.agentId;

@@ -4,44 +4,20 @@ import { parseDuration } from '../../config/env';
 import { HttpError } from '../app';
 import { AGENT_ID_PATTERN, AgentTokenConflict, AgentTokenRecord, listAgentTokens, mintAgentToken, revokeAgentToken } from '../auth/agent-credentials';
 import { TokenError } from '../auth/tokens';
+import { loadAgents } from '../agents/view';
+import { AgentSchema } from '../schemas';
 
 const MAX_TOKEN_LIFETIME_S = 3650 * 86_400;
 
-interface AgentRow {
-  agent_id: string;
-  status: string;
-  platform: string;
-  region: string | null;
-  cluster_id: string | null;
-  capacity: { max_sessions?: number } | null;
-  active_sessions: number | null;
-  current_sessions: number;
-  last_heartbeat: Date | null;
-  metadata: Record<string, unknown> | null;
-}
 
 export async function agentRoutes(app: FastifyInstance): Promise<void> {
   const admin = { onRequest: app.requireAdmin };
   const secured = { security: [{ bearer: [] }], tags: ['agents'] };
 
   // Fields as in the spec's sample: agent_id, status, platform, region, capacity, last_heartbeat.
-  app.get('/api/v1/agents', { ...admin, schema: secured }, async () => {
-    const r = await app.deps.pool.query<AgentRow>(
-      `SELECT a.agent_id, a.status, a.platform, a.region, a.cluster_id, a.capacity, a.active_sessions, a.last_heartbeat, a.metadata,
-              (SELECT count(*)::int FROM sessions s WHERE s.agent_id = a.id AND s.state IN ('pending', 'running', 'terminating')) AS current_sessions
-         FROM agents a ORDER BY a.platform, a.agent_id`,
-    );
-    return r.rows.map((a) => ({
-      agent_id: a.agent_id,
-      status: a.status,
-      platform: a.platform,
-      region: a.region,
-      cluster_id: a.cluster_id,
-      capacity: { ...(a.capacity ?? {}), max_sessions: a.capacity?.max_sessions ?? 0, current_sessions: a.current_sessions },
-      last_heartbeat: a.last_heartbeat,
-      metadata: a.metadata ?? {},
-    }));
-  });
+  app.get('/api/v1/agents', { ...admin, schema: { ...secured, response: { 200: Type.Array(AgentSchema) } } }, async () =>
+    loadAgents(app.deps.pool, app.deps.config.heartbeatTimeoutMs),
+  );
 
   // Agent credentials (agent_tokens): one live token per agent id; rotate to replace it.
   const AgentId = Type.String({ pattern: AGENT_ID_PATTERN, maxLength: 255 });

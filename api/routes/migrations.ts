@@ -21,6 +21,7 @@ import {
   rollbackUpdate,
 } from '../../workflows/migration-api';
 import { SA } from '../../workflows/search-attributes';
+import { MigrationRunSchema } from '../schemas';
 import { HttpError } from '../app';
 import { MigrationInputError, migrationOptions, MigrationRequest, MigrationRequestSchema, RUN_ID_PATTERN } from '../migrations/options';
 
@@ -78,14 +79,65 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
     },
   );
 
+  /** The run in the Temporal Web UI (TEMPORAL_UI_URL), for operators following its retries. */
+  const temporalUrl = (workflowId: string) => {
+    const ui = app.deps.config.temporalUiUrl;
+    return ui ? `${ui}/namespaces/${encodeURIComponent(app.deps.config.temporalNamespace)}/workflows/${encodeURIComponent(workflowId)}` : null;
+  };
+
+  // Every run, newest first, from Temporal's visibility store (the runs are workflows).
+  app.get('/api/v1/migrations', { ...admin, schema: { ...secured, response: { 200: Type.Array(MigrationRunSchema) } } }, async () => {
+    const runs: Array<Record<string, unknown>> = [];
+    for await (const w of app.deps.temporal.workflow.list({ query: `WorkflowType = '${MIGRATION_WORKFLOW_TYPE}'` })) {
+      const runId = typeof w.memo?.runId === 'string' ? w.memo.runId : w.workflowId.replace(/^migration\//, '');
+      const phase = w.typedSearchAttributes?.get(SA.migrationPhase) ?? null;
+      runs.push({
+        run_id: runId,
+        workflow_id: w.workflowId,
+        status: w.status.name.toLowerCase(),
+        phase,
+        started_at: w.startTime,
+        closed_at: w.closeTime ?? null,
+        temporal_url: temporalUrl(w.workflowId),
+      });
+      if (runs.length >= 200) break;
+    }
+    return runs;
+  });
+
   app.get<{ Params: { runId: string } }>('/api/v1/migrations/:runId', { ...admin, schema: { ...secured, params: RunParams } }, async (req) => {
     try {
-      return redactDeep(await handle(req.params.runId).query(progressQuery));
+      return { ...redactDeep(await handle(req.params.runId).query(progressQuery)), temporal_url: temporalUrl(migrationWorkflowId(req.params.runId)) };
     } catch (err) {
       if (err instanceof WorkflowNotFoundError) throw new HttpError(404, `migration run "${req.params.runId}" not found`);
       throw err;
     }
   });
+
+  // Every row the import could not take, as CSV (one line per row: what, where, why).
+  app.get<{ Params: { runId: string } }>(
+    '/api/v1/migrations/:runId/failures.csv',
+    { ...admin, schema: { ...secured, params: RunParams } },
+    async (req, reply) => {
+      const r = await app.deps.pool
+        .query<{ kind: string; source_id: string; namespace: string; status: string; reason: string | null; via: string | null; imported_at: Date | null }>(
+          `SELECT kind, source_id, namespace, status, reason, via, imported_at FROM migration_import_results
+            WHERE run_id = $1 AND status = 'failed' ORDER BY kind, namespace, source_id`,
+          [req.params.runId],
+        )
+        .catch((err: Error & { code?: string }) => {
+          if (err.code === '42P01') return { rows: [] }; // no import has run on this database yet
+          throw err;
+        });
+      const lines = [['kind', 'id', 'namespace', 'status', 'reason', 'source', 'at'].join(',')];
+      for (const f of r.rows)
+        lines.push([f.kind, f.source_id, f.namespace, f.status, redactSecrets(f.reason ?? ''), f.via ?? '', f.imported_at?.toISOString() ?? ''].map(csvCell).join(','));
+      return reply
+        .type('text/csv; charset=utf-8')
+        .header('content-disposition', `attachment; filename="migration-${req.params.runId}-failures.csv"`)
+        .send(lines.join('\r\n') + '\r\n');
+    },
+  );
 
   const signal = (name: string, fn: (runId: string, body: Record<string, string | undefined>) => Promise<unknown>) =>
     app.post<{ Params: { runId: string }; Body: Record<string, string | undefined> }>(
@@ -194,4 +246,10 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
       return { total: items.length, imported: count('imported'), unchanged: count('unchanged'), failed: count('failed'), results };
     },
   );
+}
+
+/** RFC 4180 cell; a leading =, +, - or @ is quoted away so a spreadsheet does not run it as a formula. */
+function csvCell(v: string): string {
+  const safe = /^[=+\-@\t\r]/.test(v) ? `'${v}` : v;
+  return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
 }

@@ -14,6 +14,9 @@ import { startSessionWorkflow } from '../../activities/session-adoption';
 import { ensureUser } from '../../db/users';
 import { HttpError } from '../app';
 import { USERNAME_PATTERN } from './users';
+import { listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow, SessionSort } from '../sessions/view';
+import { ErrorSchema, SessionSchema } from '../schemas';
+import { nextGeneration } from '../../db/commands';
 
 const CreateSession = Type.Object(
   {
@@ -30,13 +33,53 @@ type CreateSession = { user?: string; template: string; platform: 'docker' | 'ku
 
 const ListQuery = Type.Object(
   {
-    state: Type.Optional(Type.String()),
-    platform: Type.Optional(Type.String()),
-    user: Type.Optional(Type.String()),
-    tag: Type.Optional(Type.String()),
+    state: Type.Optional(Type.String({ maxLength: 50 })),
+    platform: Type.Optional(Type.String({ maxLength: 50 })),
+    user: Type.Optional(Type.String({ maxLength: 255 })),
+    tag: Type.Optional(Type.String({ maxLength: 63 })),
+    agent: Type.Optional(Type.String({ maxLength: 255 })),
+    q: Type.Optional(Type.String({ maxLength: 255, description: 'id prefix, or part of the template, user or agent' })),
+    sort: Type.Optional(Type.Union(SESSION_SORTS.map((k) => Type.Literal(k)), { description: 'default created_at' })),
+    order: Type.Optional(Type.Union([Type.Literal('asc'), Type.Literal('desc')], { description: 'default desc' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_PAGE, description: `page size (default ${MAX_PAGE})` })),
+    cursor: Type.Optional(Type.String({ maxLength: 2048, description: 'the x-next-cursor of the previous page' })),
   },
   { additionalProperties: false },
 );
+type ListQuery = {
+  state?: string;
+  platform?: string;
+  user?: string;
+  tag?: string;
+  agent?: string;
+  q?: string;
+  sort?: SessionSort;
+  order?: 'asc' | 'desc';
+  limit?: number;
+  cursor?: string;
+};
+
+const BulkBody = Type.Object(
+  {
+    action: Type.Union([Type.Literal('hibernate'), Type.Literal('wake'), Type.Literal('stop'), Type.Literal('retry')]),
+    ids: Type.Array(Type.String({ minLength: 1, maxLength: 255 }), { minItems: 1, maxItems: 500, uniqueItems: true }),
+  },
+  { additionalProperties: false },
+);
+const BulkResult = Type.Object({
+  results: Type.Array(
+    Type.Object({
+      id: Type.String(),
+      ok: Type.Boolean(),
+      status: Type.Integer({ description: 'what the single-session route would have answered' }),
+      state: Type.Optional(Type.String()),
+      transition: Type.Optional({ ...Type.String(), nullable: true }),
+      error: Type.Optional(Type.String()),
+    }),
+  ),
+});
+/** How many sessions of one bulk request are handled at once. */
+const BULK_PARALLEL = 8;
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 255 }) });
 
@@ -52,131 +95,112 @@ const TARGET = { hibernate: 'hibernated', wake: 'running', stop: 'terminated' } 
 /** How long a workflow may take to accept an Update before the request fails with 503 (no worker?). */
 const ACCEPT_TIMEOUT_MS = 10_000;
 
-interface SessionRow {
-  id: string;
-  /** users.id */
-  user_id: string;
-  username: string | null;
-  template_name: string;
-  state: string;
-  platform: string | null;
-  agent_id: string | null;
-  agent_name: string | null;
-  cluster_id: string | null;
-  tags: string[] | null;
-  platform_metadata: Record<string, unknown> | null;
-  error_message: string | null;
-  created_at: Date;
-  updated_at: Date;
-}
-
-const SELECT_SESSION = `
-  SELECT s.id, s.user_id, u.username, s.template_name, s.state, s.platform, s.agent_id, a.agent_id AS agent_name,
-         s.cluster_id, s.tags, s.platform_metadata, s.error_message, s.created_at, s.updated_at
-    FROM sessions s
-    LEFT JOIN agents a ON a.id = s.agent_id
-    LEFT JOIN users u ON u.id::text = s.user_id`;
-
-function present(row: SessionRow, admin: boolean) {
-  const meta = { ...(row.platform_metadata ?? {}) };
-  delete meta.vnc; // the session's internal address is the agent's business, not the browser's
-  return {
-    id: row.id,
-    user: row.username ?? row.user_id,
-    template: row.template_name,
-    state: row.state,
-    platform: row.platform,
-    agent_id: row.agent_name,
-    cluster_id: row.cluster_id,
-    tags: row.tags ?? [],
-    error: row.error_message,
-    url: `/vnc-viewer/${encodeURIComponent(row.id)}`,
-    created_at: row.created_at,
-    updated_at: row.updated_at,
-    ...(admin ? { platform_metadata: meta } : {}),
-  };
-}
+type Claims = NonNullable<FastifyRequest['user']>;
+type Op = 'hibernate' | 'wake' | 'stop';
 
 export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   const auth = { onRequest: app.authenticate };
   const secured = { security: [{ bearer: [] }], tags: ['sessions'] };
+  const errors = { 400: ErrorSchema, 401: ErrorSchema, 403: ErrorSchema, 404: ErrorSchema, 409: ErrorSchema, 502: ErrorSchema, 503: ErrorSchema };
+  const one = { 200: SessionSchema, 201: SessionSchema, 202: SessionSchema, ...errors };
 
-  async function loadOwned(req: FastifyRequest, id: string): Promise<SessionRow> {
+  async function loadOwned(claims: Claims, id: string): Promise<SessionRow> {
     const r = await app.deps.pool.query<SessionRow>(`${SELECT_SESSION} WHERE s.id = $1`, [id]);
     const row = r.rows[0];
     // Another user's session is reported exactly like a missing one: ids are not disclosed.
-    if (!row || (req.user!.role !== 'admin' && row.user_id !== req.user!.uid)) throw new HttpError(404, `session "${id}" not found`);
+    if (!row || (claims.role !== 'admin' && row.user_id !== claims.uid)) throw new HttpError(404, `session "${id}" not found`);
     return row;
   }
 
-  app.post<{ Body: CreateSession }>('/api/v1/sessions', { ...auth, schema: { ...secured, body: CreateSession } }, async (req, reply) => {
-    const { pool, temporal, config } = app.deps;
-    const claims = req.user!;
-    const owner = req.body.user ?? claims.sub;
-    if (owner !== claims.sub && claims.role !== 'admin') throw new HttpError(403, 'only admins create sessions for other users');
-    const tpl = await pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [req.body.template]);
-    if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
-    // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
-    const ownerId = owner === claims.sub ? claims.uid : (await ensureUser(pool, { username: owner })).id;
-
-    const id = randomUUID();
-    const workflowId = sessionWorkflowId(id);
-    // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
-    // between, the session reaper (api/sessions/reaper.ts) starts it.
-    await pool.query(
-      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed)
-       VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false)`,
-      [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
-    );
-    try {
-      await startSessionWorkflow(
-        { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
-        { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
-      );
-    } catch (err) {
-      await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
-        id,
-        `workflow not started: ${(err as Error).message}`,
-      ]);
-      throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
-    }
-    await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);
-    return reply.status(201).send(present(await loadOwned(req, id), claims.role === 'admin'));
-  });
-
-  app.get<{ Querystring: { state?: string; platform?: string; user?: string; tag?: string } }>(
+  app.post<{ Body: CreateSession }>(
     '/api/v1/sessions',
-    { ...auth, schema: { ...secured, querystring: ListQuery } },
-    async (req) => {
+    { ...auth, schema: { ...secured, body: CreateSession, response: one } },
+    async (req, reply) => {
+      const { pool, temporal, config } = app.deps;
       const claims = req.user!;
-      const where: string[] = [];
-      const args: unknown[] = [];
-      const add = (sql: string, v: unknown) => {
-        args.push(v);
-        where.push(sql.replace('?', `$${args.length}`));
-      };
-      where.push(`s.state IS DISTINCT FROM 'deleted'`); // v1's soft delete: v1 hides these rows too
-      if (claims.role !== 'admin') add('s.user_id = ?', claims.uid);
-      else if (req.query.user) add('u.username = ?', req.query.user);
-      if (req.query.state) add('s.state = ?', req.query.state);
-      if (req.query.platform) add('s.platform = ?', req.query.platform);
-      if (req.query.tag) add('s.tags @> ?::jsonb', JSON.stringify([req.query.tag]));
-      const r = await app.deps.pool.query<SessionRow>(
-        `${SELECT_SESSION} ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY s.created_at DESC LIMIT 5000`,
-        args,
+      const owner = req.body.user ?? claims.sub;
+      if (owner !== claims.sub && claims.role !== 'admin') throw new HttpError(403, 'only admins create sessions for other users');
+      const tpl = await pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [req.body.template]);
+      if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
+      // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
+      const ownerId = owner === claims.sub ? claims.uid : (await ensureUser(pool, { username: owner })).id;
+
+      const id = randomUUID();
+      const workflowId = sessionWorkflowId(id);
+      // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
+      // between, the session reaper (api/sessions/reaper.ts) starts it.
+      await pool.query(
+        `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false)`,
+        [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
       );
-      return r.rows.map((row) => present(row, claims.role === 'admin'));
+      try {
+        await startSessionWorkflow(
+          { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
+          { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
+        );
+      } catch (err) {
+        await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
+          id,
+          `workflow not started: ${(err as Error).message}`,
+        ]);
+        throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
+      }
+      await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);
+      return reply.status(201).send(present(await loadOwned(claims, id), claims.role === 'admin'));
     },
   );
 
-  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
-    const row = await loadOwned(req, req.params.id);
-    // Live progress from the workflow (which step, which agent) when it is still running.
-    return { ...present(row, req.user!.role === 'admin'), ...(await liveStatus(row.id)) };
-  });
+  // The spec's plain array, searched, filtered, sorted and paged in the database (keyset paging:
+  // x-next-cursor). x-total-count counts every matching row, not just this page.
+  app.get<{ Querystring: ListQuery }>(
+    '/api/v1/sessions',
+    {
+      ...auth,
+      schema: {
+        ...secured,
+        querystring: ListQuery,
+        response: {
+          200: {
+            ...Type.Array(SessionSchema),
+            headers: {
+              'x-total-count': Type.Integer({ description: 'sessions matching the filters, on all pages' }),
+              'x-next-cursor': Type.String({ description: 'the next page\'s cursor; absent on the last page' }),
+            },
+          },
+          400: ErrorSchema,
+          401: ErrorSchema,
+        },
+      },
+    },
+    async (req, reply) => {
+      const claims = req.user!;
+      const admin = claims.role === 'admin';
+      const page = await listSessions(app.deps.pool, { ...req.query, ...(admin ? {} : { ownerId: claims.uid, user: undefined }) });
+      void reply.header('x-total-count', String(page.total));
+      if (page.next) {
+        const q = new URLSearchParams(req.query as Record<string, string>);
+        q.set('cursor', page.next);
+        void reply.header('x-next-cursor', page.next).header('link', `</api/v1/sessions?${q.toString()}>; rel="next"`);
+      }
+      return page.rows.map((row) => present(row, admin));
+    },
+  );
+
+  app.get<{ Params: { id: string } }>(
+    '/api/v1/sessions/:id',
+    { ...auth, schema: { ...secured, params: IdParams, response: one } },
+    async (req) => {
+      const row = await loadOwned(req.user!, req.params.id);
+      const view = present(row, req.user!.role === 'admin');
+      // The workflow's own view of a transition (which step, which agent), when it has one.
+      const live = view.transition ? await liveStatus(row.id) : { transition: null, progress: null };
+      return live.transition ? { ...view, ...live } : view;
+    },
+  );
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/commands', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
-    await loadOwned(req, req.params.id);
+    await loadOwned(req.user!, req.params.id);
     const r = await app.deps.pool.query(
       `SELECT c.id, c.command_type, c.status, c.error_message, c.retry_count, c.progress,
               c.created_at, c.sent_at, c.acked_at, c.completed_at, a.agent_id
@@ -187,20 +211,23 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     return r.rows;
   });
 
-  type Op = 'hibernate' | 'wake' | 'stop';
+  /** Marks a failed session terminated (nothing runs any more: its workflow cleaned up after itself). */
+  async function closeFailed(id: string): Promise<void> {
+    await app.deps.pool.query(`UPDATE sessions SET state = 'terminated', updated_at = NOW() WHERE id = $1 AND state = 'failed'`, [id]);
+  }
 
-  async function lifecycle(req: FastifyRequest<{ Params: { id: string }; Querystring: { wait?: number } }>, reply: FastifyReply, op: Op) {
-    const admin = req.user!.role === 'admin';
-    const row = await loadOwned(req, req.params.id);
+  /**
+   * Hibernate, wake or stop one session: accepted by its workflow (serialised, never run twice),
+   * then waited on for at most `waitMs`. 200 with the final state, or 202 with the transition.
+   */
+  async function operate(claims: Claims, id: string, op: Op, waitMs: number): Promise<{ status: 200 | 202; body: Record<string, unknown> }> {
+    const admin = claims.role === 'admin';
+    const row = await loadOwned(claims, id);
     if (op === 'stop' && (row.state === 'terminated' || row.state === 'failed')) {
-      // Nothing runs any more: a failed session's workflow already cleaned up after itself.
-      if (row.state === 'failed')
-        await app.deps.pool.query(`UPDATE sessions SET state = 'terminated', updated_at = NOW() WHERE id = $1 AND state = 'failed'`, [row.id]);
-      return present(await loadOwned(req, row.id), admin);
+      if (row.state === 'failed') await closeFailed(row.id);
+      return { status: 200, body: present(await loadOwned(claims, row.id), admin) };
     }
     const handle = app.deps.temporal.workflow.getHandle(sessionWorkflowId(row.id));
-    // Accepted (validated, serialised) by the workflow, then waited on for at most `wait`
-    // seconds: the request never hangs on an agent; 202 says the transition goes on.
     let outcome: 'done' | 'pending';
     try {
       const update = await withTimeout(
@@ -208,7 +235,6 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         ACCEPT_TIMEOUT_MS,
         () => new HttpError(503, `the session workflow did not accept the ${op} request within ${ACCEPT_TIMEOUT_MS / 1000}s (is a worker running?)`),
       );
-      const waitMs = (req.query.wait ?? DEFAULT_WAIT_S) * 1000;
       // The wait's timer is cleared as soon as the Update finishes (no timer left per request).
       const waited = new AbortController();
       outcome = await Promise.race([
@@ -220,18 +246,59 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       const httpErr = err instanceof WorkflowClosed ? new HttpError(409, `cannot ${op}: the session is no longer managed`) : toHttpError(err, op, row.state);
       // The workflow finished meanwhile (e.g. it completed the stop in a workflow task that the
       // server made us re-send): the row tells whether the request got what it asked for.
-      const now = await loadOwned(req, row.id);
-      if (httpErr.statusCode === 409 && now.state === TARGET[op]) return present(now, admin);
+      const now = await loadOwned(claims, row.id);
+      if (httpErr.statusCode === 409 && now.state === TARGET[op]) return { status: 200, body: present(now, admin) };
       if (httpErr.statusCode === 409 && op === 'stop' && now.state === 'failed') {
-        await app.deps.pool.query(`UPDATE sessions SET state = 'terminated', updated_at = NOW() WHERE id = $1 AND state = 'failed'`, [row.id]);
-        return present(await loadOwned(req, row.id), admin);
+        await closeFailed(row.id);
+        return { status: 200, body: present(await loadOwned(claims, row.id), admin) };
       }
       throw httpErr;
     }
-    const out: Record<string, unknown> = present(await loadOwned(req, row.id), admin);
-    if (outcome === 'done') return out;
+    const out = present(await loadOwned(claims, row.id), admin);
+    if (outcome === 'done') return { status: 200, body: out };
     const live = await liveStatus(row.id);
-    return reply.status(202).send({ ...out, ...live });
+    return { status: 202, body: live.transition ? { ...out, ...live } : out };
+  }
+
+  /**
+   * Starts a failed session again: same id, a new workflow run whose command numbering goes on
+   * from the old one's. Only one retry wins (the row moves failed → pending atomically).
+   */
+  async function retry(claims: Claims, id: string): Promise<{ status: 202; body: Record<string, unknown> }> {
+    const { pool, temporal, config } = app.deps;
+    const row = await loadOwned(claims, id);
+    if (row.state !== 'failed') throw new HttpError(409, `cannot retry a session that is ${row.state} (only failed sessions are retried)`);
+    if (!row.platform || (row.platform !== 'docker' && row.platform !== 'kubernetes'))
+      throw new HttpError(409, `cannot retry: the session has no platform v2 manages (${row.platform ?? 'none'})`);
+    const claimed = await pool.query(
+      `UPDATE sessions SET state = 'pending', error_message = NULL, agent_id = NULL, workflow_confirmed = false, updated_at = NOW()
+        WHERE id = $1 AND state = 'failed'`,
+      [id],
+    );
+    if (!claimed.rowCount) throw new HttpError(409, 'cannot retry: the session changed meanwhile');
+    try {
+      const started = await startSessionWorkflow(
+        { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
+        {
+          sessionId: id,
+          user: row.username ?? row.user_id,
+          template: row.template_name,
+          platform: row.platform,
+          firstCommandSeq: (await nextGeneration(pool, id)) - 1,
+        },
+      );
+      if (!started) throw new HttpError(409, 'cannot retry yet: the failed run is still cleaning up; try again in a few seconds');
+    } catch (err) {
+      await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
+        id,
+        row.error_message,
+      ]);
+      if (err instanceof HttpError) throw err;
+      throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
+    }
+    await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);
+    app.deps.log.info('failed session retried', { session: id, by: claims.sub });
+    return { status: 202, body: present(await loadOwned(claims, id), claims.role === 'admin') };
   }
 
   /** The workflow's own view of a transition under way (which step, which agent). */
@@ -249,11 +316,51 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     }
   }
 
-  const lifecycleSchema = { ...auth, schema: { ...secured, params: IdParams, querystring: WaitQuery } };
+  const lifecycleSchema = { ...auth, schema: { ...secured, params: IdParams, querystring: WaitQuery, response: one } };
   type LifecycleRequest = { Params: { id: string }; Querystring: { wait?: number } };
-  app.post<LifecycleRequest>('/api/v1/sessions/:id/hibernate', lifecycleSchema, (req, reply) => lifecycle(req, reply, 'hibernate'));
-  app.post<LifecycleRequest>('/api/v1/sessions/:id/wake', lifecycleSchema, (req, reply) => lifecycle(req, reply, 'wake'));
-  app.delete<LifecycleRequest>('/api/v1/sessions/:id', lifecycleSchema, (req, reply) => lifecycle(req, reply, 'stop'));
+  const lifecycle = (op: Op) => async (req: FastifyRequest<LifecycleRequest>, reply: FastifyReply) => {
+    const r = await operate(req.user!, req.params.id, op, (req.query.wait ?? DEFAULT_WAIT_S) * 1000);
+    return reply.status(r.status).send(r.body);
+  };
+  app.post<LifecycleRequest>('/api/v1/sessions/:id/hibernate', lifecycleSchema, lifecycle('hibernate'));
+  app.post<LifecycleRequest>('/api/v1/sessions/:id/wake', lifecycleSchema, lifecycle('wake'));
+  app.delete<LifecycleRequest>('/api/v1/sessions/:id', lifecycleSchema, lifecycle('stop'));
+  app.post<{ Params: { id: string } }>(
+    '/api/v1/sessions/:id/retry',
+    { ...auth, schema: { ...secured, params: IdParams, response: one } },
+    async (req, reply) => {
+      const r = await retry(req.user!, req.params.id);
+      return reply.status(r.status).send(r.body);
+    },
+  );
+
+  // Many sessions at once (the console's bulk actions): each id on its own, with the answer the
+  // single-session route would have given; a refused one does not stop the others.
+  app.post<{ Body: { action: Op | 'retry'; ids: string[] } }>(
+    '/api/v1/sessions/bulk',
+    { ...auth, schema: { ...secured, body: BulkBody, response: { 200: BulkResult, 400: ErrorSchema, 401: ErrorSchema } } },
+    async (req) => {
+      const claims = req.user!;
+      const { action, ids } = req.body;
+      const results: Array<Record<string, unknown>> = new Array(ids.length);
+      let next = 0;
+      const worker = async () => {
+        for (let i = next++; i < ids.length; i = next++) {
+          const id = ids[i];
+          try {
+            const r = action === 'retry' ? await retry(claims, id) : await operate(claims, id, action, 0);
+            results[i] = { id, ok: true, status: r.status, state: r.body.state, transition: (r.body.transition as string | null) ?? null };
+          } catch (err) {
+            const status = err instanceof HttpError ? err.statusCode : 500;
+            results[i] = { id, ok: false, status, error: status >= 500 && !(err instanceof HttpError) ? 'internal error' : (err as Error).message };
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(BULK_PARALLEL, ids.length) }, worker));
+      app.deps.log.info('bulk session action', { action, count: ids.length, ok: results.filter((r) => r.ok).length, by: claims.sub });
+      return { results };
+    },
+  );
 }
 
 /**

@@ -6,6 +6,7 @@ import { revocationInstant } from '../auth/accounts';
 import { hashPassword } from '../auth/tokens';
 import { ensureUser } from '../../db/users';
 import { sessionWorkflowId, stopUpdate } from '../../workflows/session-api';
+import { QuotaSchema, UserSchema } from '../schemas';
 
 export const USERNAME_PATTERN = '^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$';
 
@@ -25,6 +26,15 @@ const ResetPassword = Type.Object({ password: Type.String({ minLength: 8, maxLen
 const PatchUser = Type.Object(
   { role: Type.Optional(Type.Union([Type.Literal('admin'), Type.Literal('user')])), active: Type.Optional(Type.Boolean()) },
   { additionalProperties: false, minProperties: 1 },
+);
+
+const QuotaBody = Type.Object(
+  {
+    max_sessions: Type.Integer({ minimum: 0, maximum: 10_000 }),
+    max_cpu: Type.String({ pattern: '^([0-9]+m|[0-9]+(\\.[0-9]+)?)$', maxLength: 20, description: 'e.g. 4000m or 4' }),
+    max_memory: Type.String({ pattern: '^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti)?$', maxLength: 20, description: 'e.g. 16Gi' }),
+  },
+  { additionalProperties: false },
 );
 
 interface UserRow {
@@ -59,12 +69,34 @@ export async function userRoutes(app: FastifyInstance): Promise<void> {
     },
   );
 
-  app.get('/api/v1/users', { ...admin, schema: secured }, async () => {
+  app.get('/api/v1/users', { ...admin, schema: { ...secured, response: { 200: Type.Array(UserSchema) } } }, async () => {
     const r = await app.deps.pool.query(
-      'SELECT id::text AS id, username, email, role, COALESCE(active, true) AS active, created_at FROM users ORDER BY username',
+      `SELECT u.id::text AS id, u.username, u.email, u.role, COALESCE(u.active, true) AS active, u.created_at,
+              CASE WHEN q.user_id IS NULL THEN NULL
+                   ELSE json_build_object('max_sessions', COALESCE(q.max_sessions, 5), 'max_cpu', COALESCE(q.max_cpu, '4000m'), 'max_memory', COALESCE(q.max_memory, '16Gi'))
+              END AS quota
+         FROM users u LEFT JOIN user_quotas q ON q.user_id = u.id::text ORDER BY u.username`,
     );
     return r.rows;
   });
+
+  // Per-user limits in v1's user_quotas (the row v1 created for each of its users, or a new one).
+  app.put<{ Params: { username: string }; Body: { max_sessions: number; max_cpu: string; max_memory: string } }>(
+    '/api/v1/users/:username/quota',
+    { ...admin, schema: { ...secured, params: UserParams, body: QuotaBody, response: { 200: QuotaSchema } } },
+    async (req) => {
+      const u = await load(req.params.username);
+      const { max_sessions, max_cpu, max_memory } = req.body;
+      await app.deps.pool.query(
+        `INSERT INTO user_quotas (user_id, max_sessions, max_cpu, max_memory, created_at, updated_at) VALUES ($1, $2, $3, $4, NOW(), NOW())
+         ON CONFLICT (user_id) DO UPDATE SET max_sessions = EXCLUDED.max_sessions, max_cpu = EXCLUDED.max_cpu,
+           max_memory = EXCLUDED.max_memory, updated_at = NOW()`,
+        [u.id, max_sessions, max_cpu, max_memory],
+      );
+      app.deps.log.info('user quota set', { user: u.username, max_sessions, max_cpu, max_memory, by: req.user?.sub });
+      return { max_sessions, max_cpu, max_memory };
+    },
+  );
 
   async function load(username: string): Promise<UserRow> {
     const u = (await app.deps.pool.query<UserRow>(SELECT_USER, [username])).rows[0];
@@ -144,7 +176,8 @@ export async function userRoutes(app: FastifyInstance): Promise<void> {
         throw new HttpError(502, `the account is disabled, but ${failed.length} session(s) did not stop (${failed.join('; ')}); retry the DELETE`);
 
       try {
-        await pool.query('DELETE FROM users WHERE id::text = $1', [u.id]);
+        // One statement: the quota row goes with the user, or neither does.
+        await pool.query('WITH q AS (DELETE FROM user_quotas WHERE user_id = $1) DELETE FROM users WHERE id::text = $1', [u.id]);
         return { username: u.username, removed: true, sessions_stopped: live.rowCount ?? 0 };
       } catch (err) {
         const e = err as Error & { code?: string; table?: string };
