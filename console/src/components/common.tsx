@@ -33,6 +33,7 @@ const STATE_COLOURS: Record<string, ChipProps['color']> = {
   hibernating: 'secondary',
   waking: 'info',
   stopping: 'warning',
+  terminating: 'warning',
   terminated: 'default',
   failed: 'error',
 };

@@ -44,7 +44,7 @@ import { useDebounced } from '../time';
 import { useSessionList, type ListQuery } from './sessionList';
 
 const ROW_HEIGHT = 64;
-const STATES = ['pending', 'running', 'hibernated', 'failed', 'terminated'];
+const STATES = ['pending', 'running', 'hibernated', 'terminating', 'terminated', 'failed'];
 const PLATFORMS = ['docker', 'kubernetes'];
 type Op = 'hibernate' | 'wake' | 'stop' | 'retry';
 
