@@ -149,7 +149,7 @@ export function Shell({ children }: { children: ReactNode }) {
 
   const navList = (
     <Box component="nav" aria-label="Main">
-      <List>
+      <List component="div">
         {USER_NAV.map((item) => (
           <NavLink key={item.href} item={item} active={location === item.href} onClick={() => setMobileOpen(false)} />
         ))}
@@ -157,7 +157,7 @@ export function Shell({ children }: { children: ReactNode }) {
       {isAdmin && (
         <>
           <Divider />
-          <List subheader={<ListSubheader component="div">Administration</ListSubheader>}>
+          <List component="div" subheader={<ListSubheader component="div">Administration</ListSubheader>}>
             {ADMIN_NAV.map((item) => (
               <NavLink key={item.href} item={item} active={location.startsWith(item.href)} onClick={() => setMobileOpen(false)} />
             ))}
@@ -234,7 +234,7 @@ export function Shell({ children }: { children: ReactNode }) {
           {navList}
         </Drawer>
       )}
-      <Box component="main" sx={{ flexGrow: 1, minWidth: 0, p: { xs: 1.5, sm: 3 } }}>
+      <Box component="main" sx={{ flexGrow: 1, minWidth: 0, p: { xs: 1, sm: 3 } }}>
         <Toolbar />
         {children}
       </Box>

@@ -155,20 +155,21 @@ export function SessionsPage({ admin }: { admin: boolean }) {
         key: 'state',
         label: 'State',
         sort: 'state',
-        width: 'minmax(180px, 1.3fr)',
+        width: narrow ? 'minmax(110px, 1fr)' : 'minmax(150px, 1.3fr)',
         render: (s) => <StateCell s={s} />,
       },
       {
         key: 'template',
         label: 'Template',
         sort: 'template',
-        width: 'minmax(150px, 1.2fr)',
+        width: narrow ? 'minmax(100px, 1fr)' : 'minmax(130px, 1.2fr)',
         render: (s) => (
           <Box sx={{ minWidth: 0 }}>
             <Typography variant="body2" noWrap title={s.template}>
               {s.template}
             </Typography>
             <Typography variant="caption" color="text.secondary" noWrap sx={{ fontFamily: 'monospace', display: 'block' }} title={s.id}>
+              {narrow && admin ? `${s.user} · ` : ''}
               {s.id.slice(0, 8)}
             </Typography>
           </Box>
@@ -180,7 +181,8 @@ export function SessionsPage({ admin }: { admin: boolean }) {
               key: 'user',
               label: 'User',
               sort: 'user' as SortKey,
-              width: 'minmax(100px, 0.8fr)',
+              width: 'minmax(90px, 0.8fr)',
+              hideNarrow: true,
               render: (s: Session) => (
                 <Typography variant="body2" noWrap title={s.user}>
                   {s.user}
@@ -189,12 +191,12 @@ export function SessionsPage({ admin }: { admin: boolean }) {
             },
           ]
         : []),
-      { key: 'platform', label: 'Platform', sort: 'platform', width: '110px', hideNarrow: true, render: (s) => s.platform ?? '—' },
+      { key: 'platform', label: 'Platform', sort: 'platform', width: '95px', hideNarrow: true, render: (s) => s.platform ?? '—' },
       {
         key: 'agent',
         label: 'Agent',
         sort: 'agent',
-        width: 'minmax(110px, 0.9fr)',
+        width: 'minmax(90px, 0.9fr)',
         hideNarrow: true,
         render: (s) => (
           <Typography variant="body2" noWrap title={s.agent_id ?? ''}>
@@ -202,12 +204,12 @@ export function SessionsPage({ admin }: { admin: boolean }) {
           </Typography>
         ),
       },
-      { key: 'created_at', label: 'Age', sort: 'created_at', width: '110px', hideNarrow: true, render: (s) => <RelTime value={s.created_at} /> },
+      { key: 'created_at', label: 'Age', sort: 'created_at', width: '95px', hideNarrow: true, render: (s) => <RelTime value={s.created_at} /> },
       {
         key: 'last_activity',
         label: 'Last activity',
         sort: 'last_activity',
-        width: '120px',
+        width: '105px',
         hideNarrow: true,
         render: (s) => <RelTime value={(s as { last_activity?: string | null }).last_activity ?? null} />,
       },
@@ -215,8 +217,8 @@ export function SessionsPage({ admin }: { admin: boolean }) {
     return cols.filter((c) => !(narrow && c.hideNarrow));
   }, [admin, narrow]);
 
-  const template = [admin ? '48px' : null, ...columns.map((c) => c.width), narrow ? '150px' : '230px'].filter(Boolean).join(' ');
-  const minWidth = narrow ? 0 : admin ? 1100 : 980;
+  const template = [admin ? '40px' : null, ...columns.map((c) => c.width), narrow ? '104px' : '190px'].filter(Boolean).join(' ');
+  const minWidth = narrow ? 0 : admin ? 990 : 860;
 
   const allLoadedSelected = list.rows.length > 0 && list.rows.every((r) => selected.has(r.id));
   const someSelected = selected.size > 0 && !allLoadedSelected;
@@ -341,7 +343,7 @@ export function SessionsPage({ admin }: { admin: boolean }) {
         {list.loading && <LinearProgress aria-label="Loading sessions" />}
         <Box
           ref={scrollRef}
-          sx={{ height: { xs: 'calc(100dvh - 300px)', md: admin ? 'calc(100vh - 320px)' : 'calc(100vh - 250px)' }, minHeight: 360, overflow: 'auto', position: 'relative' }}
+          sx={{ height: { xs: admin ? 'calc(100dvh - 330px)' : 'calc(100dvh - 250px)', sm: admin ? 'calc(100vh - 290px)' : 'calc(100vh - 226px)' }, minHeight: 320, overflow: 'auto', position: 'relative' }}
           tabIndex={0}
           aria-label={`${title} list`}
         >
@@ -576,7 +578,21 @@ const SessionRow = memo(function SessionRow({ s, index, top, template, columns, 
         </Box>
       ))}
       <Box role="cell" sx={{ px: 0.5, display: 'flex', alignItems: 'center', gap: 0.25, flexWrap: 'nowrap' }}>
-        {running && (
+        {running && narrow && (
+          <IconButton
+            component="a"
+            href={s.url || `/vnc-viewer/${encodeURIComponent(s.id)}`}
+            target="_blank"
+            rel="opener"
+            size="small"
+            color="primary"
+            aria-label={`Connect to ${s.template} (${s.id.slice(0, 8)}), opens a new tab`}
+            data-testid="action-connect"
+          >
+            <OpenInNewIcon fontSize="small" />
+          </IconButton>
+        )}
+        {running && !narrow && (
           <Button
             component="a"
             href={s.url || `/vnc-viewer/${encodeURIComponent(s.id)}`}
@@ -586,7 +602,7 @@ const SessionRow = memo(function SessionRow({ s, index, top, template, columns, 
             rel="opener"
             size="small"
             variant="contained"
-            startIcon={narrow ? undefined : <OpenInNewIcon />}
+            startIcon={<OpenInNewIcon />}
             aria-label={`Connect to ${s.template} (${s.id.slice(0, 8)}), opens a new tab`}
             data-testid="action-connect"
             sx={{ mr: 0.5, minWidth: 0 }}

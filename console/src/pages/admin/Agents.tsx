@@ -125,7 +125,7 @@ export function AgentsPage() {
       {error && <ErrorText>{error}</ErrorText>}
       <Paper variant="outlined">
         {!agents && !error && <LinearProgress aria-label="Loading agents" />}
-        <TableContainer>
+        <TableContainer tabIndex={0}>
           <Table size="small" sx={{ minWidth: 920 }} aria-label="Agents">
             <TableHead>
               <TableRow>
@@ -316,7 +316,7 @@ function TokensDialog({ agentId, onClose }: { agentId: string | null; onClose():
         {error && <ErrorText>{error}</ErrorText>}
         {!tokens && !error && <LinearProgress aria-label="Loading tokens" />}
         {tokens && (
-          <TableContainer>
+          <TableContainer tabIndex={0}>
             <Table size="small" aria-label={`Tokens of ${agentId}`} sx={{ minWidth: 560 }}>
               <TableHead>
                 <TableRow>

@@ -74,7 +74,7 @@ export function MigrationsPage() {
       {error && <ErrorText>{error}</ErrorText>}
       <Paper variant="outlined">
         {!runs && !error && <LinearProgress aria-label="Loading migration runs" />}
-        <TableContainer>
+        <TableContainer tabIndex={0}>
           <Table size="small" sx={{ minWidth: 720 }} aria-label="Migration runs">
             <TableHead>
               <TableRow>
@@ -313,7 +313,7 @@ export function MigrationRunPage({ runId }: { runId: string }) {
                 Download failures (CSV)
               </Button>
             </Box>
-            <TableContainer sx={{ maxHeight: 400 }}>
+            <TableContainer tabIndex={0} sx={{ maxHeight: 400 }}>
               <Table size="small" stickyHeader sx={{ minWidth: 600 }} aria-label="Import failures">
                 <TableHead>
                   <TableRow>

@@ -66,7 +66,7 @@ export function TemplatesPage() {
       {error && <ErrorText>{error}</ErrorText>}
       <Paper variant="outlined">
         {!templates && !error && <LinearProgress aria-label="Loading templates" />}
-        <TableContainer>
+        <TableContainer tabIndex={0}>
           <Table size="small" sx={{ minWidth: 720 }} aria-label="Templates">
             <TableHead>
               <TableRow>

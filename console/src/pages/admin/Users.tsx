@@ -91,7 +91,7 @@ export function UsersPage() {
       {error && <ErrorText>{error}</ErrorText>}
       <Paper variant="outlined">
         {!users && !error && <LinearProgress aria-label="Loading users" />}
-        <TableContainer>
+        <TableContainer tabIndex={0}>
           <Table size="small" sx={{ minWidth: 860 }} aria-label="Users">
             <TableHead>
               <TableRow>
