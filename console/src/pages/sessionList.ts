@@ -5,7 +5,10 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
 import { api, callFull, errorMessage, isAbort } from '../api/client';
 import { live } from '../api/live';
+import type { paths } from '../api/openapi';
 import type { Session, SortKey } from '../api/types';
+
+type ListParams = NonNullable<paths['/api/v1/sessions']['get']['parameters']['query']>;
 
 export const PAGE_SIZE = 100;
 
@@ -31,8 +34,8 @@ export interface SessionList {
   upsert(s: Partial<Session> & { id: string }): void;
 }
 
-function queryParams(q: ListQuery, cursor: string | null, limit: number) {
-  const query: Record<string, string | number> = { sort: q.sort, order: q.order, limit };
+function queryParams(q: ListQuery, cursor: string | null, limit: number): ListParams {
+  const query: ListParams = { sort: q.sort, order: q.order, limit };
   if (q.q) query.q = q.q;
   if (q.state) query.state = q.state;
   if (q.platform) query.platform = q.platform;
@@ -74,7 +77,7 @@ export function useSessionList(q: ListQuery): SessionList {
 
   const fetchPage = useCallback(async (query: ListQuery, after: string | null, limit: number, signal: AbortSignal) => {
     const { data, response } = await callFull(
-      api.GET('/api/v1/sessions', { params: { query: queryParams(query, after, limit) as never }, signal }),
+      api.GET('/api/v1/sessions', { params: { query: queryParams(query, after, limit) }, signal }),
     );
     const totalHeader = response.headers.get('x-total-count');
     return {
