@@ -118,14 +118,7 @@ export function ConfirmDialog({ open, title, children, confirmLabel, danger, typ
   const [typed, setTyped] = useState('');
   const ok = !typeToConfirm || typed.trim() === typeToConfirm;
   return (
-    <Dialog
-      open={open}
-      onClose={onClose}
-      maxWidth="sm"
-      fullWidth
-      slotProps={{ transition: { onExited: () => setTyped('') } }}
-      aria-labelledby="confirm-title"
-    >
+    <Dialog open={open} onClose={onClose} maxWidth="sm" fullWidth slotProps={{ transition: { onExited: () => setTyped('') } }} aria-labelledby="confirm-title">
       <DialogTitle id="confirm-title">{title}</DialogTitle>
       <DialogContent>
         {typeof children === 'string' ? <DialogContentText>{children}</DialogContentText> : children}

@@ -69,11 +69,25 @@ export function CatalogPage() {
           onChange={(e) => setQ(e.target.value)}
           sx={{ flex: '1 1 220px', maxWidth: 360 }}
           slotProps={{
-            input: { startAdornment: <InputAdornment position="start"><SearchIcon fontSize="small" /></InputAdornment> },
+            input: {
+              startAdornment: (
+                <InputAdornment position="start">
+                  <SearchIcon fontSize="small" />
+                </InputAdornment>
+              ),
+            },
             htmlInput: { type: 'search', 'data-testid': 'catalog-search' },
           }}
         />
-        <TextField select label="Category" size="small" value={category} onChange={(e) => setCategory(e.target.value)} sx={{ minWidth: 180 }} id="catalog-category">
+        <TextField
+          select
+          label="Category"
+          size="small"
+          value={category}
+          onChange={(e) => setCategory(e.target.value)}
+          sx={{ minWidth: 180 }}
+          id="catalog-category"
+        >
           <MenuItem value="">All categories</MenuItem>
           {categories.map((c) => (
             <MenuItem key={c} value={c}>
@@ -109,7 +123,13 @@ export function CatalogPage() {
               </Box>
             </CardContent>
             <CardActions>
-              <Button variant="contained" startIcon={<RocketLaunchIcon />} onClick={() => setLaunching(t)} data-testid="launch" aria-label={`Launch ${t.display_name || t.name}`}>
+              <Button
+                variant="contained"
+                startIcon={<RocketLaunchIcon />}
+                onClick={() => setLaunching(t)}
+                data-testid="launch"
+                aria-label={`Launch ${t.display_name || t.name}`}
+              >
                 Launch
               </Button>
             </CardActions>

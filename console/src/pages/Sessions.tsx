@@ -273,7 +273,13 @@ export function SessionsPage({ admin }: { admin: boolean }) {
           onChange={(e) => setQ(e.target.value)}
           sx={{ flex: '1 1 220px', maxWidth: 360 }}
           slotProps={{
-            input: { startAdornment: <InputAdornment position="start"><SearchIcon fontSize="small" /></InputAdornment> },
+            input: {
+              startAdornment: (
+                <InputAdornment position="start">
+                  <SearchIcon fontSize="small" />
+                </InputAdornment>
+              ),
+            },
             htmlInput: { 'data-testid': 'session-search', type: 'search' },
           }}
         />
@@ -285,7 +291,15 @@ export function SessionsPage({ admin }: { admin: boolean }) {
             </MenuItem>
           ))}
         </TextField>
-        <TextField select label="Platform" size="small" value={platform} onChange={(e) => setPlatform(e.target.value)} sx={{ minWidth: 140 }} id="filter-platform">
+        <TextField
+          select
+          label="Platform"
+          size="small"
+          value={platform}
+          onChange={(e) => setPlatform(e.target.value)}
+          sx={{ minWidth: 140 }}
+          id="filter-platform"
+        >
           <MenuItem value="">All platforms</MenuItem>
           {PLATFORMS.map((s) => (
             <MenuItem key={s} value={s}>
@@ -294,7 +308,14 @@ export function SessionsPage({ admin }: { admin: boolean }) {
           ))}
         </TextField>
         {admin && (
-          <TextField label="User" size="small" value={user} onChange={(e) => setUser(e.target.value)} sx={{ width: 160 }} slotProps={{ htmlInput: { 'data-testid': 'user-filter' } }} />
+          <TextField
+            label="User"
+            size="small"
+            value={user}
+            onChange={(e) => setUser(e.target.value)}
+            sx={{ width: 160 }}
+            slotProps={{ htmlInput: { 'data-testid': 'user-filter' } }}
+          />
         )}
         <Tooltip title="Refresh">
           <IconButton aria-label="Refresh the list" onClick={list.refresh}>
@@ -302,13 +323,22 @@ export function SessionsPage({ admin }: { admin: boolean }) {
           </IconButton>
         </Tooltip>
         {list.newCount > 0 && (
-          <Chip color="primary" label={`${list.newCount} new session${list.newCount === 1 ? '' : 's'} — refresh`} onClick={list.refresh} data-testid="new-sessions" />
+          <Chip
+            color="primary"
+            label={`${list.newCount} new session${list.newCount === 1 ? '' : 's'} — refresh`}
+            onClick={list.refresh}
+            data-testid="new-sessions"
+          />
         )}
       </Box>
 
       {admin && (
         <Paper variant="outlined" sx={{ mb: 1.5 }}>
-          <Toolbar variant="dense" sx={{ gap: 1, flexWrap: 'wrap', py: 0.5, bgcolor: selected.size ? alpha(theme.palette.primary.main, 0.08) : undefined }} data-testid="bulk-bar">
+          <Toolbar
+            variant="dense"
+            sx={{ gap: 1, flexWrap: 'wrap', py: 0.5, bgcolor: selected.size ? alpha(theme.palette.primary.main, 0.08) : undefined }}
+            data-testid="bulk-bar"
+          >
             <Typography sx={{ mr: 1 }} data-testid="bulk-count">
               {selected.size} selected
             </Typography>
@@ -318,7 +348,14 @@ export function SessionsPage({ admin }: { admin: boolean }) {
             <Button size="small" variant="outlined" disabled={!selected.size || bulkBusy} onClick={() => runBulk('wake')} data-testid="bulk-wake">
               Wake
             </Button>
-            <Button size="small" variant="outlined" color="error" disabled={!selected.size || bulkBusy} onClick={() => setBulkConfirm('stop')} data-testid="bulk-stop">
+            <Button
+              size="small"
+              variant="outlined"
+              color="error"
+              disabled={!selected.size || bulkBusy}
+              onClick={() => setBulkConfirm('stop')}
+              data-testid="bulk-stop"
+            >
               Stop
             </Button>
             <Button size="small" variant="outlined" disabled={!selected.size || bulkBusy} onClick={() => runBulk('retry')} data-testid="bulk-retry">
@@ -343,7 +380,12 @@ export function SessionsPage({ admin }: { admin: boolean }) {
         {list.loading && <LinearProgress aria-label="Loading sessions" />}
         <Box
           ref={scrollRef}
-          sx={{ height: { xs: admin ? 'calc(100dvh - 330px)' : 'calc(100dvh - 250px)', sm: admin ? 'calc(100vh - 290px)' : 'calc(100vh - 226px)' }, minHeight: 320, overflow: 'auto', position: 'relative' }}
+          sx={{
+            height: { xs: admin ? 'calc(100dvh - 330px)' : 'calc(100dvh - 250px)', sm: admin ? 'calc(100vh - 290px)' : 'calc(100vh - 226px)' },
+            minHeight: 320,
+            overflow: 'auto',
+            position: 'relative',
+          }}
           tabIndex={0}
           aria-label={`${title} list`}
         >
@@ -369,7 +411,12 @@ export function SessionsPage({ admin }: { admin: boolean }) {
                     sx={{ px: 1, fontWeight: 600, fontSize: 14 }}
                   >
                     {c.sort ? (
-                      <TableSortLabel active={sort === c.sort} direction={sort === c.sort ? order : 'asc'} onClick={() => toggleSort(c.sort!)} data-testid={`sort-${c.sort}`}>
+                      <TableSortLabel
+                        active={sort === c.sort}
+                        direction={sort === c.sort ? order : 'asc'}
+                        onClick={() => toggleSort(c.sort!)}
+                        data-testid={`sort-${c.sort}`}
+                      >
                         {c.label}
                       </TableSortLabel>
                     ) : (
@@ -410,7 +457,11 @@ export function SessionsPage({ admin }: { admin: boolean }) {
           {!list.loading && !list.rows.length && !list.error && (
             <Box sx={{ p: 4, textAlign: 'center' }}>
               <Typography color="text.secondary">
-                {dq || state || platform || duser ? 'No session matches.' : admin ? 'No sessions yet.' : 'You have no sessions yet. Start one from the catalog.'}
+                {dq || state || platform || duser
+                  ? 'No session matches.'
+                  : admin
+                    ? 'No sessions yet.'
+                    : 'You have no sessions yet. Start one from the catalog.'}
               </Typography>
             </Box>
           )}
@@ -430,7 +481,9 @@ export function SessionsPage({ admin }: { admin: boolean }) {
           void act(s, 'stop');
         }}
       >
-        {confirmStop ? `The ${confirmStop.template} desktop (${confirmStop.id.slice(0, 8)}) is shut down and removed. Unsaved work outside the persistent home is lost.` : ''}
+        {confirmStop
+          ? `The ${confirmStop.template} desktop (${confirmStop.id.slice(0, 8)}) is shut down and removed. Unsaved work outside the persistent home is lost.`
+          : ''}
       </ConfirmDialog>
       <ConfirmDialog
         open={bulkConfirm === 'stop'}
@@ -443,7 +496,9 @@ export function SessionsPage({ admin }: { admin: boolean }) {
         The selected desktops are shut down and removed. Their users lose unsaved work outside their persistent home.
       </ConfirmDialog>
       <Dialog open={reportOpen} onClose={() => setReportOpen(false)} maxWidth="md" fullWidth data-testid="bulk-details">
-        <DialogTitle>Bulk {bulkReport?.action}: {bulkReport?.results.filter((r) => r.ok).length ?? 0} ok, {bulkReport?.results.filter((r) => !r.ok).length ?? 0} refused</DialogTitle>
+        <DialogTitle>
+          Bulk {bulkReport?.action}: {bulkReport?.results.filter((r) => r.ok).length ?? 0} ok, {bulkReport?.results.filter((r) => !r.ok).length ?? 0} refused
+        </DialogTitle>
         <DialogContent>
           <Box sx={{ overflowX: 'auto' }}>
             <Table size="small">
@@ -528,7 +583,21 @@ interface RowProps {
   onStop(s: Session): void;
 }
 
-const SessionRow = memo(function SessionRow({ s, index, top, template, columns, admin, narrow, selected, highlighted, busy, onToggle, onAct, onStop }: RowProps) {
+const SessionRow = memo(function SessionRow({
+  s,
+  index,
+  top,
+  template,
+  columns,
+  admin,
+  narrow,
+  selected,
+  highlighted,
+  busy,
+  onToggle,
+  onAct,
+  onStop,
+}: RowProps) {
   const transition = (s as { transition?: string | null }).transition;
   const running = s.state === 'running';
   const settled = !transition && !busy;
@@ -564,12 +633,7 @@ const SessionRow = memo(function SessionRow({ s, index, top, template, columns, 
     >
       {admin && (
         <Box role="cell">
-          <Checkbox
-            size="small"
-            checked={selected}
-            onChange={() => onToggle(s.id)}
-            slotProps={{ input: { 'aria-label': `Select session ${s.id}` } }}
-          />
+          <Checkbox size="small" checked={selected} onChange={() => onToggle(s.id)} slotProps={{ input: { 'aria-label': `Select session ${s.id}` } }} />
         </Box>
       )}
       {columns.map((c) => (
@@ -635,7 +699,19 @@ const SessionRow = memo(function SessionRow({ s, index, top, template, columns, 
   );
 });
 
-function ActionButton({ label, onClick, disabled, testid, children }: { label: string; onClick(): void; disabled?: boolean; testid: string; children: ReactNode }) {
+function ActionButton({
+  label,
+  onClick,
+  disabled,
+  testid,
+  children,
+}: {
+  label: string;
+  onClick(): void;
+  disabled?: boolean;
+  testid: string;
+  children: ReactNode;
+}) {
   const btn = (
     <IconButton size="small" aria-label={label} onClick={onClick} disabled={disabled} data-testid={testid}>
       {children}

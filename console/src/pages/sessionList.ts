@@ -76,9 +76,7 @@ export function useSessionList(q: ListQuery): SessionList {
   const key = JSON.stringify(q);
 
   const fetchPage = useCallback(async (query: ListQuery, after: string | null, limit: number, signal: AbortSignal) => {
-    const { data, response } = await callFull(
-      api.GET('/api/v1/sessions', { params: { query: queryParams(query, after, limit) }, signal }),
-    );
+    const { data, response } = await callFull(api.GET('/api/v1/sessions', { params: { query: queryParams(query, after, limit) }, signal }));
     const totalHeader = response.headers.get('x-total-count');
     return {
       rows: (data ?? []) as Session[],
@@ -125,7 +123,6 @@ export function useSessionList(q: ListQuery): SessionList {
     setCursor(null);
     reload(PAGE_SIZE);
     return () => abort.current?.abort();
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [key, reload]);
 
   const loadMore = useCallback(() => {

@@ -105,7 +105,15 @@ export function AgentsPage() {
         </Tooltip>
       </PageHeader>
       <Box role="search" sx={{ display: 'flex', gap: 1.5, flexWrap: 'wrap', mb: 2 }}>
-        <TextField select size="small" label="Platform" value={platform} onChange={(e) => setPlatform(e.target.value)} sx={{ minWidth: 150 }} id="agent-platform">
+        <TextField
+          select
+          size="small"
+          label="Platform"
+          value={platform}
+          onChange={(e) => setPlatform(e.target.value)}
+          sx={{ minWidth: 150 }}
+          id="agent-platform"
+        >
           <MenuItem value="">All platforms</MenuItem>
           {platforms.map((p) => (
             <MenuItem key={p} value={p}>
@@ -246,7 +254,14 @@ function NewTokenDialog({ value, onClose }: { value: { agent: string; token: str
     }
   }
   return (
-    <Dialog open={!!value} onClose={onClose} maxWidth="sm" fullWidth slotProps={{ transition: { onExited: () => setCopied(false) } }} data-testid="new-token-dialog">
+    <Dialog
+      open={!!value}
+      onClose={onClose}
+      maxWidth="sm"
+      fullWidth
+      slotProps={{ transition: { onExited: () => setCopied(false) } }}
+      data-testid="new-token-dialog"
+    >
       <DialogTitle>New token for {value?.agent}</DialogTitle>
       <DialogContent>
         <Alert severity="warning" sx={{ mb: 2 }}>
@@ -334,7 +349,11 @@ function TokensDialog({ agentId, onClose }: { agentId: string | null; onClose():
                     <TableRow key={String(t.id)} data-testid="token-row">
                       <TableCell sx={{ fontFamily: 'monospace' }}>
                         {String(t.id).slice(0, 12)}
-                        {field(t, 'description') ? <Typography variant="caption" sx={{ display: "block" }}>{field(t, "description")}</Typography> : null}
+                        {field(t, 'description') ? (
+                          <Typography variant="caption" sx={{ display: 'block' }}>
+                            {field(t, 'description')}
+                          </Typography>
+                        ) : null}
                       </TableCell>
                       <TableCell>
                         <RelTime value={field(t, 'created_at')} />
@@ -364,7 +383,14 @@ function TokensDialog({ agentId, onClose }: { agentId: string | null; onClose():
       <DialogActions>
         <Button onClick={onClose}>Close</Button>
       </DialogActions>
-      <ConfirmDialog open={!!revoke} title="Revoke this token?" confirmLabel="Revoke" danger onClose={() => setRevoke(null)} onConfirm={() => void doRevoke(revoke!)}>
+      <ConfirmDialog
+        open={!!revoke}
+        title="Revoke this token?"
+        confirmLabel="Revoke"
+        danger
+        onClose={() => setRevoke(null)}
+        onConfirm={() => void doRevoke(revoke!)}
+      >
         <DialogContentText>An agent connected with this token is disconnected within seconds and cannot reconnect with it.</DialogContentText>
       </ConfirmDialog>
     </Dialog>

@@ -399,9 +399,9 @@ export function MigrationRunPage({ runId }: { runId: string }) {
         }}
       >
         <DialogContentText component="div">
-          A rollback undoes the run&apos;s steps newest first: sessions moved to v2 go back to v1, v2&apos;s deployments are scaled down, v1 is scaled up
-          again and v2&apos;s additive database changes are undone. Users with sessions on v2 are interrupted while they move back. It cannot be
-          cancelled once started.
+          A rollback undoes the run&apos;s steps newest first: sessions moved to v2 go back to v1, v2&apos;s deployments are scaled down, v1 is scaled up again
+          and v2&apos;s additive database changes are undone. Users with sessions on v2 are interrupted while they move back. It cannot be cancelled once
+          started.
         </DialogContentText>
       </ConfirmDialog>
     </Box>

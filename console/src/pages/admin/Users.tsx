@@ -175,7 +175,14 @@ export function UsersPage() {
       <CreateUserDialog open={creating} onClose={() => setCreating(false)} onCreated={load} />
       <QuotaDialog user={quotaFor} onClose={() => setQuotaFor(null)} onSaved={load} />
       <PasswordDialog user={passwordFor} onClose={() => setPasswordFor(null)} />
-      <ConfirmDialog open={!!deleting} title={`Delete ${deleting?.username}?`} confirmLabel="Delete" danger onClose={() => setDeleting(null)} onConfirm={() => void remove(deleting!)}>
+      <ConfirmDialog
+        open={!!deleting}
+        title={`Delete ${deleting?.username}?`}
+        confirmLabel="Delete"
+        danger
+        onClose={() => setDeleting(null)}
+        onConfirm={() => void remove(deleting!)}
+      >
         Their running sessions are stopped first, then the account is removed. This cannot be undone.
       </ConfirmDialog>
     </Box>
@@ -277,7 +284,16 @@ function CreateUserDialog({ open, onClose, onCreated }: { open: boolean; onClose
     >
       <TextField label="Username" fullWidth margin="dense" required value={username} onChange={(e) => setUsername(e.target.value)} autoComplete="off" />
       <TextField label="Email" type="email" fullWidth margin="dense" value={email} onChange={(e) => setEmail(e.target.value)} autoComplete="off" />
-      <TextField label="Password" type="password" fullWidth margin="dense" required value={password} onChange={(e) => setPassword(e.target.value)} autoComplete="new-password" />
+      <TextField
+        label="Password"
+        type="password"
+        fullWidth
+        margin="dense"
+        required
+        value={password}
+        onChange={(e) => setPassword(e.target.value)}
+        autoComplete="new-password"
+      />
       <TextField select label="Role" fullWidth margin="dense" value={role} onChange={(e) => setRole(e.target.value as Role)} id="new-user-role">
         <MenuItem value="user">user</MenuItem>
         <MenuItem value="admin">admin</MenuItem>
@@ -302,7 +318,6 @@ function QuotaDialog({ user, onClose, onSaved }: { user: User | null; onClose():
     setCpu(user.quota?.max_cpu ?? '');
     setMemory(user.quota?.max_memory ?? '');
     f.setError('');
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [user]);
   const cpuBad = !!cpu.trim() && !CPU_RE.test(cpu.trim());
   const memBad = !!memory.trim() && !MEM_RE.test(memory.trim());
@@ -389,7 +404,16 @@ function PasswordDialog({ user, onClose }: { user: User | null; onClose(): void 
         })
       }
     >
-      <TextField label="New password" type="password" fullWidth margin="dense" required value={password} onChange={(e) => setPassword(e.target.value)} autoComplete="new-password" />
+      <TextField
+        label="New password"
+        type="password"
+        fullWidth
+        margin="dense"
+        required
+        value={password}
+        onChange={(e) => setPassword(e.target.value)}
+        autoComplete="new-password"
+      />
     </FormDialog>
   );
 }
