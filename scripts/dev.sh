@@ -66,6 +66,7 @@ SESSION=$(curl -fsS -X POST "$API/api/v1/sessions" -H "Authorization: Bearer $TO
 cat <<EOF2
 
 StreamSpace v2 is running.
+  Console          $API/   (sign in as admin/admin)
   API              $API/api/v1   (OpenAPI: $API/openapi.json; login admin/admin)
   Temporal UI      http://127.0.0.1:58233/namespaces/default/workflows
   VNC viewer       $API/vnc-viewer/$SESSION   (demo session)

@@ -35,9 +35,9 @@ function consoleCsp(nonce: string): string {
 }
 
 export async function consoleRoutes(app: FastifyInstance): Promise<void> {
-  let template: string | null = null;
   const page = async (_req: unknown, reply: FastifyReply) => {
-    template ??= await readFile(path.join(CONSOLE_DIR, 'index.html'), 'utf8').catch(() => null);
+    // Read per request (a few KB): a rebuilt console is served at once, never a stale script name.
+    const template = await readFile(path.join(CONSOLE_DIR, 'index.html'), 'utf8').catch(() => null);
     if (!template) throw new HttpError(503, 'console not built: run `npm run build`');
     const nonce = randomBytes(16).toString('base64');
     return reply

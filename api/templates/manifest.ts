@@ -27,7 +27,7 @@ export const TEMPLATE_API_VERSION = 'stream.space/v1alpha1';
 
 export function parseTemplateSource(source: string): ParsedTemplate {
   const lines = new LineCounter();
-  const doc = parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(source, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
   const errors: ManifestProblem[] = [];
   if (doc.errors.length) {
     for (const e of doc.errors) errors.push({ path: '', line: e.linePos?.[0]?.line ?? null, message: e.message.split('\n')[0] });
