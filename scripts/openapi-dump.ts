@@ -12,7 +12,10 @@ async function main(): Promise<void> {
   const out = path.resolve(__dirname, '..', 'openapi.json');
   const inert = new Proxy({}, { get: () => () => undefined });
   const config = loadGatewayConfig({ ...process.env, STREAMSPACE_DEV_MODE: 'true' });
-  const app = await buildApp({ ...(Object.fromEntries(['pool', 'temporal', 'tokens', 'metrics', 'hub', 'agentGateway', 'vnc', 'live', 'log'].map((k) => [k, inert])) as object), config } as AppDeps);
+  const app = await buildApp({
+    ...(Object.fromEntries(['pool', 'temporal', 'tokens', 'metrics', 'hub', 'agentGateway', 'vnc', 'live', 'log'].map((k) => [k, inert])) as object),
+    config,
+  } as AppDeps);
   await app.ready();
   const doc = app.swagger();
   await app.close();

@@ -108,7 +108,14 @@ describe('the console API', () => {
       await stack.pool.query(
         `INSERT INTO sessions (id, user_id, template_name, state, platform, created_at, last_activity, tags)
          VALUES ($1, $2, $3, $4, 'docker', NOW() - ($5 || ' minutes')::interval, NULLIF($6, '')::timestamp, '[]'::jsonb)`,
-        [`list-${String(i).padStart(2, '0')}-${randomUUID().slice(0, 8)}`, i < 60 ? aliceId : bobId, templates[i % 4], states[i % 3], String(i % 7), i % 5 ? '' : new Date(Date.now() - i * 1000).toISOString()],
+        [
+          `list-${String(i).padStart(2, '0')}-${randomUUID().slice(0, 8)}`,
+          i < 60 ? aliceId : bobId,
+          templates[i % 4],
+          states[i % 3],
+          String(i % 7),
+          i % 5 ? '' : new Date(Date.now() - i * 1000).toISOString(),
+        ],
       );
     }
     const ours = (await stack.pool.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1`, [aliceId])).rows[0].n;
@@ -145,14 +152,21 @@ describe('the console API', () => {
       expect(ids).toHaveLength(ours);
       expect(pages.slice(0, -1).every((p) => p.length === 7)).toBe(true);
       // The same order as the database gives for the whole set.
-      const col = { template: 'template_name', created_at: `COALESCE(created_at, 'epoch'::timestamp)`, state: 'state', last_activity: `COALESCE(last_activity, updated_at, created_at)` }[sort];
+      const col = {
+        template: 'template_name',
+        created_at: `COALESCE(created_at, 'epoch'::timestamp)`,
+        state: 'state',
+        last_activity: `COALESCE(last_activity, updated_at, created_at)`,
+      }[sort];
       const want = await stack.pool.query(`SELECT id FROM sessions WHERE user_id = $1 ORDER BY ${col} ${order}, id ${order}`, [aliceId]);
       expect(ids).toEqual(want.rows.map((r) => r.id));
     }
 
     // Search and filters are applied before paging: the total counts all matching rows.
     const vs = await fetch(`${stack.url}/api/v1/sessions?q=vsco&state=running&limit=2`, { headers: { authorization: `Bearer ${alice}` } });
-    const vsWant = (await stack.pool.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1 AND template_name = 'vscode' AND state = 'running'`, [aliceId])).rows[0].n;
+    const vsWant = (
+      await stack.pool.query(`SELECT count(*)::int AS n FROM sessions WHERE user_id = $1 AND template_name = 'vscode' AND state = 'running'`, [aliceId])
+    ).rows[0].n;
     expect(vs.headers.get('x-total-count')).toBe(String(vsWant));
     expect(((await vs.json()) as any[]).every((s) => s.template === 'vscode' && s.state === 'running')).toBe(true);
     // A search for a wildcard character is a literal search.
@@ -231,7 +245,11 @@ describe('the console API', () => {
     const adm = await Stream.open(stack.url, admin);
     streams.push(adm);
     await stack.startFakeAgent('docker-console-api-2');
-    await waitFor('online event', async () => adm.events.find((e) => e.event === 'agent' && e.data.agent_id === 'docker-console-api-2' && e.data.status === 'online'), 10_000);
+    await waitFor(
+      'online event',
+      async () => adm.events.find((e) => e.event === 'agent' && e.data.agent_id === 'docker-console-api-2' && e.data.status === 'online'),
+      10_000,
+    );
     const before = adm.events.filter((e) => e.event === 'agent').length;
     await sleep(3000); // several heartbeats
     expect(adm.events.filter((e) => e.event === 'agent').length).toBe(before);

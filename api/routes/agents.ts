@@ -9,7 +9,6 @@ import { AgentSchema } from '../schemas';
 
 const MAX_TOKEN_LIFETIME_S = 3650 * 86_400;
 
-
 export async function agentRoutes(app: FastifyInstance): Promise<void> {
   const admin = { onRequest: app.requireAdmin };
   const secured = { security: [{ bearer: [] }], tags: ['agents'] };

@@ -131,7 +131,9 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
         });
       const lines = [['kind', 'id', 'namespace', 'status', 'reason', 'source', 'at'].join(',')];
       for (const f of r.rows)
-        lines.push([f.kind, f.source_id, f.namespace, f.status, redactSecrets(f.reason ?? ''), f.via ?? '', f.imported_at?.toISOString() ?? ''].map(csvCell).join(','));
+        lines.push(
+          [f.kind, f.source_id, f.namespace, f.status, redactSecrets(f.reason ?? ''), f.via ?? '', f.imported_at?.toISOString() ?? ''].map(csvCell).join(','),
+        );
       return reply
         .type('text/csv; charset=utf-8')
         .header('content-disposition', `attachment; filename="migration-${req.params.runId}-failures.csv"`)

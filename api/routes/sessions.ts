@@ -39,7 +39,12 @@ const ListQuery = Type.Object(
     tag: Type.Optional(Type.String({ maxLength: 63 })),
     agent: Type.Optional(Type.String({ maxLength: 255 })),
     q: Type.Optional(Type.String({ maxLength: 255, description: 'id prefix, or part of the template, user or agent' })),
-    sort: Type.Optional(Type.Union(SESSION_SORTS.map((k) => Type.Literal(k)), { description: 'default created_at' })),
+    sort: Type.Optional(
+      Type.Union(
+        SESSION_SORTS.map((k) => Type.Literal(k)),
+        { description: 'default created_at' },
+      ),
+    ),
     order: Type.Optional(Type.Union([Type.Literal('asc'), Type.Literal('desc')], { description: 'default desc' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_PAGE, description: `page size (default ${MAX_PAGE})` })),
     cursor: Type.Optional(Type.String({ maxLength: 2048, description: 'the x-next-cursor of the previous page' })),
@@ -112,44 +117,40 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     return row;
   }
 
-  app.post<{ Body: CreateSession }>(
-    '/api/v1/sessions',
-    { ...auth, schema: { ...secured, body: CreateSession, response: one } },
-    async (req, reply) => {
-      const { pool, temporal, config } = app.deps;
-      const claims = req.user!;
-      const owner = req.body.user ?? claims.sub;
-      if (owner !== claims.sub && claims.role !== 'admin') throw new HttpError(403, 'only admins create sessions for other users');
-      const tpl = await pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [req.body.template]);
-      if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
-      // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
-      const ownerId = owner === claims.sub ? claims.uid : (await ensureUser(pool, { username: owner })).id;
+  app.post<{ Body: CreateSession }>('/api/v1/sessions', { ...auth, schema: { ...secured, body: CreateSession, response: one } }, async (req, reply) => {
+    const { pool, temporal, config } = app.deps;
+    const claims = req.user!;
+    const owner = req.body.user ?? claims.sub;
+    if (owner !== claims.sub && claims.role !== 'admin') throw new HttpError(403, 'only admins create sessions for other users');
+    const tpl = await pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [req.body.template]);
+    if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
+    // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
+    const ownerId = owner === claims.sub ? claims.uid : (await ensureUser(pool, { username: owner })).id;
 
-      const id = randomUUID();
-      const workflowId = sessionWorkflowId(id);
-      // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
-      // between, the session reaper (api/sessions/reaper.ts) starts it.
-      await pool.query(
-        `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed)
+    const id = randomUUID();
+    const workflowId = sessionWorkflowId(id);
+    // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
+    // between, the session reaper (api/sessions/reaper.ts) starts it.
+    await pool.query(
+      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed)
          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false)`,
-        [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
+      [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
+    );
+    try {
+      await startSessionWorkflow(
+        { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
+        { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
       );
-      try {
-        await startSessionWorkflow(
-          { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
-          { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
-        );
-      } catch (err) {
-        await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
-          id,
-          `workflow not started: ${(err as Error).message}`,
-        ]);
-        throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
-      }
-      await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);
-      return reply.status(201).send(present(await loadOwned(claims, id), claims.role === 'admin'));
-    },
-  );
+    } catch (err) {
+      await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
+        id,
+        `workflow not started: ${(err as Error).message}`,
+      ]);
+      throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
+    }
+    await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);
+    return reply.status(201).send(present(await loadOwned(claims, id), claims.role === 'admin'));
+  });
 
   // The spec's plain array, searched, filtered, sorted and paged in the database (keyset paging:
   // x-next-cursor). x-total-count counts every matching row, not just this page.
@@ -165,7 +166,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
             ...Type.Array(SessionSchema),
             headers: {
               'x-total-count': Type.Integer({ description: 'sessions matching the filters, on all pages' }),
-              'x-next-cursor': Type.String({ description: 'the next page\'s cursor; absent on the last page' }),
+              'x-next-cursor': Type.String({ description: "the next page's cursor; absent on the last page" }),
             },
           },
           400: ErrorSchema,
@@ -187,17 +188,13 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     },
   );
 
-  app.get<{ Params: { id: string } }>(
-    '/api/v1/sessions/:id',
-    { ...auth, schema: { ...secured, params: IdParams, response: one } },
-    async (req) => {
-      const row = await loadOwned(req.user!, req.params.id);
-      const view = present(row, req.user!.role === 'admin');
-      // The workflow's own view of a transition (which step, which agent), when it has one.
-      const live = view.transition ? await liveStatus(row.id) : { transition: null, progress: null };
-      return live.transition ? { ...view, ...live } : view;
-    },
-  );
+  app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams, response: one } }, async (req) => {
+    const row = await loadOwned(req.user!, req.params.id);
+    const view = present(row, req.user!.role === 'admin');
+    // The workflow's own view of a transition (which step, which agent), when it has one.
+    const live = view.transition ? await liveStatus(row.id) : { transition: null, progress: null };
+    return live.transition ? { ...view, ...live } : view;
+  });
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/commands', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
     await loadOwned(req.user!, req.params.id);

@@ -80,7 +80,9 @@ export async function templateRoutes(app: FastifyInstance): Promise<void> {
   });
 
   app.get('/api/v1/templates', { onRequest: app.authenticate, schema: { ...secured, response: { 200: Type.Array(TemplateSchema) } } }, async () => {
-    const r = await app.deps.pool.query<TemplateRow>('SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog ORDER BY name');
+    const r = await app.deps.pool.query<TemplateRow>(
+      'SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog ORDER BY name',
+    );
     return r.rows.map(present);
   });
 
@@ -88,12 +90,17 @@ export async function templateRoutes(app: FastifyInstance): Promise<void> {
     '/api/v1/templates/:name',
     {
       onRequest: app.authenticate,
-      schema: { ...secured, params: NameParams, response: { 200: Type.Intersect([TemplateSchema, Type.Object({ manifest: Type.Object({}, { additionalProperties: true }) })]), ...errors } },
+      schema: {
+        ...secured,
+        params: NameParams,
+        response: { 200: Type.Intersect([TemplateSchema, Type.Object({ manifest: Type.Object({}, { additionalProperties: true }) })]), ...errors },
+      },
     },
     async (req) => {
-      const r = await app.deps.pool.query<TemplateRow>('SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog WHERE name = $1', [
-        req.params.name,
-      ]);
+      const r = await app.deps.pool.query<TemplateRow>(
+        'SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog WHERE name = $1',
+        [req.params.name],
+      );
       if (!r.rows[0]) throw new HttpError(404, `template "${req.params.name}" not found`);
       return { ...present(r.rows[0]), manifest: r.rows[0].manifest };
     },
@@ -101,7 +108,10 @@ export async function templateRoutes(app: FastifyInstance): Promise<void> {
 
   app.post<{ Body: { source: string } }>(
     '/api/v1/templates/validate',
-    { onRequest: app.requireAdmin, schema: { ...secured, body: Type.Object({ source: Source }, { additionalProperties: false }), response: { 200: Validation } } },
+    {
+      onRequest: app.requireAdmin,
+      schema: { ...secured, body: Type.Object({ source: Source }, { additionalProperties: false }), response: { 200: Validation } },
+    },
     async (req) => {
       const parsed = parseTemplateSource(req.body.source);
       return { valid: parsed.errors.length === 0, name: parsed.name, errors: parsed.errors };
@@ -144,7 +154,10 @@ export async function templateRoutes(app: FastifyInstance): Promise<void> {
         [name, spec.displayName, spec.description ?? null, spec.category ?? null, spec.icon ?? null, manifest],
       );
       app.deps.log.info('template edited', { template: name, by: req.user?.sub });
-      const r = await app.deps.pool.query<TemplateRow>('SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog WHERE name = $1', [name]);
+      const r = await app.deps.pool.query<TemplateRow>(
+        'SELECT name, display_name, description, category, icon, manifest, source FROM template_catalog WHERE name = $1',
+        [name],
+      );
       return present(r.rows[0]);
     },
   );

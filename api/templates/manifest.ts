@@ -42,7 +42,14 @@ export function parseTemplateSource(source: string): ParsedTemplate {
     }
   };
   const problem = (path: Array<string | number>, message: string) =>
-    errors.push({ path: path.map((k) => (typeof k === 'number' ? `[${k}]` : `.${k}`)).join('').replace(/^\./, ''), line: lineOf(path), message });
+    errors.push({
+      path: path
+        .map((k) => (typeof k === 'number' ? `[${k}]` : `.${k}`))
+        .join('')
+        .replace(/^\./, ''),
+      line: lineOf(path),
+      message,
+    });
 
   const root = doc.toJS() as unknown;
   if (!isMap(doc.contents) || !root || typeof root !== 'object') {
