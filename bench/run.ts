@@ -4,10 +4,11 @@
  * spec/peer figures. No thresholds are asserted: the table is the output.
  *
  *   npm run bench                       all benches
- *   node dist/bench/run.js --only=vnc   one of: dispatch, session-start, reconnect, vnc, migration
+ *   node dist/bench/run.js --only=vnc   one of: dispatch, session-start, reconnect, vnc, migration, console
  */
 import os from 'node:os';
 import { Metric, ms, now, stopActiveStacks } from './common';
+import { consoleBench } from './console';
 import { dispatchBench } from './dispatch';
 import { migrationBench } from './migration';
 import { reconnectBench } from './reconnect';
@@ -20,6 +21,7 @@ const BENCHES: Record<string, () => Promise<Metric[]>> = {
   reconnect: reconnectBench,
   vnc: vncBench,
   migration: migrationBench,
+  console: consoleBench,
 };
 
 function table(rows: Metric[]): string {
