@@ -79,6 +79,15 @@ async function documentKept(page: Page): Promise<boolean> {
   return page.evaluate(() => (window as unknown as { __noReload?: number }).__noReload === 1);
 }
 
+/** Counts the page's GET /api/v1/sessions (list) requests from now on: live updates must not need any. */
+function countListRequests(page: Page): () => number {
+  let n = 0;
+  page.on('request', (r) => {
+    if (r.method() === 'GET' && new URL(r.url()).pathname === '/api/v1/sessions') n++;
+  });
+  return () => n;
+}
+
 /** Rendered session rows in list order (the list is virtualised: only those in view are in the DOM). */
 async function renderedRows(page: Page): Promise<Array<{ id: string; state: string; index: number }>> {
   const rows = await page.$$eval('[data-testid=session-row]', (els) =>
@@ -269,6 +278,7 @@ describe('web console in the browser', () => {
     await page.waitForSelector(rowStateSel(a, 'running'));
     await page.waitForSelector(rowStateSel(b, 'running'));
     await markDocument(page);
+    const listFetches = countListRequests(page);
 
     await page.click(`${rowSel(a)} [data-testid=action-hibernate]`);
     await page.waitForSelector(`${rowSel(a)} [data-testid=session-transition]`, { timeout: 5_000 });
@@ -292,6 +302,8 @@ describe('web console in the browser', () => {
     expect([200, 202]).toContain(r.status);
     await page.waitForSelector(rowStateSel(b, 'hibernated'), { timeout: 20_000 });
     expect(await documentKept(page)).toBe(true);
+    // All of it arrived on the live stream: the list was never fetched again.
+    expect(listFetches()).toBe(0);
   });
 
   test('3b. sessions: server-side sort and search over 150 sessions (more than one page); x-total-count shown', async () => {
@@ -387,9 +399,11 @@ describe('web console in the browser', () => {
     await page.waitForSelector(rowStateSel(d, 'running'), { timeout: 20_000 });
     await page.waitForSelector(rowStateSel(c, 'hibernated'), { timeout: 60_000 });
     expect(await documentKept(page)).toBe(true);
-    // And the stream is live again for what happens next.
+    // And the stream is live again for what happens next (pushed: no list fetch).
+    const listFetches = countListRequests(page);
     expect([200, 202]).toContain((await stack.call('POST', `/api/v1/sessions/${c}/wake`, undefined, alice)).status);
     await page.waitForSelector(rowStateSel(c, 'running'), { timeout: 30_000 });
+    expect(listFetches()).toBe(0);
   });
 
   test('5a. admin agents: online with capacity; killed → offline live; back → online', async () => {
