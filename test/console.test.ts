@@ -610,6 +610,7 @@ describe('web console in the browser', () => {
       alice: watch(await (await newContext(viewport, alice)).newPage(), `alice@${size}`),
       admin: watch(await (await newContext(viewport, admin)).newPage(), `admin@${size}`),
     };
+    /** Layout problems: horizontal overflow, covered navigation. */
     const overflow: string[] = [];
     for (const p of PAGES) {
       const page = pages[p.who];
@@ -624,6 +625,18 @@ describe('web console in the browser', () => {
           expect(await nav.isVisible()).toBe(false);
           await page.getByRole('button', { name: 'Open navigation' }).click();
           await nav.getByRole('link', { name: 'Catalog' }).waitFor({ state: 'visible' });
+          await page.waitForTimeout(400); // the drawer's slide-in
+          // Every link of the open drawer can be clicked: nothing (the app bar) lies on top of it.
+          const covered = await nav.getByRole('link').evaluateAll((links) =>
+            links
+              .filter((l) => {
+                const r = l.getBoundingClientRect();
+                const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+                return !hit || !l.contains(hit);
+              })
+              .map((l) => l.textContent),
+          );
+          if (covered.length) overflow.push(`${p.name}: nav links covered in the open drawer: ${covered.join(', ')}`);
           await page.screenshot({ path: path.join(ARTIFACTS, `${p.name}-nav-${size}.png`) });
           await page.keyboard.press('Escape');
           await nav.waitFor({ state: 'hidden' });
