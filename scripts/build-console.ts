@@ -9,7 +9,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import { gzipSync } from 'node:zlib';
+import { brotliCompressSync, constants as zlib, gzipSync } from 'node:zlib';
 
 const ROOT = resolve(__dirname, '..', '..');
 const CONSOLE = join(ROOT, 'console');
@@ -59,7 +59,8 @@ function typecheck(): void {
 async function bundle(): Promise<{ script: string; bytes: number; gzip_bytes: number }> {
   const done = step('esbuild');
   const esbuild = await import('esbuild');
-  rmSync(OUT, { recursive: true, force: true });
+  // Earlier builds' hashed assets stay: a page loaded before this build still finds its script.
+  rmSync(join(OUT, 'index.html'), { force: true });
   mkdirSync(ASSETS, { recursive: true });
   const result = await esbuild.build({
     absWorkingDir: ROOT,
@@ -83,7 +84,11 @@ async function bundle(): Promise<{ script: string; bytes: number; gzip_bytes: nu
   const file = resolve(ROOT, outputs[0]);
   const code = readFileSync(file);
   const script = `/console/assets/${relative(ASSETS, file).split('\\').join('/')}`;
-  const gzip = gzipSync(code, { level: 9 }).length;
+  // Pre-compressed copies: the gateway (@fastify/static preCompressed) sends what the browser accepts.
+  const gz = gzipSync(code, { level: 9 });
+  writeFileSync(`${file}.gz`, gz);
+  writeFileSync(`${file}.br`, brotliCompressSync(code, { params: { [zlib.BROTLI_PARAM_QUALITY]: 11 } }));
+  const gzip = gz.length;
   done();
 
   const template = readFileSync(join(CONSOLE, 'index.html'), 'utf8');

@@ -430,6 +430,12 @@ describe('the console API', () => {
     const js = await fetch(stack.url + script);
     expect(js.status).toBe(200);
     expect(js.headers.get('cache-control')).toMatch(/immutable/);
+    // Sent compressed (pre-compressed at build), as the browser asks.
+    const br = await fetch(stack.url + script, { headers: { 'accept-encoding': 'br' } });
+    expect(br.headers.get('content-encoding')).toBe('br');
+    const gz = await fetch(stack.url + script, { headers: { 'accept-encoding': 'gzip' } });
+    expect(gz.headers.get('content-encoding')).toBe('gzip');
+    expect(Number(gz.headers.get('content-length') ?? (await gz.arrayBuffer()).byteLength)).toBeLessThan(250 * 1024);
     expect((await fetch(stack.url + '/console/assets/..%2f..%2fapi%2fmain.js')).status).toBe(404);
     expect((await fetch(stack.url + '/console/assets/nope.js')).status).toBe(404);
     const cfg = await stack.call('GET', '/api/v1/console/config');

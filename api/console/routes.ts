@@ -57,6 +57,8 @@ export async function consoleRoutes(app: FastifyInstance): Promise<void> {
     index: false,
     wildcard: true,
     decorateReply: false,
+    // The build writes .br and .gz next to each asset: sent by Accept-Encoding, never compressed per request.
+    preCompressed: true,
     // A missing file is a 404 from the gateway's own handler, not an exception.
     allowedPath: (p) => !p.includes('..'),
   });

@@ -14,6 +14,8 @@ type Listener = (data: unknown) => void;
 
 const MIN_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 30_000;
+/** A stream open this long was healthy: its loss is retried at once. */
+const STABLE_MS = 10_000;
 
 class Unauthorized extends Error {}
 
@@ -23,6 +25,7 @@ class LiveConnection {
   private controller: AbortController | null = null;
   private backoff = MIN_BACKOFF_MS;
   private opened = false;
+  private openedAt = 0;
   status: LiveStatus = 'off';
 
   start(): void {
@@ -44,7 +47,7 @@ class LiveConnection {
         if (!res.ok || !type.startsWith('text/event-stream')) throw new Error(`events: HTTP ${res.status}`);
         const reconnect = this.opened;
         this.opened = true;
-        this.backoff = MIN_BACKOFF_MS;
+        this.openedAt = Date.now();
         this.setStatus('connected');
         // Whatever happened while the stream was down is caught up by Last-Event-ID; a refetch
         // also covers a gateway that restarted and lost its buffer.
@@ -73,6 +76,10 @@ class LiveConnection {
         }
         if (controller.signal.aborted) throw err;
         this.setStatus('reconnecting');
+        // Back to a quick retry only after a stream that lived: one that closes at once (a broken
+        // proxy) backs off instead of turning into a reconnect-and-refetch loop.
+        if (this.openedAt && Date.now() - this.openedAt > STABLE_MS) this.backoff = MIN_BACKOFF_MS;
+        this.openedAt = 0;
         const delay = this.backoff + Math.random() * 250;
         this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
         return delay;

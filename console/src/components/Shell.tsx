@@ -232,6 +232,8 @@ export function Shell({ children }: { children: ReactNode }) {
           slotProps={{ paper: { 'aria-label': 'Navigation' } as object }}
           sx={{ '& .MuiDrawer-paper': { width: DRAWER_WIDTH, boxSizing: 'border-box' } }}
         >
+          {/* The app bar stays above the drawer: this spacer keeps the first link out from under it. */}
+          <Toolbar />
           {navList}
         </Drawer>
       )}

@@ -229,7 +229,8 @@ export function AgentsPage() {
         onClose={() => setRotateFor(null)}
         onConfirm={() => void rotate(rotateFor!)}
       >
-        A new token is issued for this agent. Install it in the agent&apos;s AGENT_TOKEN before its current token is revoked, or the agent cannot reconnect.
+        A new token is issued for this agent and its current token is revoked at once: a connected agent is disconnected within seconds and cannot reconnect
+        until its AGENT_TOKEN is the new one.
       </ConfirmDialog>
       <NewTokenDialog value={newToken} onClose={() => setNewToken(null)} />
       <TokensDialog agentId={tokensFor} onClose={() => setTokensFor(null)} />
