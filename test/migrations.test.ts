@@ -95,6 +95,7 @@ describe('migration files', () => {
       '007_v2.0.5-accounts.sql',
       '008_v2.0.6-command-deadlines.sql',
       '009_v2.0.7-console-live.sql',
+      '010_v2.0.8-audit-quotas.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -107,6 +108,7 @@ describe('migration files', () => {
       'v2.0.5-accounts',
       'v2.0.6-command-deadlines',
       'v2.0.7-console-live',
+      'v2.0.8-audit-quotas',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });
