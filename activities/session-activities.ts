@@ -10,9 +10,14 @@ import { FailureType, SessionState, WITHDRAWN_BY_STOP } from '../workflows/sessi
 import { placementWhenFull } from '../config/env';
 import type { CommandWaiter } from './command-waiter';
 import { InvalidTemplateError, manifestSpec, templateToSpec } from './templates';
+import { formatCpu, formatMemory, releaseReservation, sessionResources } from '../db/quota';
+import { createQuotaActivities } from './quota';
+import { writeSystemAudit } from './audit';
 
 export interface SessionActivityDeps {
   pool: Pool;
+  /** For what must not fail an activity but should be seen (an audit entry not written). */
+  log?: Pick<import('../config/log').Logger, 'warn'>;
   waiter: CommandWaiter;
   /** An agent whose last heartbeat is older than this is not placed on (AGENT_HEARTBEAT_TIMEOUT). */
   heartbeatTimeoutMs: number;
@@ -80,6 +85,11 @@ export function createSessionActivities(deps: SessionActivityDeps) {
   const pollMs = deps.pollIntervalMs ?? 1000;
   const whenFull = deps.whenFull ?? placementWhenFull();
 
+  /** A wake or start that failed for good: its owner's quota reservation ends (activities/quota.ts). */
+  async function releaseAfter(input: DispatchInput): Promise<void> {
+    if (input.commandType === 'wake_session' || input.commandType === 'start_session') await releaseReservation(pool, input.sessionId);
+  }
+
   async function loadStartData(sessionId: string): Promise<StartSessionData> {
     const r = await pool.query<{
       username: string | null;
@@ -114,6 +124,8 @@ export function createSessionActivities(deps: SessionActivityDeps) {
   }
 
   return {
+    ...createQuotaActivities({ pool }),
+
     /**
      * Chooses an online agent of the platform with free capacity and records it on the session,
      * under a row lock so concurrent placements cannot overfill an agent. Idempotent: a session
@@ -137,28 +149,55 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
         // statement sees every placement committed while this one waited for the locks, so
         // concurrent placements cannot overfill an agent.
-        const candidates = await client.query<{ id: string; agent_id: string; max: number }>(
-          `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max
+        const candidates = await client.query<{ id: string; agent_id: string; max: number; max_cpu: number | null; max_memory: number | null }>(
+          `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
+                  (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
              FROM agents a
             WHERE a.platform = $1 AND ${fresh}
             ORDER BY a.id
               FOR UPDATE OF a`,
           [platform, deps.heartbeatTimeoutMs],
         );
-        const used = await client.query<{ agent_id: string; used: number }>(
-          `SELECT agent_id, count(*)::int AS used FROM sessions
-            WHERE agent_id = ANY($1::uuid[]) AND state IN ('pending', 'running', 'terminating') AND id <> $2
-            GROUP BY agent_id`,
+        // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
+        // MAX_MEMORY GiB as the agent reported them): a session's resources are its own cpu/memory,
+        // else its template's defaultResources.
+        const used = await client.query<{ agent_id: string; cpu: string | null; memory: string | null; manifest: unknown }>(
+          `SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, t.manifest
+             FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name
+            WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2`,
           [candidates.rows.map((c) => c.id), sessionId],
         );
-        const usedBy = new Map(used.rows.map((u) => [u.agent_id, u.used]));
-        const free = candidates.rows
-          .map((c) => ({ ...c, used: usedBy.get(c.id) ?? 0 }))
-          .filter((c) => c.used < c.max)
+        const usedBy = new Map<string, { n: number; cpu: number; memory: number }>();
+        for (const u of used.rows) {
+          const acc = usedBy.get(u.agent_id) ?? { n: 0, cpu: 0, memory: 0 };
+          const res = sessionResources(u);
+          usedBy.set(u.agent_id, { n: acc.n + 1, cpu: acc.cpu + res.cpu, memory: acc.memory + res.memory });
+        }
+        const mine = await client.query<{ cpu: string | null; memory: string | null; manifest: unknown }>(
+          `SELECT s.cpu, s.memory, t.manifest FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name WHERE s.id = $1`,
+          [sessionId],
+        );
+        const need = mine.rows[0] ? sessionResources(mine.rows[0]) : { cpu: 0, memory: 0 };
+        const fits = (c: { id: string; max_cpu: number | null; max_memory: number | null }, u: { cpu: number; memory: number }) =>
+          (c.max_cpu === null || u.cpu + need.cpu <= Math.round(c.max_cpu * 1000)) &&
+          (c.max_memory === null || u.memory + need.memory <= Math.round(c.max_memory * 2 ** 30));
+        const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
+        const free = withUse
+          .map((c) => ({ ...c, used: c.use.n }))
+          .filter((c) => c.used < c.max && fits(c, c.use))
           .sort((a, b) => a.used / a.max - b.used / b.max);
         if (!free.length) {
           await client.query('ROLLBACK');
-          const why = candidates.rowCount ? `no capacity: all ${candidates.rowCount} online ${platform} agent(s) are full` : `no ${platform} agent is online`;
+          const bySessions = withUse.filter((c) => c.use.n < c.max);
+          const resources =
+            bySessions.length > 0
+              ? ` (${bySessions.map((c) => `${c.agent_id}: cpu ${formatCpu(c.use.cpu)}${c.max_cpu !== null ? ` of ${formatCpu(Math.round(c.max_cpu * 1000))}` : ''}, memory ${formatMemory(c.use.memory)}${c.max_memory !== null ? ` of ${formatMemory(Math.round(c.max_memory * 2 ** 30))}` : ''}`).join('; ')}; this session needs cpu ${formatCpu(need.cpu)}, memory ${formatMemory(need.memory)})`
+              : '';
+          const why = candidates.rowCount
+            ? bySessions.length
+              ? `no capacity: no online ${platform} agent has the CPU or memory left (MAX_CPU/MAX_MEMORY)${resources}`
+              : `no capacity: all ${candidates.rowCount} online ${platform} agent(s) are full`
+            : `no ${platform} agent is online`;
           if (candidates.rowCount && whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
           // Retryable: the workflow keeps trying until an agent has room or the start times out.
           throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
@@ -204,6 +243,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         if (!cur) throw ApplicationFailure.nonRetryable(`command ${row.id} vanished`, FailureType.CommandFailed);
         if (cur.status === 'completed') return cur.result as CommandResult;
         if (cur.status === 'failed') {
+          if (cur.withdrawn_at || cur.result?.retryable === false) await releaseAfter(input);
           if (cur.withdrawn_at) throw commandWithdrawn(input, cur.error_message);
           if (cur.result?.retryable === false) throw commandFailed(input, cur.error_message);
           throw ApplicationFailure.retryable(`agent failed ${input.commandType}: ${cur.error_message}`, 'CommandRetryable');
@@ -231,6 +271,9 @@ export function createSessionActivities(deps: SessionActivityDeps) {
          RETURNING old.state AS was, s.created_at`,
         [input.sessionId, input.state, input.agentDbId, input.platformMetadata ?? null, input.error, input.clearAgent === true],
       );
+      // A wake's quota reservation ends with its outcome: running (counted as such from now on),
+      // or the failed wake's hibernated-with-error; any other state also ends it.
+      if (input.state !== 'hibernated' || input.error !== null) await releaseReservation(pool, input.sessionId);
       const row = r.rows[0];
       if (row && input.state === 'running' && row.was === 'pending' && input.platform)
         deps.metrics?.sessionStart.observe({ platform: input.platform }, Math.max(0, (Date.now() - row.created_at.getTime()) / 1000));
@@ -241,13 +284,24 @@ export function createSessionActivities(deps: SessionActivityDeps) {
      * the command is now; `completed` means it ran before the withdrawal.
      */
     async withdrawCommand(input: WithdrawInput): Promise<WithdrawResult> {
-      return withdrawCommand(pool, input.idempotencyKey, input.reason);
+      const out = await withdrawCommand(pool, input.idempotencyKey, input.reason);
+      // A wake (or start) the workflow gave up on no longer holds its owner's quota.
+      const sessionId = input.idempotencyKey.split(':')[0];
+      if (/:(wake|start)_session$/.test(input.idempotencyKey)) await releaseReservation(pool, sessionId);
+      return out;
     },
 
     /** Counts a session failure or a reconciliation repair (metrics; the workflow history has the details). */
     async noteSessionEvent(input: SessionEventInput): Promise<void> {
       if (input.event === 'failed') deps.metrics?.sessionFailures.inc({ platform: input.platform, reason: input.detail });
       else deps.metrics?.reconcileRepairs.inc({ action: input.detail });
+      // Automatic actions go to the audit log (user 'system'): a reconciliation repair, a failure.
+      await writeSystemAudit(deps, {
+        action: input.event === 'repair' ? 'session.reconcile_repair' : 'session.failed',
+        resource_type: 'session',
+        resource_id: input.sessionId,
+        metadata: input.event === 'repair' ? { repair: input.detail, platform: input.platform } : { reason: input.detail, platform: input.platform },
+      });
     },
 
     /** Finds the session's newest command generation, for a cleanup issued outside its workflow. */

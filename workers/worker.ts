@@ -6,6 +6,7 @@ import { CommandWaiter } from '../activities/command-waiter';
 import { createMigrationActivities } from '../activities/migration/activities';
 import type { AdoptionDeps } from '../activities/session-adoption';
 import { createSessionActivities } from '../activities/session-activities';
+import { createAuditActivities } from '../activities/audit';
 import { CHANNEL_COMMAND_DONE } from '../db/commands';
 import { PgListener } from '../db/listener';
 import type { Logger } from '../config/log';
@@ -37,8 +38,11 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
       pool: opts.pool,
       waiter: new CommandWaiter(listener),
       heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+      log: opts.log,
       ...(opts.metrics ? { metrics: opts.metrics } : {}),
     }),
+    // recordAudit: automatic actions (idle hibernation, repairs, migration phases) into audit_log.
+    ...createAuditActivities({ pool: opts.pool, log: opts.log }),
     ...createMigrationActivities({ redisUrl: opts.redisUrl, adoption: opts.adoption }),
   };
   const worker = await Worker.create({

@@ -90,4 +90,6 @@ export const FailureType = {
   CommandWithdrawn: 'CommandWithdrawn',
   /** Withdrawn because a stop cancelled it (also seen by a replay that lost the stop Update). */
   CommandWithdrawnByStop: 'CommandWithdrawnByStop',
+  /** A wake would exceed the owner's user_quotas (activities/quota.ts); the gateway answers 403. */
+  QuotaExceeded: 'QuotaExceeded',
 } as const;

@@ -17,6 +17,7 @@ import {
   condition,
   continueAsNew,
   isCancellation,
+  patched,
   proxyActivities,
   proxyLocalActivities,
   setHandler,
@@ -271,6 +272,16 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       exclusive(async () => {
         if (state === 'running') return status();
         if (state !== 'hibernated') throw invalid('wake', state);
+        // Quota (activities/quota.ts): refused if waking would exceed the owner's user_quotas;
+        // otherwise the session's share is reserved until the wake's outcome is recorded.
+        if (patched('quota-on-wake')) {
+          try {
+            await db.reserveForWake({ sessionId: input.sessionId });
+          } catch (err) {
+            if (!hasFailureType(err, FailureType.QuotaExceeded)) throw err;
+            throw ApplicationFailure.create({ message: errorMessage(err), type: FailureType.QuotaExceeded, nonRetryable: true });
+          }
+        }
         transition = 'waking';
         // An imported v1 session (or one whose container vanished while hibernated) is not on any
         // agent: waking it places and creates it (with its home volume). A failed attempt leaves
