@@ -17,6 +17,7 @@ import { USERNAME_PATTERN } from './users';
 import { listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow, SessionSort } from '../sessions/view';
 import { ErrorSchema, SessionSchema } from '../schemas';
 import { nextGeneration } from '../../db/commands';
+import { checkLicense, checkUserQuota, inTransaction, LimitError, lockUserQuota, Queryable, sessionResources, templateResources } from '../../db/quota';
 
 const CreateSession = Type.Object(
   {
@@ -109,6 +110,42 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   const errors = { 400: ErrorSchema, 401: ErrorSchema, 403: ErrorSchema, 404: ErrorSchema, 409: ErrorSchema, 502: ErrorSchema, 503: ErrorSchema };
   const one = { 200: SessionSchema, 201: SessionSchema, 202: SessionSchema, ...errors };
 
+  /**
+   * Admits one more running session of `userId` (a create, or a retry of `sessionId`): under the
+   * licence's and the user's advisory locks, counts what runs, refuses with 403 naming the limit
+   * (db/quota.ts: licenses, user_quotas), else runs `write` in the same transaction. Wakes are
+   * admitted by the session workflow (activities/quota.ts), with the same rules.
+   */
+  async function admit(userId: string, template: string, sessionId: string | null, write: (tx: Queryable) => Promise<unknown>): Promise<void> {
+    const need = sessionResources({ ...(await templateResources(app.deps.pool, template)) });
+    try {
+      await inTransaction(app.deps.pool, async (tx) => {
+        await checkLicense(tx, 'sessions');
+        await lockUserQuota(tx, userId);
+        await checkUserQuota(tx, userId, need, sessionId);
+        await write(tx);
+      });
+    } catch (err) {
+      if (err instanceof LimitError) throw new HttpError(403, err.message);
+      throw err;
+    }
+  }
+
+  /** The id of a session's owner, created (within the licence's user limit) if it never logged in. */
+  async function ownerIdFor(username: string): Promise<string> {
+    const known = await app.deps.pool.query<{ id: string }>('SELECT id::text AS id FROM users WHERE username = $1', [username]);
+    if (known.rows[0]) return known.rows[0].id;
+    try {
+      return await inTransaction(app.deps.pool, async (tx) => {
+        await checkLicense(tx, 'users');
+        return (await ensureUser(tx, { username })).id;
+      });
+    } catch (err) {
+      if (err instanceof LimitError) throw new HttpError(403, err.message);
+      throw err;
+    }
+  }
+
   async function loadOwned(claims: Claims, id: string): Promise<SessionRow> {
     const r = await app.deps.pool.query<SessionRow>(`${SELECT_SESSION} WHERE s.id = $1`, [id]);
     const row = r.rows[0];
@@ -125,17 +162,18 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     const tpl = await pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [req.body.template]);
     if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
     // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
-    const ownerId = owner === claims.sub ? claims.uid : (await ensureUser(pool, { username: owner })).id;
+    const ownerId = owner === claims.sub ? claims.uid : await ownerIdFor(owner);
 
     const id = randomUUID();
     const workflowId = sessionWorkflowId(id);
     // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
     // between, the session reaper (api/sessions/reaper.ts) starts it.
-    await pool.query(
+    // Licence and quota are checked and the row written in one transaction (see admit()).
+    await admit(ownerId, req.body.template, null, (tx) => tx.query(
       `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed)
          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false)`,
       [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
-    );
+    ));
     try {
       await startSessionWorkflow(
         { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
@@ -267,11 +305,14 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     if (row.state !== 'failed') throw new HttpError(409, `cannot retry a session that is ${row.state} (only failed sessions are retried)`);
     if (!row.platform || (row.platform !== 'docker' && row.platform !== 'kubernetes'))
       throw new HttpError(409, `cannot retry: the session has no platform v2 manages (${row.platform ?? 'none'})`);
-    const claimed = await pool.query(
-      `UPDATE sessions SET state = 'pending', error_message = NULL, agent_id = NULL, workflow_confirmed = false, updated_at = NOW()
-        WHERE id = $1 AND state = 'failed'`,
-      [id],
-    );
+    let claimed = { rowCount: 0 as number | null };
+    await admit(row.user_id, row.template_name, id, async (tx) => {
+      claimed = await tx.query(
+        `UPDATE sessions SET state = 'pending', error_message = NULL, agent_id = NULL, workflow_confirmed = false, updated_at = NOW()
+          WHERE id = $1 AND state = 'failed'`,
+        [id],
+      );
+    });
     if (!claimed.rowCount) throw new HttpError(409, 'cannot retry: the session changed meanwhile');
     try {
       const started = await startSessionWorkflow(
@@ -404,6 +445,7 @@ function toHttpError(err: unknown, op: string, state: string): HttpError {
     const cause = err.cause;
     if (cause instanceof ApplicationFailure) {
       if (cause.type === FailureType.InvalidTransition) return new HttpError(409, cause.message);
+      if (cause.type === FailureType.QuotaExceeded) return new HttpError(403, cause.message);
       return new HttpError(502, cause.message);
     }
     let inner: unknown = cause;

@@ -5,6 +5,7 @@ import { HttpError } from '../app';
 import { revocationInstant } from '../auth/accounts';
 import { hashPassword } from '../auth/tokens';
 import { ensureUser } from '../../db/users';
+import { checkLicense, inTransaction, LimitError } from '../../db/quota';
 import { sessionWorkflowId, stopUpdate } from '../../workflows/session-api';
 import { QuotaSchema, UserSchema } from '../schemas';
 
@@ -63,7 +64,14 @@ export async function userRoutes(app: FastifyInstance): Promise<void> {
         throw new HttpError(409, `user "${username}" already exists`);
       if (email && (await pool.query('SELECT 1 FROM users WHERE email = $1', [email]).then((r) => r.rowCount)))
         throw new HttpError(409, `email "${email}" is already used by another user`);
-      const u = await ensureUser(pool, { username, email, role, passwordHash: await hashPassword(password) });
+      const passwordHash = await hashPassword(password);
+      // The active licence's max_users (v1's licenses), counted and written in one transaction.
+      const u = await inTransaction(pool, async (tx) => {
+        await checkLicense(tx, 'users');
+        return ensureUser(tx, { username, email, role, passwordHash });
+      }).catch((err) => {
+        throw err instanceof LimitError ? new HttpError(403, err.message) : err;
+      });
       if (!u.created) throw new HttpError(409, `user "${username}" already exists`);
       return reply.status(201).send({ id: u.id, username, email: email ?? null, role });
     },
