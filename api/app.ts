@@ -26,6 +26,9 @@ import { healthRoutes } from './routes/health';
 import { sessionRoutes } from './routes/sessions';
 import { templateRoutes } from './routes/templates';
 import { userRoutes } from './routes/users';
+import { auditPlugin } from './audit/plugin';
+import { auditRoutes } from './routes/audit';
+import { licenseRoutes } from './routes/license';
 import { securityHeaders } from './security-headers';
 import { httpReason } from './errors';
 
@@ -79,6 +82,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   await app.register(healthRoutes);
   await app.register(authPlugin);
+  await app.register(auditPlugin);
   await app.register(routingPlugin);
   await app.register(authRoutes);
   await app.register(userRoutes);
@@ -89,6 +93,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(migrationRoutes);
   await app.register(eventRoutes);
   await app.register(consoleRoutes);
+  await app.register(auditRoutes);
+  await app.register(licenseRoutes);
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }

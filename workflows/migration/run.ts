@@ -3,7 +3,18 @@
  * requests (signals and the rollback update), what has been done that a rollback must undo, and
  * the loop that runs phases with block / retry / rollback / abort.
  */
-import { ApplicationFailure, CancellationScope, condition, isCancellation, setHandler, upsertMemo, upsertSearchAttributes } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  isCancellation,
+  patched,
+  proxyLocalActivities,
+  setHandler,
+  upsertMemo,
+  upsertSearchAttributes,
+} from '@temporalio/workflow';
+import type { AuditActivities } from '../../activities/audit';
 import type { Duration } from '@temporalio/common';
 import type { BackupManifest } from '../../activities/migration/activities';
 import {
@@ -25,6 +36,9 @@ import { SA } from '../search-attributes';
 import { quick } from './activities';
 
 const MAX_FAILURES = 1000;
+
+// Phase changes go to v1's audit_log (user 'system'); a failed write never holds up a phase.
+const audit = proxyLocalActivities<AuditActivities>({ startToCloseTimeout: '10s', retry: { maximumAttempts: 3 } });
 
 export class Run {
   readonly order: PhaseName[];
@@ -150,6 +164,7 @@ export class Run {
       const ph = this.phaseOf(name);
       p.phase = name;
       for (;;) {
+        await this.auditPhase('migration.phase_started', name);
         ph.status = 'running';
         ph.startedAt ??= new Date().toISOString();
         p.status = 'running';
@@ -160,6 +175,7 @@ export class Run {
           this.scope = null;
           if (ph.status === 'running') ph.status = 'done';
           ph.endedAt = new Date().toISOString();
+          await this.auditPhase('migration.phase_finished', name, { status: ph.status });
           break;
         } catch (err) {
           this.scope = null;
@@ -173,6 +189,7 @@ export class Run {
           p.status = 'blocked';
           p.blockedReason = `${name} failed: ${innermost(err)} — retry, rollback or abort`;
           this.show();
+          await this.auditPhase('migration.phase_failed', name, { error: p.blockedReason });
           await condition(() => this.retryRequested || this.rollbackRequested || this.abortRequested);
           if (!this.retryRequested) break outer;
           this.retryRequested = false;
@@ -188,6 +205,20 @@ export class Run {
       }
     }
     return 'finished';
+  }
+
+  /** Records a phase change in the audit log (runs recorded before this existed replay without it). */
+  private async auditPhase(action: string, phase: PhaseName, extra: { status?: string; error?: string } = {}): Promise<void> {
+    if (!patched('audit-migration-phases')) return;
+    await audit
+      .recordAudit({
+        action,
+        resource_type: 'migration',
+        resource_id: this.o.runId,
+        metadata: { phase, strategy: this.o.strategy, dry_run: this.o.dryRun ?? false, ...(extra.status ? { status: extra.status } : {}) },
+        ...(extra.error ? { error: extra.error } : {}),
+      })
+      .catch(() => undefined);
   }
 
   /** One compensation step: recorded done, failed (with the reason) or skipped; never throws. */
