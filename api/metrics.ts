@@ -102,15 +102,41 @@ export function createMetrics() {
     agentStatus: gauge('streamspace_agent_status', 'Agents by status (from the database): 1 for the current status', ['agent_id', 'status']),
     agentsConnectedHere: gauge('streamspace_agents_connected', 'Agent sockets held by this pod'),
     redisConnection: gauge('streamspace_redis_connection_status', '1 when the Redis AgentHub is connected'),
+    /** 1 on the backend this pod's AgentHub uses: RedisConnectionFailure only reads redis_connection_status where it is redis. */
+    agentHubBackend: gauge('streamspace_agent_hub_backend', 'The AgentHub backend this pod uses (memory|redis): 1 on its series', ['backend']),
     vncActiveTunnels: gauge('streamspace_vnc_active_tunnels', 'VNC tunnels open through this pod'),
     vncBytes: counter('streamspace_vnc_bytes_total', 'VNC bytes relayed, by direction', ['direction']),
     vncConnections: counter('streamspace_vnc_connections_total', 'VNC viewer connections accepted'),
     vncConnectionFailures: counter('streamspace_vnc_connection_failures_total', 'VNC viewer connections that failed', ['reason']),
   };
   const heap = gauge('streamspace_process_heap_bytes', 'V8 heap in use by this process');
+  /** Where streamspace_sessions reads its counts at each scrape (countSessionsFrom); none: the gauge has no series. */
+  let sessionSource: SessionCountSource | null = null;
+  const sessions = new client.Gauge({
+    name: 'streamspace_sessions',
+    help: 'Sessions by state and platform (from the database at each scrape; terminated sessions are not counted)',
+    labelNames: ['state', 'platform'] as const,
+    registers: [registry],
+    async collect() {
+      if (!sessionSource) return;
+      try {
+        const rows = await sessionSource();
+        this.reset();
+        for (const r of rows) this.set({ state: r.state, platform: r.platform ?? 'unknown' }, Number(r.count));
+      } catch {
+        // the database is unreachable: keep the last counts (the scrape still answers)
+      }
+    },
+  });
   return {
     ...m,
     registry,
+    sessions,
+    /** Counts sessions for streamspace_sessions{state,platform} from this database at each scrape. */
+    countSessionsFrom(db: { query: (sql: string) => Promise<{ rows: SessionCount[] }> }): void {
+      sessionSource = async () =>
+        (await db.query(`SELECT state, platform, count(*)::int AS count FROM sessions WHERE state <> 'terminated' GROUP BY state, platform`)).rows;
+    },
     contentType: registry.contentType,
     /** The Prometheus text exposition of this registry. */
     render: async (): Promise<string> => {
@@ -120,6 +146,13 @@ export function createMetrics() {
   };
 }
 export type Metrics = ReturnType<typeof createMetrics>;
+
+export interface SessionCount {
+  state: string;
+  platform: string | null;
+  count: number | string;
+}
+type SessionCountSource = () => Promise<SessionCount[]>;
 
 /** Statuses an agent row can have; each agent gets one series per status. */
 export const AGENT_STATUSES = ['online', 'offline', 'draining'] as const;

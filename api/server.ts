@@ -50,6 +50,8 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
   const temporal = new Client({ connection, namespace: config.temporalNamespace });
   const tokens = new TokenService(config.jwtSecret, config.agentTokenSecret, config.jwtTtlSeconds);
   const metrics = createMetrics();
+  metrics.countSessionsFrom(pool);
+  metrics.agentHubBackend.set(1, { backend: config.hubBackend });
   const hub: AgentHub = await createHub(config, log, metrics);
   const agentGateway = new AgentGateway({
     pool,

@@ -2,7 +2,7 @@
 # Machine setup for StreamSpace v2 (Debian 12 / Ubuntu 22.04+, as root):
 #
 #   scripts/provision.sh dev     what `npm run dev` needs: the dev stack (first run ~4 min)
-#   scripts/provision.sh [test]  what `npm test` needs: dev + Chromium, kube-apiserver, etcd, helm
+#   scripts/provision.sh [test]  what `npm test` needs: dev + Chromium, kube-apiserver, etcd, helm, promtool
 #                                (built from their Go modules: Go >= 1.26, first run ~15 min, cached)
 #   scripts/provision.sh check   install nothing; list what is present and what is missing
 #
@@ -14,7 +14,8 @@
 #   3. npm ci when node_modules is missing or older than package-lock.json
 #   4. scripts/services.sh start   (PostgreSQL, Redis, Docker engine, Temporal — all on 127.0.0.1)
 #   5. scripts/build-session-image.sh  (streamspace/session:local, built locally: no registry here)
-#   6. test only: scripts/build-k8s.sh (kube-apiserver + etcd), scripts/build-helm.sh (helm)
+#   6. test only: scripts/build-k8s.sh (kube-apiserver + etcd), scripts/build-helm.sh (helm),
+#      scripts/build-promtool.sh (promtool: deploy/monitoring's alert rules and their unit tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -57,7 +58,7 @@ report() {
   [[ -d node_modules ]] && line ok node_modules npm || { line MISSING node_modules "npm ci" && missing=1; }
   if [[ $MODE != dev ]]; then
     if command -v go >/dev/null; then line ok go "$(go version | cut -d' ' -f3) (needs >= go1.26, GOTOOLCHAIN=local)"; else line MISSING go "Go >= 1.26 builds kube-apiserver, etcd and helm for the tests" && missing=1; fi
-    for b in kube-apiserver etcd helm; do [[ -x $CACHE/bin/$b ]] && line ok "$b" "$CACHE/bin/$b" || { line MISSING "$b" "built from its Go module by scripts/build-*.sh" && missing=1; }; done
+    for b in kube-apiserver etcd helm promtool; do [[ -x $CACHE/bin/$b ]] && line ok "$b" "$CACHE/bin/$b" || { line MISSING "$b" "built from its Go module by scripts/build-*.sh" && missing=1; }; done
   fi
   return $missing
 }
@@ -152,6 +153,7 @@ bash scripts/build-session-image.sh
 if [[ $MODE == test ]]; then
   bash scripts/build-k8s.sh  # kube-apiserver + etcd for the Kubernetes agent tests (first build ~11 min, cached)
   bash scripts/build-helm.sh # helm for test/helm.test.ts (lint, template, server-side dry run; first build a few minutes, cached)
+  bash scripts/build-promtool.sh # promtool for test/monitoring.test.ts (check/test rules; first build ~10 min on 2 cores, cached)
 fi
 
 # ---------------------------------------------------------------- summary

@@ -46,6 +46,10 @@ async function main() {
   attachTunnel(runtime, log);
 
   let elector: LeaderElector | null = null;
+  // streamspace_agent_leader_status{agent_id}: 1 while this replica leads, 0 while it follows (the
+  // NoAgentLeader alert: max by (agent_id) == 0, or absent). Without HA the one replica always leads.
+  const leading = (on: boolean) => runtime.metrics.leaderStatus.set({ agent_id: config.agentId }, on ? 1 : 0);
+  leading(!ha);
   await runtime.startHealthServer(
     () => ({ ha, leader: elector ? elector.isLeader : true }),
     // HA: the leader is ready once registered; a follower once it could take over (Lease API reachable).
@@ -60,8 +64,14 @@ async function main() {
       identity: `${config.identity}_${randomUUID().slice(0, 8)}`,
       ...timings,
       log,
-      onStartedLeading: () => runtime.start(),
-      onStoppedLeading: () => runtime.stop({ keepHealth: true }),
+      onStartedLeading: () => {
+        leading(true);
+        runtime.start();
+      },
+      onStoppedLeading: () => {
+        leading(false);
+        return runtime.stop({ keepHealth: true });
+      },
     });
     await elector.start();
   } else {
