@@ -262,10 +262,14 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       const r = await pool.query<{ was: string | null; created_at: Date }>(
         `WITH old AS (SELECT id, state FROM sessions WHERE id = $1 FOR UPDATE)
          UPDATE sessions s
-            SET state = $2,
+            SET state = $2::varchar,
                 agent_id = CASE WHEN $6::boolean THEN NULL ELSE COALESCE($3, s.agent_id) END,
                 platform_metadata = COALESCE(s.platform_metadata, '{}'::jsonb) || COALESCE($4::jsonb, '{}'::jsonb),
                 error_message = $5,
+                -- The idle and duration clocks start when the session (re)starts running.
+                running_since = CASE WHEN $2::varchar <> 'running' THEN NULL
+                                     WHEN old.state IS DISTINCT FROM 'running' OR s.running_since IS NULL THEN NOW()
+                                     ELSE s.running_since END,
                 updated_at = NOW()
            FROM old WHERE s.id = old.id
          RETURNING old.state AS was, s.created_at`,

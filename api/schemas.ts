@@ -36,6 +36,18 @@ export const SessionSchema = Type.Object({
   created_at: N(When),
   updated_at: N(When),
   last_activity: N(When),
+  lifetime: Type.Object(
+    {
+      idle_timeout: Type.String({ description: "no keyboard/mouse input this long → hibernated ('0': never)" }),
+      max_session_duration: Type.String({ description: "running this long (since its last start or wake) → stopped ('0': never)" }),
+      running_since: N(When),
+      last_input_at: N(When),
+      hibernates_at: N({ ...When, description: 'when it hibernates if nobody types or moves the mouse' }),
+      stops_at: N(When),
+      alive_because: Type.String({ description: 'not_running | idle_disabled | recent_input | started_recently' }),
+    },
+    { description: 'why the session is still alive, and until when' },
+  ),
   transition: Transition,
   progress: N(Type.String()),
   platform_metadata: Type.Optional(Free),

@@ -20,6 +20,7 @@ import { AgentHub, MemoryAgentHub } from './agents/hub';
 import { RedisAgentHub } from './agents/redis-hub';
 import { buildApp } from './app';
 import { LiveEvents } from './events/live';
+import { InputTracker } from './sessions/input-tracker';
 import { hashPassword } from './auth/tokens';
 import { TokenService } from './auth/tokens';
 import type { GatewayConfig } from './config';
@@ -74,6 +75,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     intervalMs: config.sessionReaperIntervalMs,
   });
   reaper.start();
+  const input = new InputTracker(pool, log);
   const vnc = new VncTunnel({
     pool,
     hub,
@@ -86,6 +88,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     agentStreamUrl: config.agentStreamUrl,
     // Several pods behind an Ingress: a stream socket landing on another pod is handed to this one.
     handoff: await createPodHandoff(config, log, metrics),
+    input,
   });
   agentGateway.streamErrorHandler = (streamId, error) => vnc.streamFailed(streamId, error);
 
@@ -163,6 +166,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
     pool,
     async close() {
       vnc.close();
+      await input.close();
       reaper.stop();
       await live.close();
       await agentGateway.close();

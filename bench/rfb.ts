@@ -193,6 +193,27 @@ export class RfbClient {
   }
 
   /** Sends one FramebufferUpdateRequest. */
+  /** KeyEvent: a key press and its release (X11 keysym). */
+  key(keysym: number): void {
+    for (const down of [1, 0]) {
+      const b = Buffer.alloc(8);
+      b[0] = 4;
+      b[1] = down;
+      b.writeUInt32BE(keysym, 4);
+      this.stream.write(b);
+    }
+  }
+
+  /** PointerEvent: the pointer at (x, y) with these buttons down. */
+  pointer(x: number, y: number, buttons = 0): void {
+    const b = Buffer.alloc(6);
+    b[0] = 5;
+    b[1] = buttons;
+    b.writeUInt16BE(x, 2);
+    b.writeUInt16BE(y, 4);
+    this.stream.write(b);
+  }
+
   request(x: number, y: number, w: number, h: number, incremental = false): void {
     const b = Buffer.alloc(10);
     b[0] = 3;

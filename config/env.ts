@@ -13,6 +13,38 @@ export function parseDuration(value: string, name = 'duration'): number {
   return Math.round(Number(m[1]) * UNIT_MS[m[2] ?? 's']);
 }
 
+const GO_PART = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)/y;
+const GO_UNIT_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ...UNIT_MS };
+
+/**
+ * A session lifetime as v1 stores it (sessions.idle_timeout / max_session_duration, a Session CRD's
+ * idleTimeout / maxSessionDuration: Go durations such as "30m", "8h", "1h30m", "30m0s") or as v2
+ * accepts it (also "2d"). "", "0" and "0s" mean "never" (0). Throws on anything else.
+ */
+export function parseLifetime(value: string | null | undefined, name = 'duration'): number {
+  const v = (value ?? '').trim();
+  if (v === '' || v === '0') return 0;
+  let total = 0;
+  GO_PART.lastIndex = 0;
+  while (GO_PART.lastIndex < v.length) {
+    const m = GO_PART.exec(v);
+    if (!m) throw new Error(`${name}: "${value}" is not a duration (examples: 30m, 8h, 1h30m; 0 = never)`);
+    total += Number(m[1]) * GO_UNIT_MS[m[2]];
+  }
+  return Math.round(total);
+}
+
+/** A lifetime back in the form v1 writes ("8h", "30m", "1h30m", "45s"; "0" for never). */
+export function formatLifetime(ms: number): string {
+  if (!ms) return '0';
+  let rest = Math.round(ms / 1000);
+  const h = Math.floor(rest / 3600);
+  rest -= h * 3600;
+  const m = Math.floor(rest / 60);
+  const s = rest - m * 60;
+  return `${h ? `${h}h` : ''}${m ? `${m}m` : ''}${s || (!h && !m) ? `${s}s` : ''}`;
+}
+
 export function envString(name: string, fallback: string, env: NodeJS.ProcessEnv = process.env): string {
   const v = env[name];
   return v === undefined || v === '' ? fallback : v;

@@ -12,8 +12,8 @@ const HIGH_WATER = 1 << 20;
 const LOW_WATER = 256 << 10;
 
 export interface RelayHooks {
-  /** Bytes forwarded a → b (first argument) and b → a. */
-  onBytes?: (direction: 'ab' | 'ba', n: number) => void;
+  /** Bytes forwarded a → b (first argument) and b → a; `data` is the chunk (read it, do not keep it). */
+  onBytes?: (direction: 'ab' | 'ba', n: number, data: Buffer) => void;
   /** Called once, when the relay has ended on both sides. */
   onClose?: (code: number, reason: string) => void;
 }
@@ -47,12 +47,12 @@ export function relayWebSockets(a: WebSocket, b: WebSocket, hooks: RelayHooks = 
   const bToA = toWs(b, a);
   a.on('message', (d) => {
     const buf = asBuffer(d);
-    hooks.onBytes?.('ab', buf.length);
+    hooks.onBytes?.('ab', buf.length, buf);
     aToB(buf);
   });
   b.on('message', (d) => {
     const buf = asBuffer(d);
-    hooks.onBytes?.('ba', buf.length);
+    hooks.onBytes?.('ba', buf.length, buf);
     bToA(buf);
   });
   let ended = false;

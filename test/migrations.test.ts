@@ -96,6 +96,7 @@ describe('migration files', () => {
       '008_v2.0.6-command-deadlines.sql',
       '009_v2.0.7-console-live.sql',
       '010_v2.0.8-audit-quotas.sql',
+      '011_v2.0.9-session-lifetime.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -109,6 +110,7 @@ describe('migration files', () => {
       'v2.0.6-command-deadlines',
       'v2.0.7-console-live',
       'v2.0.8-audit-quotas',
+      'v2.0.9-session-lifetime',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });

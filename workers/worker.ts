@@ -7,6 +7,7 @@ import { createMigrationActivities } from '../activities/migration/activities';
 import type { AdoptionDeps } from '../activities/session-adoption';
 import { createSessionActivities } from '../activities/session-activities';
 import { createAuditActivities } from '../activities/audit';
+import { createLifetimeActivities } from '../activities/session-lifetime';
 import { CHANNEL_COMMAND_DONE } from '../db/commands';
 import { PgListener } from '../db/listener';
 import type { Logger } from '../config/log';
@@ -43,6 +44,7 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
     }),
     // recordAudit: automatic actions (idle hibernation, repairs, migration phases) into audit_log.
     ...createAuditActivities({ pool: opts.pool, log: opts.log }),
+    ...createLifetimeActivities({ pool: opts.pool }),
     ...createMigrationActivities({ redisUrl: opts.redisUrl, adoption: opts.adoption }),
   };
   const worker = await Worker.create({

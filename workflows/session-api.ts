@@ -50,6 +50,12 @@ export interface SessionStatus {
   lastError: string | null;
   /** How many times this session's workflow has continued as new. */
   runs: number;
+  /** When the session hibernates without keyboard/mouse input (epoch ms); null: not running or no idle timeout. */
+  hibernatesAt?: number | null;
+  /** When the maximum session duration stops it (epoch ms); null: no limit or not running. */
+  stopsAt?: number | null;
+  /** The last thing the workflow did on its own (idle hibernation, duration stop), and why. */
+  lastAutomaticAction?: string | null;
 }
 
 export const statusQuery = defineQuery<SessionStatus>('status');
@@ -64,6 +70,8 @@ export interface ObservedReport {
   kind: 'orphan' | 'missing' | 'state_mismatch';
 }
 /** Reconciliation hands a divergence to the session's workflow, which decides the repair. */
+/** The session's idle timeout or maximum duration changed (PATCH /sessions/:id): re-plan the timers. */
+export const lifetimeChangedSignal = defineSignal('lifetimeChanged');
 export const observedSignal = defineSignal<[ObservedReport]>('observed');
 
 /** Removes what an agent still runs for a session whose workflow has ended. */

@@ -10,6 +10,9 @@
  *      (timeout, or a stop cancelling a start) it withdraws the command: the agent abandons and
  *      undoes it, and never runs it later.
  *   4. a stop always wins over a start or a wake: it cancels them, also before the first start ran.
+ *   5. while running, durable timers: no keyboard/mouse input for `idle_timeout` → hibernate; running
+ *      for `max_session_duration` → stop (both read from the session row when they fire, so input
+ *      seen by the gateway meanwhile, or a changed limit, re-arms them instead).
  */
 import {
   ApplicationFailure,
@@ -27,11 +30,13 @@ import {
   allHandlersFinished,
 } from '@temporalio/workflow';
 import type { SessionActivities } from '../activities/session-activities';
+import type { LifetimeActivities } from '../activities/session-lifetime';
 import type { CommandType } from '../protocol/messages';
 import {
   CarriedState,
   FailureType,
   hibernateUpdate,
+  lifetimeChangedSignal,
   ObservedReport,
   observedSignal,
   WITHDRAWN_BY_STOP,
@@ -48,6 +53,11 @@ import { SA } from './search-attributes';
 // Bookkeeping is a few milliseconds of SQL: local activities, so it adds no task-queue round
 // trips to a start; safe to retry forever (the database may restart).
 const db = proxyLocalActivities<SessionActivities>({
+  startToCloseTimeout: '30s',
+  retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '10s' },
+});
+
+const lifetime = proxyLocalActivities<LifetimeActivities>({
   startToCloseTimeout: '30s',
   retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '10s' },
 });
@@ -93,6 +103,14 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   let stopRequested = false;
   const observations: ObservedReport[] = [];
 
+  // Idle and duration timers (runbook step 5): planned from the session row whenever the state or
+  // the limits change, checked again against the row when they fire.
+  let lifetimeDirty = true;
+  let hibernatesAt: number | null = null;
+  let stopsAt: number | null = null;
+  let retryTimersAt: number | null = null;
+  let lastAutomaticAction: string | null = null;
+
   const status = (): SessionStatus => ({
     sessionId: input.sessionId,
     state,
@@ -101,6 +119,9 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     progress,
     lastError,
     runs: carried.runs,
+    hibernatesAt,
+    stopsAt,
+    lastAutomaticAction,
   });
 
   /** Runs fn exclusively: lifecycle operations never interleave. */
@@ -129,6 +150,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 
   async function setState(next: SessionState, extra: { platformMetadata?: Record<string, unknown>; error?: string; clearAgent?: boolean } = {}) {
     state = next;
+    lifetimeDirty = true;
     upsertSearchAttributes([{ key: SA.state, value: next }]);
     upsertMemo({ state: next, agent: agentId, error: extra.error ?? null });
     await db.recordSessionState({
@@ -214,6 +236,48 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     await db.noteSessionEvent({ sessionId: input.sessionId, platform: input.platform, event: 'failed', detail: cls });
   }
 
+  async function hibernateNow() {
+    transition = 'hibernating';
+    await runCommand('hibernate_session', 'hibernating', Date.now() + COMMAND_TIMEOUT_MS);
+    await setState('hibernated');
+  }
+
+  /** Reads the limits and the last input from the row; sets hibernatesAt / stopsAt (null when not running). */
+  async function planTimers() {
+    lifetimeDirty = false;
+    hibernatesAt = null;
+    stopsAt = null;
+    if (state !== 'running') return;
+    const l = await lifetime.sessionLifetime(input.sessionId);
+    if (!l) return;
+    const since = l.runningSince ?? Date.now();
+    if (l.maxDurationMs > 0) stopsAt = since + l.maxDurationMs;
+    if (l.idleTimeoutMs > 0) hibernatesAt = Math.max(l.lastInputAt ?? 0, since) + l.idleTimeoutMs;
+  }
+
+  /** A timer fired: hibernate an idle session, stop one past its maximum duration (after a fresh look at the row). */
+  async function onTimer() {
+    retryTimersAt = null;
+    await planTimers();
+    const now = Date.now();
+    const minutes = (ms: number) => `${Math.round(ms / 60_000)} min`;
+    try {
+      if (stopsAt !== null && now >= stopsAt) {
+        const l = await lifetime.sessionLifetime(input.sessionId);
+        lastAutomaticAction = `stopped: it ran for its maximum session duration (${minutes(l?.maxDurationMs ?? 0)})`;
+        await stop();
+      } else if (hibernatesAt !== null && now >= hibernatesAt) {
+        const l = await lifetime.sessionLifetime(input.sessionId);
+        lastAutomaticAction = `hibernated: no keyboard or mouse input for ${minutes(l?.idleTimeoutMs ?? 0)}`;
+        await hibernateNow();
+      }
+    } catch (err) {
+      // The agent did not answer (offline?): the session stays as it is; try again in a minute.
+      lastAutomaticAction = `${lastAutomaticAction ?? 'timer'} failed: ${errorMessage(err)}`;
+      retryTimersAt = Date.now() + 60_000;
+    }
+  }
+
   /** Reconciliation: what the agent really has differs from this session's state; repair it. */
   async function repair(o: ObservedReport) {
     if (o.agentDbId !== agentDbId || stopRequested) return;
@@ -252,15 +316,17 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     observations.push(o);
   });
 
+  setHandler(lifetimeChangedSignal, () => {
+    lifetimeDirty = true;
+  });
+
   setHandler(
     hibernateUpdate,
     () =>
       exclusive(async () => {
         if (state === 'hibernated') return status();
         if (state !== 'running') throw invalid('hibernate', state);
-        transition = 'hibernating';
-        await runCommand('hibernate_session', 'hibernating', Date.now() + COMMAND_TIMEOUT_MS);
-        await setState('hibernated');
+        await hibernateNow();
         return status();
       }),
     { validator: () => rejectIf(stopRequested || state === 'terminated' || state === 'failed', 'hibernate', state) },
@@ -364,9 +430,23 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   const maxEvents = input.maxHistoryEvents ?? 2000;
   const done = () => state === 'terminated' || (state === 'failed' && !stopRequested);
   const historyFull = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > maxEvents;
+  // Histories recorded before the timers existed replay without them.
+  const timed = patched('session-lifetime-timers');
   for (;;) {
-    await condition(() => done() || (!busy && (observations.length > 0 || historyFull())));
-    if (done() || !observations.length) break;
+    if (timed && lifetimeDirty && !busy && !done()) await exclusive(planTimers);
+    // (Read through a function: TypeScript cannot see the handlers and activities change them.)
+    const deadlines = (): number[] => [hibernatesAt, stopsAt].filter((t): t is number => t !== null);
+    const due: number | null = retryTimersAt ?? (deadlines().length ? Math.min(...deadlines()) : null);
+    const ready = () => done() || (!busy && ((timed && lifetimeDirty) || observations.length > 0 || historyFull()));
+    const woken = timed && due !== null ? await condition(ready, Math.max(1, due - Date.now())) : await condition(ready);
+    if (done()) break;
+    if (!woken) {
+      // A timer fired: act once nothing else runs (a user's request in progress goes first).
+      await exclusive(onTimer);
+      continue;
+    }
+    if (timed && lifetimeDirty) continue;
+    if (!observations.length) break; // history full: continue as new
     const o = observations.shift()!;
     await exclusive(() => repair(o));
   }

@@ -9,7 +9,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
-import { FailureType, hibernateUpdate, sessionWorkflowId, statusQuery, stopUpdate, wakeUpdate } from '../../workflows/session-api';
+import { FailureType, hibernateUpdate, lifetimeChangedSignal, sessionWorkflowId, statusQuery, stopUpdate, wakeUpdate } from '../../workflows/session-api';
+import { formatLifetime, parseLifetime } from '../../config/env';
 import { startSessionWorkflow } from '../../activities/session-adoption';
 import { ensureUser } from '../../db/users';
 import { HttpError } from '../app';
@@ -19,6 +20,26 @@ import { ErrorSchema, SessionSchema } from '../schemas';
 import { nextGeneration } from '../../db/commands';
 import { checkLicense, checkUserQuota, inTransaction, LimitError, lockUserQuota, Queryable, sessionResources, templateResources } from '../../db/quota';
 
+/** Per-session lifetime (v1's columns and formats); absent: the template's, else 30m / 8h. */
+const LifetimeFields = {
+  idle_timeout: Type.Optional(Type.String({ maxLength: 32, description: "hibernate after this long without keyboard/mouse input, e.g. 30m ('0': never)" })),
+  max_session_duration: Type.Optional(Type.String({ maxLength: 32, description: "stop after running this long, e.g. 8h ('0': never)" })),
+};
+const PatchSession = Type.Object(LifetimeFields, { additionalProperties: false, minProperties: 1 });
+
+/** A lifetime from a request: v1's duration format, between 5 seconds and 30 days (or 0 for never). */
+function lifetimeParam(v: string | undefined, name: string): string | undefined {
+  if (v === undefined) return undefined;
+  let ms: number;
+  try {
+    ms = parseLifetime(v, name);
+  } catch (err) {
+    throw new HttpError(400, (err as Error).message);
+  }
+  if (ms !== 0 && (ms < 5000 || ms > 30 * 86_400_000)) throw new HttpError(400, `${name} must be between 5s and 30d, or 0 for never`);
+  return formatLifetime(ms);
+}
+
 const CreateSession = Type.Object(
   {
     user: Type.Optional(Type.String({ pattern: USERNAME_PATTERN })),
@@ -27,10 +48,20 @@ const CreateSession = Type.Object(
     state: Type.Optional(Type.Literal('running', { description: 'desired state; sessions are created running' })),
     tags: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 63 }), { maxItems: 20 })),
     persistent_home: Type.Optional(Type.Boolean()),
+    ...LifetimeFields,
   },
   { additionalProperties: false },
 );
-type CreateSession = { user?: string; template: string; platform: 'docker' | 'kubernetes'; state?: 'running'; tags?: string[]; persistent_home?: boolean };
+type CreateSession = {
+  user?: string;
+  template: string;
+  platform: 'docker' | 'kubernetes';
+  state?: 'running';
+  tags?: string[];
+  persistent_home?: boolean;
+  idle_timeout?: string;
+  max_session_duration?: string;
+};
 
 const ListQuery = Type.Object(
   {
@@ -159,8 +190,13 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     const claims = req.user!;
     const owner = req.body.user ?? claims.sub;
     if (owner !== claims.sub && claims.role !== 'admin') throw new HttpError(403, 'only admins create sessions for other users');
-    const tpl = await pool.query('SELECT 1 FROM template_catalog WHERE name = $1', [req.body.template]);
+    const tpl = await pool.query<{ manifest: Record<string, any> | null }>('SELECT manifest FROM template_catalog WHERE name = $1', [req.body.template]);
     if (!tpl.rowCount) throw new HttpError(400, `unknown template "${req.body.template}" (GET /api/v1/templates lists them)`);
+    // The session's own limits, else the template's (spec.idleTimeout / spec.maxSessionDuration), else 30m / 8h.
+    const spec = (tpl.rows[0].manifest?.spec ?? tpl.rows[0].manifest?.Spec ?? tpl.rows[0].manifest ?? {}) as Record<string, unknown>;
+    const fromTemplate = (k: string) => (typeof spec[k] === 'string' ? (spec[k] as string) : undefined);
+    const idleTimeout = lifetimeParam(req.body.idle_timeout, 'idle_timeout') ?? fromTemplate('idleTimeout') ?? '30m';
+    const maxDuration = lifetimeParam(req.body.max_session_duration, 'max_session_duration') ?? fromTemplate('maxSessionDuration') ?? '8h';
     // Admins may create sessions for users that have not logged in yet (as the spec's examples do).
     const ownerId = owner === claims.sub ? claims.uid : await ownerIdFor(owner);
 
@@ -170,9 +206,10 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     // between, the session reaper (api/sessions/reaper.ts) starts it.
     // Licence and quota are checked and the row written in one transaction (see admit()).
     await admit(ownerId, req.body.template, null, (tx) => tx.query(
-      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false)`,
-      [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId],
+      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed,
+                             idle_timeout, max_session_duration)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false, $8, $9)`,
+      [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId, idleTimeout, maxDuration],
     ));
     try {
       await startSessionWorkflow(
@@ -363,6 +400,27 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   app.post<LifecycleRequest>('/api/v1/sessions/:id/hibernate', lifecycleSchema, lifecycle('hibernate'));
   app.post<LifecycleRequest>('/api/v1/sessions/:id/wake', lifecycleSchema, lifecycle('wake'));
   app.delete<LifecycleRequest>('/api/v1/sessions/:id', lifecycleSchema, lifecycle('stop'));
+  // Change a session's idle timeout or maximum duration; its workflow re-plans its timers at once.
+  app.patch<{ Params: { id: string }; Body: { idle_timeout?: string; max_session_duration?: string } }>(
+    '/api/v1/sessions/:id',
+    { ...auth, schema: { ...secured, params: IdParams, body: PatchSession, response: one } },
+    async (req) => {
+      const claims = req.user!;
+      const row = await loadOwned(claims, req.params.id);
+      const idle = lifetimeParam(req.body.idle_timeout, 'idle_timeout');
+      const max = lifetimeParam(req.body.max_session_duration, 'max_session_duration');
+      await app.deps.pool.query(
+        `UPDATE sessions SET idle_timeout = COALESCE($2, idle_timeout), max_session_duration = COALESCE($3, max_session_duration), updated_at = NOW() WHERE id = $1`,
+        [row.id, idle ?? null, max ?? null],
+      );
+      await app.deps.temporal.workflow
+        .getHandle(sessionWorkflowId(row.id))
+        .signal(lifetimeChangedSignal)
+        .catch(() => undefined); // no workflow (terminated, or a v1 row): the row is all there is
+      return present(await loadOwned(claims, row.id), claims.role === 'admin');
+    },
+  );
+
   app.post<{ Params: { id: string } }>(
     '/api/v1/sessions/:id/retry',
     { ...auth, schema: { ...secured, params: IdParams, response: one } },

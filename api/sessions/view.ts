@@ -5,6 +5,7 @@
  */
 import type { Pool } from 'pg';
 import { HttpError } from '../errors';
+import { parseLifetime } from '../../config/env';
 
 export interface SessionRow {
   id: string;
@@ -23,6 +24,9 @@ export interface SessionRow {
   created_at: Date;
   updated_at: Date;
   last_activity: Date | null;
+  running_since: Date | null;
+  idle_timeout: string | null;
+  max_session_duration: string | null;
   change_seq: string | null;
   open_command: string | null;
   open_status: string | null;
@@ -32,7 +36,7 @@ export interface SessionRow {
 export const SELECT_SESSION = `
   SELECT s.id, s.user_id, u.username, s.template_name, s.state, s.platform, s.agent_id, a.agent_id AS agent_name,
          s.cluster_id, s.tags, s.platform_metadata, s.error_message, s.created_at, s.updated_at, s.last_activity,
-         s.change_seq, oc.command_type AS open_command, oc.status AS open_status, oc.progress AS open_progress
+         s.running_since, s.idle_timeout, s.max_session_duration, s.change_seq, oc.command_type AS open_command, oc.status AS open_status, oc.progress AS open_progress
     FROM sessions s
     LEFT JOIN agents a ON a.id = s.agent_id
     LEFT JOIN users u ON u.id::text = s.user_id
@@ -60,6 +64,45 @@ function transitionOf(row: SessionRow): { transition: string | null; progress: s
   return { transition: null, progress: null };
 }
 
+const lifetimeMs = (v: string | null, fallback: string) => {
+  try {
+    return parseLifetime(v ?? fallback);
+  } catch {
+    return 0; // a value v1 wrote that is not a duration: not acted on (the workflow says so too)
+  }
+};
+
+/**
+ * Why a running session is still alive and when it will hibernate or stop: the same rule the
+ * session workflow's timers follow (workflows/session.ts, runbook step 5).
+ */
+function lifetimeOf(row: SessionRow) {
+  const idleMs = lifetimeMs(row.idle_timeout, '30m');
+  const maxMs = lifetimeMs(row.max_session_duration, '8h');
+  const running = row.state === 'running';
+  const since = row.running_since ?? row.updated_at;
+  const lastInput = row.last_activity;
+  const idleFrom = lastInput && since && lastInput > since ? lastInput : since;
+  const hibernatesAt = running && idleMs > 0 && idleFrom ? new Date(idleFrom.getTime() + idleMs) : null;
+  const stopsAt = running && maxMs > 0 && since ? new Date(since.getTime() + maxMs) : null;
+  const alive: 'not_running' | 'idle_disabled' | 'recent_input' | 'started_recently' = !running
+    ? 'not_running'
+    : idleMs === 0
+      ? 'idle_disabled'
+      : lastInput && since && lastInput > since
+        ? 'recent_input'
+        : 'started_recently';
+  return {
+    idle_timeout: row.idle_timeout ?? '30m',
+    max_session_duration: row.max_session_duration ?? '8h',
+    running_since: running ? since : null,
+    last_input_at: lastInput,
+    hibernates_at: hibernatesAt,
+    stops_at: stopsAt,
+    alive_because: alive,
+  };
+}
+
 export function presentSession(row: SessionRow, admin: boolean) {
   const meta = { ...(row.platform_metadata ?? {}) };
   delete meta.vnc; // the session's internal address is the agent's business, not the browser's
@@ -77,6 +120,7 @@ export function presentSession(row: SessionRow, admin: boolean) {
     created_at: row.created_at,
     updated_at: row.updated_at,
     last_activity: row.last_activity,
+    lifetime: lifetimeOf(row),
     ...transitionOf(row),
     ...(admin ? { platform_metadata: meta } : {}),
   };

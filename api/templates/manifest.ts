@@ -5,6 +5,7 @@
  * console can show it next to the text.
  */
 import { isMap, isSeq, LineCounter, parseDocument } from 'yaml';
+import { parseLifetime } from '../../config/env';
 
 export interface ManifestProblem {
   path: string;
@@ -82,6 +83,15 @@ export function parseTemplateSource(source: string): ParsedTemplate {
   str('description', { max: 4000 });
   str('category', { max: 100 });
   str('icon', { max: 2048 });
+  for (const k of ['idleTimeout', 'maxSessionDuration']) {
+    const v = spec[k];
+    if (v === undefined || v === null) continue;
+    try {
+      parseLifetime(String(v), `spec.${k}`);
+    } catch {
+      problem(['spec', k], `spec.${k} is a duration such as 30m, 8h or 1h30m (0: never)`);
+    }
+  }
   const r = spec.defaultResources;
   if (r !== undefined && r !== null) {
     if (typeof r !== 'object' || Array.isArray(r)) problem(['spec', 'defaultResources'], 'spec.defaultResources must be a mapping {memory, cpu}');

@@ -23,6 +23,8 @@ import WebSocket, { WebSocketServer } from 'ws';
 import type { Logger } from '../../config/log';
 import { AGENT_STREAM_PATH } from '../../protocol/messages';
 import { relayWebSockets } from '../../protocol/relay';
+import type { InputTracker } from '../sessions/input-tracker';
+import { RfbInputScanner } from './rfb-input';
 import { rejectUpgrade } from '../agents/gateway';
 import type { AgentHub } from '../agents/hub';
 import { authenticateAgent } from '../auth/agent-credentials';
@@ -46,6 +48,8 @@ export interface VncTunnelOptions {
   agentStreamUrl: string | null;
   /** Hands stream sockets that land on the wrong pod to the right one (Redis hub only). */
   handoff?: PodHandoff | null;
+  /** Records the viewer's keyboard/mouse input per session (idle hibernation). */
+  input?: InputTracker;
 }
 
 interface PendingStream {
@@ -132,7 +136,7 @@ export class VncTunnel {
     this.wss.handleUpgrade(req, socket, head, (browserWs) => {
       this.o.metrics.vncConnections.inc();
       this.o.log.debug('VNC tunnel open', { session: sessionId, user: t.username });
-      this.join(browserWs, agentWs);
+      this.join(browserWs, agentWs, sessionId);
     });
   }
 
@@ -235,7 +239,7 @@ export class VncTunnel {
     });
   }
 
-  private join(browserWs: WebSocket, agentWs: WebSocket): void {
+  private join(browserWs: WebSocket, agentWs: WebSocket, sessionId: string): void {
     const m = this.o.metrics;
     this.open.add(browserWs);
     this.open.add(agentWs);
@@ -252,11 +256,16 @@ export class VncTunnel {
     idle = setTimeout(checkIdle, this.o.idleTimeoutMs);
     const bytes = { toSession: 0, toViewer: 0 };
     this.byteCounters.add(bytes);
+    // Key and pointer events in what the viewer sends: the session is in use (idle hibernation).
+    const scanner = new RfbInputScanner();
+    const input = this.o.input;
     const stop = relayWebSockets(browserWs, agentWs, {
-      onBytes: (dir, n) => {
+      onBytes: (dir, n, data) => {
         lastActivity = Date.now();
-        if (dir === 'ab') bytes.toSession += n;
-        else bytes.toViewer += n;
+        if (dir === 'ab') {
+          bytes.toSession += n;
+          if (input && scanner.scan(data)) input.input(sessionId);
+        } else bytes.toViewer += n;
       },
       onClose: () => {
         clearTimeout(idle);
