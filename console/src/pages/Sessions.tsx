@@ -40,7 +40,7 @@ import { useAuth } from '../auth';
 import { ConfirmDialog, ErrorText, PageHeader, Reason, RelTime, StateChip } from '../components/common';
 import { useNotify } from '../components/notify';
 import { plainReason } from '../reasons';
-import { useDebounced } from '../time';
+import { absolute, relative, useDebounced, useNow } from '../time';
 import { useSessionList, type ListQuery } from './sessionList';
 
 const ROW_HEIGHT = 64;
@@ -211,7 +211,12 @@ export function SessionsPage({ admin }: { admin: boolean }) {
         sort: 'last_activity',
         width: '105px',
         hideNarrow: true,
-        render: (s) => <RelTime value={(s as { last_activity?: string | null }).last_activity ?? null} />,
+        render: (s) => (
+          <>
+            <RelTime value={s.last_activity ?? null} />
+            <Lifetime session={s} />
+          </>
+        ),
       },
     ];
     return cols.filter((c) => !(narrow && c.hideNarrow));
@@ -718,4 +723,30 @@ function ActionButton({
     </IconButton>
   );
   return disabled ? btn : <Tooltip title={label}>{btn}</Tooltip>;
+}
+
+/** Why a running session is still alive and when it will hibernate or stop (from the API's `lifetime`). */
+function Lifetime({
+  session,
+}: {
+  session: { state: string; lifetime?: { hibernates_at: string | null; stops_at: string | null; alive_because: string; idle_timeout: string } };
+}) {
+  const now = useNow(30_000);
+  const l = session.lifetime;
+  if (!l || session.state !== 'running') return null;
+  const why =
+    l.alive_because === 'idle_disabled'
+      ? 'Idle hibernation is off for this session.'
+      : l.alive_because === 'recent_input'
+        ? `Kept alive by keyboard or mouse input; hibernates after ${l.idle_timeout} without input.`
+        : `No input yet since it started; hibernates after ${l.idle_timeout} without input.`;
+  const stop = l.stops_at ? ` Stops at ${absolute(l.stops_at)} (maximum session duration).` : '';
+  const label = l.hibernates_at ? `idle → ${relative(l.hibernates_at, now)}` : l.stops_at ? `stops ${relative(l.stops_at, now)}` : 'no idle limit';
+  return (
+    <Tooltip title={why + stop}>
+      <Typography variant="caption" color="text.secondary" noWrap sx={{ display: 'block' }} data-testid="session-lifetime">
+        {label}
+      </Typography>
+    </Tooltip>
+  );
 }
