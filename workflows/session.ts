@@ -31,6 +31,7 @@ import {
 } from '@temporalio/workflow';
 import type { SessionActivities } from '../activities/session-activities';
 import type { LifetimeActivities } from '../activities/session-lifetime';
+import type { AuditActivities } from '../activities/audit';
 import type { CommandType } from '../protocol/messages';
 import {
   CarriedState,
@@ -56,6 +57,9 @@ const db = proxyLocalActivities<SessionActivities>({
   startToCloseTimeout: '30s',
   retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '10s' },
 });
+
+// Audit entries of automatic actions (v1's audit_log); a failed write never fails the session.
+const audit = proxyLocalActivities<AuditActivities>({ startToCloseTimeout: '10s', retry: { maximumAttempts: 3 } });
 
 const lifetime = proxyLocalActivities<LifetimeActivities>({
   startToCloseTimeout: '30s',
@@ -266,10 +270,22 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         const l = await lifetime.sessionLifetime(input.sessionId);
         lastAutomaticAction = `stopped: it ran for its maximum session duration (${minutes(l?.maxDurationMs ?? 0)})`;
         await stop();
+        await audit.recordAudit({
+          action: 'session.max_duration_stop',
+          resource_type: 'session',
+          resource_id: input.sessionId,
+          metadata: { max_session_duration_ms: l?.maxDurationMs ?? null, user: input.user },
+        });
       } else if (hibernatesAt !== null && now >= hibernatesAt) {
         const l = await lifetime.sessionLifetime(input.sessionId);
         lastAutomaticAction = `hibernated: no keyboard or mouse input for ${minutes(l?.idleTimeoutMs ?? 0)}`;
         await hibernateNow();
+        await audit.recordAudit({
+          action: 'session.idle_hibernate',
+          resource_type: 'session',
+          resource_id: input.sessionId,
+          metadata: { idle_timeout_ms: l?.idleTimeoutMs ?? null, last_input_at: l?.lastInputAt ?? null, user: input.user },
+        });
       }
     } catch (err) {
       // The agent did not answer (offline?): the session stays as it is; try again in a minute.
