@@ -16,6 +16,7 @@
 #   5. scripts/build-session-image.sh  (streamspace/session:local, built locally: no registry here)
 #   6. test only: scripts/build-k8s.sh (kube-apiserver + etcd), scripts/build-helm.sh (helm),
 #      scripts/build-promtool.sh (promtool: deploy/monitoring's alert rules and their unit tests)
+#      scripts/build-temporal-test-server.sh (Temporal's time-skipping test server, from Maven Central)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -43,6 +44,9 @@ die() { say "ERROR: $*"; exit 1; }
 DEV_PACKAGES=(postgresql redis-server docker.io debootstrap debian-archive-keyring iproute2 procps curl ca-certificates)
 # docker-compose (v1, Debian's): `docker-compose config -q` validates docker-compose.yml in test/compose.test.ts.
 TEST_PACKAGES=(chromium git python3-yaml docker-compose)
+# mvn and a JRE: scripts/build-temporal-test-server.sh (test/session-timers.test.ts), when missing.
+command -v mvn >/dev/null || TEST_PACKAGES+=(maven)
+command -v java >/dev/null || TEST_PACKAGES+=(default-jre-headless)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 report() {
   local missing=0 line
@@ -59,6 +63,7 @@ report() {
   if [[ $MODE != dev ]]; then
     if command -v go >/dev/null; then line ok go "$(go version | cut -d' ' -f3) (needs >= go1.26, GOTOOLCHAIN=local)"; else line MISSING go "Go >= 1.26 builds kube-apiserver, etcd and helm for the tests" && missing=1; fi
     for b in kube-apiserver etcd helm promtool; do [[ -x $CACHE/bin/$b ]] && line ok "$b" "$CACHE/bin/$b" || { line MISSING "$b" "built from its Go module by scripts/build-*.sh" && missing=1; }; done
+    [[ -x $CACHE/bin/temporal-test-server ]] && line ok temporal-test-server "$CACHE/bin/temporal-test-server" || { line MISSING temporal-test-server "Maven Central, by scripts/build-temporal-test-server.sh" && missing=1; }
   fi
   return $missing
 }
@@ -154,6 +159,7 @@ if [[ $MODE == test ]]; then
   bash scripts/build-k8s.sh  # kube-apiserver + etcd for the Kubernetes agent tests (first build ~11 min, cached)
   bash scripts/build-helm.sh # helm for test/helm.test.ts (lint, template, server-side dry run; first build a few minutes, cached)
   bash scripts/build-promtool.sh # promtool for test/monitoring.test.ts (check/test rules; first build ~10 min on 2 cores, cached)
+  bash scripts/build-temporal-test-server.sh # time-skipping Temporal server for test/session-timers.test.ts (Maven Central, ~10 s, cached)
 fi
 
 # ---------------------------------------------------------------- summary
