@@ -55,6 +55,8 @@ export class AgentRuntime {
   onOpenStream: ((msg: OpenStreamMessage) => void) | null = null;
   /** Called on every successful registration (tests and benchmarks measure reconnects with it). */
   onRegistered: (() => void) | null = null;
+  /** Extra registration metadata (HA: the lease's fencing token, agents/common/ha-main.ts). */
+  registrationMetadata: (() => Record<string, unknown>) | null = null;
 
   /** Extra origins stream sockets may be dialled to (AGENT_STREAM_HOSTS), besides CONTROL_PLANE_URL's. */
   private readonly streamHosts: StreamHost[];
@@ -185,7 +187,7 @@ export class AgentRuntime {
         cluster_id: this.config.clusterId,
         capacity: this.config.capacity,
         sessions,
-        metadata: { identity: this.config.identity },
+        metadata: { identity: this.config.identity, ...this.registrationMetadata?.() },
       });
     } catch (err) {
       this.log.error('cannot list sessions for registration', { error: (err as Error).message });

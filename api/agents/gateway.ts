@@ -168,6 +168,12 @@ export class AgentGateway {
             ws.resume();
           })
           .catch((err) => {
+            // Read again, or the agent's answer to the close frame is never seen (a 30 s close timeout).
+            ws.resume();
+            if (err instanceof StaleLeaderError) {
+              log.warn('agent registration refused', { agent: msg.agent_id, reason: err.message });
+              return refuse(err.message, true, CloseCode.Replaced);
+            }
             log.error('agent registration failed', { agent: msg.agent_id, error: (err as Error).message });
             refuse('registration failed, retry later', true, 1011);
           });
@@ -201,6 +207,9 @@ export class AgentGateway {
          SET platform = EXCLUDED.platform, region = EXCLUDED.region, status = 'online', capacity = EXCLUDED.capacity,
              metadata = EXCLUDED.metadata, websocket_conn_id = EXCLUDED.websocket_conn_id, last_heartbeat = NOW(),
              cluster_id = EXCLUDED.cluster_id, active_sessions = EXCLUDED.active_sessions
+         -- HA (Docker agent): a replica whose lease is older than the registered leader's is refused.
+         WHERE CASE WHEN jsonb_typeof(agents.metadata->'ha_fencing_token') = 'number' AND jsonb_typeof(EXCLUDED.metadata->'ha_fencing_token') = 'number'
+                    THEN (EXCLUDED.metadata->>'ha_fencing_token')::numeric >= (agents.metadata->>'ha_fencing_token')::numeric ELSE true END
        RETURNING id`,
       [
         msg.agent_id,
@@ -213,6 +222,7 @@ export class AgentGateway {
         msg.sessions.filter((s) => s.state === 'running' || s.state === 'starting').length,
       ],
     );
+    if (!r.rows[0]) throw new StaleLeaderError(msg.agent_id, msg.metadata?.ha_fencing_token);
     const agentDbId = r.rows[0].id;
     await this.o.pool.query(
       `INSERT INTO redis_agent_connections (agent_id, pod_id, websocket_conn_id) VALUES ($1, $2, $3)
@@ -417,6 +427,13 @@ export class AgentGateway {
     } catch (err) {
       this.o.log.warn('agent sweep failed', { error: (err as Error).message });
     }
+  }
+}
+
+/** An HA replica registered with a fencing token older than the one its agent already registered with. */
+class StaleLeaderError extends Error {
+  constructor(agentId: string, token: unknown) {
+    super(`agent ${agentId}: a newer HA leader has registered (this replica's fencing token ${String(token)} is older); not the leader`);
   }
 }
 
