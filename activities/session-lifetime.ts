@@ -22,8 +22,13 @@ export interface SessionLifetime {
 export function createLifetimeActivities(deps: { pool: Pool }) {
   return {
     async sessionLifetime(sessionId: string): Promise<SessionLifetime | null> {
-      const r = await deps.pool.query<{ idle_timeout: string | null; max_session_duration: string | null; last: Date | null; since: Date | null }>(
-        `SELECT idle_timeout, max_session_duration, last_activity AS last, running_since AS since FROM sessions WHERE id = $1`,
+      // Absolute times from the database: the columns hold local time of the database's TimeZone
+      // (as NOW() and the gateway write them), whatever the worker's own time zone is.
+      const r = await deps.pool.query<{ idle_timeout: string | null; max_session_duration: string | null; last: number | null; since: number | null }>(
+        `SELECT idle_timeout, max_session_duration,
+                (EXTRACT(EPOCH FROM last_activity AT TIME ZONE current_setting('TimeZone')) * 1000)::float8 AS last,
+                (EXTRACT(EPOCH FROM running_since AT TIME ZONE current_setting('TimeZone')) * 1000)::float8 AS since
+           FROM sessions WHERE id = $1`,
         [sessionId],
       );
       const row = r.rows[0];
@@ -40,8 +45,8 @@ export function createLifetimeActivities(deps: { pool: Pool }) {
       return {
         idleTimeoutMs: parse(row.idle_timeout, 'idle_timeout'),
         maxDurationMs: parse(row.max_session_duration, 'max_session_duration'),
-        lastInputAt: row.last?.getTime() ?? null,
-        runningSince: row.since?.getTime() ?? null,
+        lastInputAt: row.last === null ? null : Math.round(row.last),
+        runningSince: row.since === null ? null : Math.round(row.since),
         invalid,
       };
     },

@@ -191,7 +191,7 @@ describe('migrate()', () => {
       for (const m of listMigrations()) await c.query(fs.readFileSync(m.path, 'utf8'));
 
       const triggers = await c.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'agents'::regclass AND NOT tgisinternal`);
-      expect(triggers.rows.map((r) => r.tgname)).toEqual(['trigger_agents_updated_at']);
+      expect(triggers.rows.map((r) => r.tgname).sort()).toEqual(['trigger_agents_changed', 'trigger_agents_updated_at']);
       const fks = await c.query<{ conname: string }>(
         `SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid IN ('sessions'::regclass, 'agent_commands'::regclass) ORDER BY 1`,
       );

@@ -13,17 +13,12 @@
  * The test server comes from scripts/build-temporal-test-server.sh (provision.sh test mode);
  * TEMPORAL_TEST_SERVER overrides its path. Without it the test fails, never skips.
  *
- * One clock: the workflow compares its own time (Date.now() in workflow code: the test server's
- * skipped clock) with sessions.running_since, which recordSessionState stamps with PostgreSQL's
- * NOW(). In production both are the wall clock; here workflow time runs ahead of the database's
- * by the time skipped. A trigger on this test's own database shifts running_since by that skew
- * (kept current after every skip), so the database's "now" for running_since is workflow time,
- * as the gateway's "now" is for last_activity (written below at workflow time).
+ * One clock: the workflow times the session from when it became running on its own clock
+ * (workflow time, here the test server's skipped clock); the input the gateway records
+ * (last_activity) is written below at workflow time, as the gateway writes it at wall time.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
-import { temporal } from '@temporalio/proto';
+import { existsSync } from 'node:fs';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowHandle } from '@temporalio/client';
 import { SA } from '../workflows/search-attributes';
@@ -36,7 +31,7 @@ import {
   statusQuery,
   wakeUpdate,
 } from '../workflows/session-api';
-import { freePort, Proc, ROOT, Stack, waitFor } from './harness/stack';
+import { freePort, Proc, Stack, waitFor } from './harness/stack';
 
 jest.setTimeout(300_000);
 
@@ -58,49 +53,13 @@ describe('session idle and duration timers on a time-skipping Temporal server', 
     port = await freePort();
     env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: TEST_SERVER }, port } });
     await stack.start({ worker: false });
-    // The test server's clock as the database's clock for running_since (see the header).
-    await stack.pool.query(`
-      CREATE TABLE test_workflow_clock (skew_ms bigint NOT NULL);
-      INSERT INTO test_workflow_clock VALUES (0);
-      CREATE FUNCTION test_running_since_in_workflow_time() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN
-        IF NEW.running_since IS NOT NULL AND NEW.running_since IS DISTINCT FROM OLD.running_since THEN
-          NEW.running_since := NEW.running_since + (SELECT skew_ms FROM test_workflow_clock) * INTERVAL '1 millisecond';
-        END IF;
-        RETURN NEW;
-      END $$;
-      CREATE TRIGGER test_running_since_in_workflow_time BEFORE UPDATE OF running_since ON sessions
-        FOR EACH ROW EXECUTE FUNCTION test_running_since_in_workflow_time();`);
-    await syncClock();
-    // The test server refuses unregistered search attributes (the workflow's start and upserts
-    // set them), and its operator service has AddSearchAttributes but not ListSearchAttributes,
-    // which the worker's ensureSearchAttributes (workers/search-attributes.ts) calls first: the
-    // test registers them, and the worker process gets a preload that lets its check through
-    // when the server answers UNIMPLEMENTED (and only then).
-    await env.connection.operatorService.addSearchAttributes({
-      namespace: env.namespace ?? 'default',
-      searchAttributes: Object.fromEntries(Object.values(SA).map((k) => [k.name, temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD])),
-    });
-    const preload = path.join(stack.logDir, 'test-server-search-attributes.js');
-    writeFileSync(
-      preload,
-      `const sa = require(${JSON.stringify(path.join(ROOT, 'dist', 'workers', 'search-attributes.js'))});
-const ensure = sa.ensureSearchAttributes;
-sa.ensureSearchAttributes = async (connection, namespace) => {
-  try {
-    await ensure(connection, namespace);
-  } catch (err) {
-    if (err.code !== 12) throw err; // grpc UNIMPLEMENTED: the time-skipping test server
-    console.log('test server: ListSearchAttributes is unimplemented; the test registered the search attributes');
-  }
-};
-`,
-    );
+    // The test server refuses unregistered search attributes and has no ListSearchAttributes:
+    // the worker's start-up registration (workers/search-attributes.ts) adds them all.
     // The worker process of production, on the test server.
     worker = new Proc(
       'worker',
       'workers/main.js',
-      { ...stack.commonEnv, TEMPORAL_ADDRESS: `127.0.0.1:${port}`, WORKER_METRICS_PORT: '0', NODE_OPTIONS: `--require ${preload}` },
+      { ...stack.commonEnv, TEMPORAL_ADDRESS: `127.0.0.1:${port}`, WORKER_METRICS_PORT: '0' },
       stack.logDir,
     ).start();
     stack.worker = worker; // stopped by stack.stop()
@@ -115,14 +74,9 @@ sa.ensureSearchAttributes = async (connection, namespace) => {
 
   /** Workflow time now (the test server's clock, ms). */
   const now = () => env.currentTimeMs();
-  /** Keeps the database's running_since on workflow time (the skew grows with every skip). */
-  async function syncClock(): Promise<void> {
-    await stack.pool.query('UPDATE test_workflow_clock SET skew_ms = $1', [Math.round((await now()) - Date.now())]);
-  }
   /** Skips workflow time (timers fire, their activities run against the fake agent). */
   async function skip(ms: number): Promise<void> {
     await env.sleep(ms);
-    await syncClock();
   }
 
   async function row(id: string) {
@@ -212,8 +166,11 @@ sa.ensureSearchAttributes = async (connection, namespace) => {
         { key: SA.state, value: 'pending' },
       ],
     });
-    const started = await until(h, 'the session to run', (s) => s.state === 'running', 60_000);
-    const t0 = (await row(id)).running_since!.getTime();
+    const started = await until(h, 'the session to run', (s) => s.state === 'running' && s.stopsAt != null, 60_000);
+    // The workflow times the session on its own clock from when it became running (stopsAt − 8 h);
+    // the row's running_since (the database's clock) agrees to within a second.
+    const t0 = started.stopsAt! - 8 * HOUR;
+    expect(Math.abs(t0 - (await row(id)).running_since!.getTime())).toBeLessThan(1000);
     const at = (ms: number) => `${((ms - t0) / MIN).toFixed(2)} min`;
     const atH = (ms: number) => `${((ms - t0) / HOUR).toFixed(3)} h`;
     expect(Math.abs(t0 - (await now()))).toBeLessThan(30_000);
@@ -242,11 +199,12 @@ sa.ensureSearchAttributes = async (connection, namespace) => {
     // 2. Input keeps it alive: woken, typed into 20 min later, still running 35 min after the
     //    wake (deadline moved to 50 min), hibernated once 30 min pass after the input.
     await h.executeUpdate(wakeUpdate);
-    const woke = (await row(id)).running_since!.getTime();
+    const afterWake = await until(h, 'the timers planned after the wake', (s) => s.state === 'running' && s.stopsAt != null);
+    const woke = afterWake.stopsAt! - 8 * HOUR; // when it became running, on the workflow's clock
     expect(Math.abs(woke - (await now()))).toBeLessThan(30_000);
-    const afterWake = await h.query(statusQuery);
+    expect((await row(id)).running_since).not.toBeNull();
     expect(afterWake).toMatchObject({ state: 'running', hibernatesAt: woke + 30 * MIN });
-    timeline.push(`${at(woke)}: woken (running_since), hibernatesAt ${at(afterWake.hibernatesAt!)}`);
+    timeline.push(`${at(woke)}: woken, hibernatesAt ${at(afterWake.hibernatesAt!)}`);
     await skip(20 * MIN);
     const inputAt = await now();
     // What the gateway's InputTracker.flush (api/sessions/input-tracker.ts) writes for a key
@@ -283,7 +241,7 @@ sa.ensureSearchAttributes = async (connection, namespace) => {
     // 3. The maximum duration: woken, idle hibernation off (PATCH-like: row + signal), running at
     //    7 h 59 min, stopped by 8 h 1 min, and the status says why.
     await h.executeUpdate(wakeUpdate);
-    const woke3 = (await row(id)).running_since!.getTime();
+    const woke3 = (await until(h, 'the timers planned after the wake', (s) => s.state === 'running' && s.stopsAt != null)).stopsAt! - 8 * HOUR;
     await stack.pool.query(`UPDATE sessions SET idle_timeout = '0' WHERE id = $1`, [id]);
     await h.signal(lifetimeChangedSignal);
     const noIdle = await until(h, 'the timers re-planned without idle hibernation', (s) => s.state === 'running' && s.hibernatesAt === null);

@@ -39,6 +39,8 @@ export interface CarriedState {
   runs: number;
   /** The agent may hold compute or a container for the session (only a stop_session removes it). Absent: agentDbId !== null. */
   onAgent?: boolean;
+  /** Workflow time the session last became running (the idle and duration clocks); absent: unknown. */
+  runningSince?: number | null;
 }
 
 export interface SessionStatus {

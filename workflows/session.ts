@@ -30,7 +30,7 @@ import {
   allHandlersFinished,
 } from '@temporalio/workflow';
 import type { SessionActivities } from '../activities/session-activities';
-import type { LifetimeActivities } from '../activities/session-lifetime';
+import type { LifetimeActivities, SessionLifetime } from '../activities/session-lifetime';
 import type { AuditActivities } from '../activities/audit';
 import type { CommandType } from '../protocol/messages';
 import {
@@ -114,6 +114,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   let stopsAt: number | null = null;
   let retryTimersAt: number | null = null;
   let lastAutomaticAction: string | null = null;
+  // On the workflow's own clock (the timers' clock), not the database's.
+  let runningSince: number | null = carried.runningSince ?? null;
 
   const status = (): SessionStatus => ({
     sessionId: input.sessionId,
@@ -153,6 +155,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   }
 
   async function setState(next: SessionState, extra: { platformMetadata?: Record<string, unknown>; error?: string; clearAgent?: boolean } = {}) {
+    if (next === 'running' && (state !== 'running' || runningSince === null)) runningSince = Date.now();
+    else if (next !== 'running') runningSince = null;
     state = next;
     lifetimeDirty = true;
     upsertSearchAttributes([{ key: SA.state, value: next }]);
@@ -247,51 +251,55 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   }
 
   /** Reads the limits and the last input from the row; sets hibernatesAt / stopsAt (null when not running). */
-  async function planTimers() {
+  async function planTimers(): Promise<SessionLifetime | null> {
     lifetimeDirty = false;
     hibernatesAt = null;
     stopsAt = null;
-    if (state !== 'running') return;
+    if (state !== 'running') return null;
     const l = await lifetime.sessionLifetime(input.sessionId);
-    if (!l) return;
-    const since = l.runningSince ?? Date.now();
+    if (!l) return null;
+    // A limit v1 wrote that is not a duration is reported, and that timer stays off.
+    if (l.invalid) lastAutomaticAction = `not acted on: ${l.invalid}`;
+    const since = runningSince ?? l.runningSince ?? Date.now();
     if (l.maxDurationMs > 0) stopsAt = since + l.maxDurationMs;
     if (l.idleTimeoutMs > 0) hibernatesAt = Math.max(l.lastInputAt ?? 0, since) + l.idleTimeoutMs;
+    return l;
   }
 
   /** A timer fired: hibernate an idle session, stop one past its maximum duration (after a fresh look at the row). */
   async function onTimer() {
     retryTimersAt = null;
-    await planTimers();
+    const l = await planTimers();
+    if (!l) return;
     const now = Date.now();
     const minutes = (ms: number) => `${Math.round(ms / 60_000)} min`;
+    let action: 'stop' | 'hibernate' | null = null;
+    if (stopsAt !== null && now >= stopsAt) action = 'stop';
+    else if (hibernatesAt !== null && now >= hibernatesAt) action = 'hibernate';
+    if (!action) return;
+    const why =
+      action === 'stop'
+        ? `it ran for its maximum session duration (${minutes(l.maxDurationMs)})`
+        : `no keyboard or mouse input for ${minutes(l.idleTimeoutMs)}`;
     try {
-      if (stopsAt !== null && now >= stopsAt) {
-        const l = await lifetime.sessionLifetime(input.sessionId);
-        lastAutomaticAction = `stopped: it ran for its maximum session duration (${minutes(l?.maxDurationMs ?? 0)})`;
-        await stop();
-        await audit.recordAudit({
-          action: 'session.max_duration_stop',
-          resource_type: 'session',
-          resource_id: input.sessionId,
-          metadata: { max_session_duration_ms: l?.maxDurationMs ?? null, user: input.user },
-        });
-      } else if (hibernatesAt !== null && now >= hibernatesAt) {
-        const l = await lifetime.sessionLifetime(input.sessionId);
-        lastAutomaticAction = `hibernated: no keyboard or mouse input for ${minutes(l?.idleTimeoutMs ?? 0)}`;
-        await hibernateNow();
-        await audit.recordAudit({
-          action: 'session.idle_hibernate',
-          resource_type: 'session',
-          resource_id: input.sessionId,
-          metadata: { idle_timeout_ms: l?.idleTimeoutMs ?? null, last_input_at: l?.lastInputAt ?? null, user: input.user },
-        });
-      }
+      if (action === 'stop') await stop();
+      else await hibernateNow();
     } catch (err) {
       // The agent did not answer (offline?): the session stays as it is; try again in a minute.
-      lastAutomaticAction = `${lastAutomaticAction ?? 'timer'} failed: ${errorMessage(err)}`;
+      lastAutomaticAction = `could not ${action} (${why}): ${errorMessage(err)}; retrying in 1 min`;
       retryTimersAt = Date.now() + 60_000;
+      return;
     }
+    lastAutomaticAction = `${action === 'stop' ? 'stopped' : 'hibernated'}: ${why}`;
+    await audit.recordAudit({
+      action: action === 'stop' ? 'session.max_duration_stop' : 'session.idle_hibernate',
+      resource_type: 'session',
+      resource_id: input.sessionId,
+      metadata:
+        action === 'stop'
+          ? { max_session_duration_ms: l.maxDurationMs, user: input.user }
+          : { idle_timeout_ms: l.idleTimeoutMs, last_input_at: l.lastInputAt, user: input.user },
+    });
   }
 
   /** Reconciliation: what the agent really has differs from this session's state; repair it. */
@@ -470,7 +478,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   if (done()) return status();
   return continueAsNew<typeof sessionWorkflow>({
     ...input,
-    carried: { state, agentDbId, agentId, commandSeq, runs: carried.runs + 1, onAgent },
+    carried: { state, agentDbId, agentId, commandSeq, runs: carried.runs + 1, onAgent, runningSince },
   });
 }
 
