@@ -462,7 +462,11 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     const deadlines = (): number[] => [hibernatesAt, stopsAt].filter((t): t is number => t !== null);
     const due: number | null = retryTimersAt ?? (deadlines().length ? Math.min(...deadlines()) : null);
     const ready = () => done() || (!busy && ((timed && lifetimeDirty) || observations.length > 0 || historyFull()));
-    const woken = timed && due !== null ? await condition(ready, Math.max(1, due - Date.now())) : await condition(ready);
+    // true: something to do; false: the timer fired. (condition() without a timeout resolves to
+    // undefined: never read that as "timed out", or an observation would spin this loop forever.)
+    let woken = true;
+    if (timed && due !== null) woken = await condition(ready, Math.max(1, due - Date.now()));
+    else await condition(ready);
     if (done()) break;
     if (!woken) {
       // A timer fired: act once nothing else runs (a user's request in progress goes first).
