@@ -18,7 +18,8 @@
  * (last_activity) is written below at workflow time, as the gateway writes it at wall time.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import type { WorkflowHandle } from '@temporalio/client';
 import { SA } from '../workflows/search-attributes';
@@ -36,6 +37,7 @@ import { freePort, Proc, Stack, waitFor } from './harness/stack';
 jest.setTimeout(300_000);
 
 const TEST_SERVER = process.env.TEMPORAL_TEST_SERVER || '/var/cache/streamspace/bin/temporal-test-server';
+const TEST_SERVER_LIB = process.env.TEMPORAL_TEST_SERVER_LIB || '/var/cache/streamspace/temporal-test-server/lib';
 const MIN = 60_000;
 const HOUR = 60 * MIN;
 
@@ -50,8 +52,19 @@ describe('session idle and duration timers on a time-skipping Temporal server', 
       throw new Error(
         `Temporal's time-skipping test server is missing at ${TEST_SERVER}: run scripts/provision.sh test (or scripts/build-temporal-test-server.sh)`,
       );
-    port = await freePort();
-    env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: TEST_SERVER }, port } });
+    // The SDK gives the server 5 s to listen; a JVM on a loaded 2-core machine can take longer
+    // the first time (jars not yet in the page cache): read them once, and try up to 3 times.
+    for (const jar of readdirSync(TEST_SERVER_LIB)) readFileSync(path.join(TEST_SERVER_LIB, jar));
+    for (let attempt = 1; ; attempt++) {
+      port = await freePort();
+      try {
+        env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: { type: 'existing-path', path: TEST_SERVER }, port } });
+        break;
+      } catch (err) {
+        if (attempt >= 3) throw err;
+        console.log(`time-skipping server did not start (attempt ${attempt}): ${(err as Error).message.split(':')[0]}; again`);
+      }
+    }
     await stack.start({ worker: false });
     // The test server refuses unregistered search attributes and has no ListSearchAttributes:
     // the worker's start-up registration (workers/search-attributes.ts) adds them all.
