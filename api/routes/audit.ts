@@ -4,9 +4,9 @@
  */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
-import { HttpError } from '../app';
 import { AuditEntrySchema } from '../audit/schemas';
 import { ErrorSchema } from '../schemas';
+import { decodeCursor, encodeCursor } from '../paging';
 
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 100;
@@ -24,22 +24,22 @@ const AuditQuery = Type.Object(
   },
   { additionalProperties: false },
 );
-type AuditQuery = { user?: string; action?: string; resource_type?: string; resource_id?: string; since?: string; until?: string; limit?: number; cursor?: string };
+type AuditQuery = {
+  user?: string;
+  action?: string;
+  resource_type?: string;
+  resource_id?: string;
+  since?: string;
+  until?: string;
+  limit?: number;
+  cursor?: string;
+};
 
 interface Cursor {
   t: string;
   i: number;
 }
-const encodeCursor = (c: Cursor) => Buffer.from(JSON.stringify(c)).toString('base64url');
-function decodeCursor(raw: string): Cursor {
-  try {
-    const c = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8')) as Cursor;
-    if (typeof c.t === 'string' && /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$/.test(c.t) && Number.isInteger(c.i)) return c;
-  } catch {
-    // fall through
-  }
-  throw new HttpError(400, 'cursor is not one this API issued (take it from the x-next-cursor header)');
-}
+const validCursor = (c: Cursor) => typeof c.t === 'string' && /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$/.test(c.t) && Number.isInteger(c.i);
 
 export async function auditRoutes(app: FastifyInstance): Promise<void> {
   app.get<{ Querystring: AuditQuery }>(
@@ -86,7 +86,7 @@ export async function auditRoutes(app: FastifyInstance): Promise<void> {
 
       const pageWhere = [...where];
       if (q.cursor) {
-        const c = decodeCursor(q.cursor);
+        const c = decodeCursor<Cursor>(q.cursor, validCursor);
         pageWhere.push(`(a.timestamp, a.id) < (${arg(c.t)}::timestamp, ${arg(c.i)}::int)`);
       }
       const limit = q.limit ?? DEFAULT_PAGE;

@@ -15,7 +15,7 @@ import { startSessionWorkflow } from '../../activities/session-adoption';
 import { ensureUser } from '../../db/users';
 import { HttpError } from '../app';
 import { USERNAME_PATTERN } from './users';
-import { listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow, SessionSort } from '../sessions/view';
+import { ListParams, listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow } from '../sessions/view';
 import { ErrorSchema, SessionSchema } from '../schemas';
 import { nextGeneration } from '../../db/commands';
 import { checkLicense, checkUserQuota, inTransaction, LimitError, lockUserQuota, Queryable, sessionResources, templateResources } from '../../db/quota';
@@ -83,18 +83,8 @@ const ListQuery = Type.Object(
   },
   { additionalProperties: false },
 );
-type ListQuery = {
-  state?: string;
-  platform?: string;
-  user?: string;
-  tag?: string;
-  agent?: string;
-  q?: string;
-  sort?: SessionSort;
-  order?: 'asc' | 'desc';
-  limit?: number;
-  cursor?: string;
-};
+/** What the list route accepts: the list's parameters, less the owner the route sets itself. */
+type ListQuery = Omit<ListParams, 'ownerId'>;
 
 const BulkBody = Type.Object(
   {
@@ -205,12 +195,24 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
     // between, the session reaper (api/sessions/reaper.ts) starts it.
     // Licence and quota are checked and the row written in one transaction (see admit()).
-    await admit(ownerId, req.body.template, null, (tx) => tx.query(
-      `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed,
+    await admit(ownerId, req.body.template, null, (tx) =>
+      tx.query(
+        `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed,
                              idle_timeout, max_session_duration)
          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false, $8, $9)`,
-      [id, ownerId, req.body.template, req.body.platform, JSON.stringify(req.body.tags ?? []), req.body.persistent_home ?? true, workflowId, idleTimeout, maxDuration],
-    ));
+        [
+          id,
+          ownerId,
+          req.body.template,
+          req.body.platform,
+          JSON.stringify(req.body.tags ?? []),
+          req.body.persistent_home ?? true,
+          workflowId,
+          idleTimeout,
+          maxDuration,
+        ],
+      ),
+    );
     try {
       await startSessionWorkflow(
         { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },

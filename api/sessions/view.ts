@@ -5,6 +5,7 @@
  */
 import type { Pool } from 'pg';
 import { HttpError } from '../errors';
+import { decodeCursor, encodeCursor } from '../paging';
 import { parseLifetime } from '../../config/env';
 
 export interface SessionRow {
@@ -195,7 +196,7 @@ export async function listSessions(pool: Pool, p: ListParams): Promise<{ rows: S
   const filter = where.join(' AND ');
   const countArgs = [...args];
   if (p.cursor) {
-    const c = decodeCursor(p.cursor);
+    const c = decodeCursor<Cursor>(p.cursor, (c) => typeof c.k === 'string' && typeof c.i === 'string' && c.s in SORTS && (c.o === 'asc' || c.o === 'desc'));
     if (c.s !== sort || c.o !== order) throw new HttpError(400, `cursor was made for sort=${c.s}&order=${c.o}; ask again without it`);
     add(`(${expr}, s.id) ${order === 'desc' ? '<' : '>'} (?::${cast}, ?)`, c.k, c.i);
   }
@@ -214,22 +215,8 @@ export async function listSessions(pool: Pool, p: ListParams): Promise<{ rows: S
   ]);
   const rows = page.rows.slice(0, limit);
   const last = rows[rows.length - 1];
-  const next = page.rows.length > limit && last ? encodeCursor({ s: sort, o: order, k: last.sort_key, i: last.id }) : null;
+  const next = page.rows.length > limit && last ? encodeCursor({ s: sort, o: order, k: last.sort_key, i: last.id } satisfies Cursor) : null;
   return { rows, total: count.rows[0].n, next };
-}
-
-function encodeCursor(c: Cursor): string {
-  return Buffer.from(JSON.stringify(c)).toString('base64url');
-}
-
-function decodeCursor(raw: string): Cursor {
-  try {
-    const c = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8')) as Cursor;
-    if (typeof c.k === 'string' && typeof c.i === 'string' && c.s in SORTS && (c.o === 'asc' || c.o === 'desc')) return c;
-  } catch {
-    // fall through
-  }
-  throw new HttpError(400, 'cursor is not one this API issued (take it from the x-next-cursor header)');
 }
 
 /** Rows by id (the live stream's batch load); `ownerId` limits them to one user's. */
