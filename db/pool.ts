@@ -1,7 +1,10 @@
 /**
- * Shared PostgreSQL connection pool. Size from DB_POOL_MAX (default 20). An error on an idle
- * client (server restart, network drop) is logged instead of crashing the process: pg emits it on
- * the pool, and an 'error' event without a listener would be thrown by Node.
+ * Shared PostgreSQL connection pool. Size from DB_POOL_MAX (default 20). An error on a client
+ * (server restart, network drop) is logged instead of crashing the process: pg emits it on the
+ * pool while the client is idle, and on the client itself while it is checked out (a transaction
+ * between two queries, e.g. waiting on Temporal) — where pg-pool leaves no listener, and an
+ * 'error' event without one is thrown by Node. Every client therefore gets its own listener; the
+ * broken client fails its next query and is discarded on release.
  */
 import { Pool, PoolConfig } from 'pg';
 import { databaseUrl, envInt } from '../config/env';
@@ -22,8 +25,10 @@ export function createPool(url?: string, opts: CreatePoolOptions = {}): Pool {
     ...config,
     max,
   });
-  pool.on('error', (err) => {
-    log.error('idle PostgreSQL client error (the pool will replace it)', { error: err.message });
+  pool.on('connect', (client) => {
+    client.on('error', (err) => log.warn('PostgreSQL connection lost (the pool replaces it)', { error: err.message }));
   });
+  // Idle clients' errors are re-emitted on the pool; logged once above.
+  pool.on('error', () => undefined);
   return pool;
 }
