@@ -9,7 +9,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
-import { FailureType, hibernateUpdate, lifetimeChangedSignal, sessionWorkflowId, statusQuery, stopUpdate, wakeUpdate } from '../../workflows/session-api';
+import { FailureType, hibernateUpdate, lifetimeChangedSignal, sessionWorkflowId, stopUpdate, wakeUpdate } from '../../workflows/session-api';
 import { formatLifetime, parseLifetime } from '../../config/env';
 import { startSessionWorkflow } from '../../activities/session-adoption';
 import { ensureUser } from '../../db/users';
@@ -116,8 +116,8 @@ const WaitQuery = Type.Object(
   { additionalProperties: false },
 );
 const DEFAULT_WAIT_S = 5;
-/** How long GET /sessions/:id waits for the workflow's live status before answering without it. */
-const QUERY_TIMEOUT_MS = 1500;
+/** What a 202 says is under way. */
+const TRANSITION_OF = { hibernate: 'hibernating', wake: 'waking', stop: 'stopping' } as const;
 const TARGET = { hibernate: 'hibernated', wake: 'running', stop: 'terminated' } as const;
 /** How long a workflow may take to accept an Update before the request fails with 503 (no worker?). */
 const ACCEPT_TIMEOUT_MS = 10_000;
@@ -266,11 +266,9 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   );
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams, response: one } }, async (req) => {
-    const row = await loadOwned(req.user!, req.params.id);
-    const view = present(row, req.user!.role === 'admin');
-    // The workflow's own view of a transition (which step, which agent), when it has one.
-    const live = view.transition ? await liveStatus(row.id) : { transition: null, progress: null };
-    return live.transition ? { ...view, ...live } : view;
+    // One SELECT: the transition and its progress come from the session's open command, not from
+    // a Temporal query (which needs a worker and, for an evicted workflow, a replay).
+    return present(await loadOwned(req.user!, req.params.id), req.user!.role === 'admin');
   });
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/commands', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {
@@ -330,8 +328,8 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     }
     const out = present(await loadOwned(claims, row.id), admin);
     if (outcome === 'done') return { status: 200, body: out };
-    const live = await liveStatus(row.id);
-    return { status: 202, body: live.transition ? { ...out, ...live } : out };
+    // Accepted and under way: before the command row exists, the row shows no transition yet.
+    return { status: 202, body: out.transition ? out : { ...out, transition: TRANSITION_OF[op] } };
   }
 
   /**
@@ -379,20 +377,6 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   }
 
   /** The workflow's own view of a transition under way (which step, which agent). */
-  async function liveStatus(id: string): Promise<{ transition: string | null; progress: string | null }> {
-    try {
-      // Bounded: a query waits for a worker (forever, for a closed workflow whose queue has none).
-      const st = await withTimeout(
-        app.deps.temporal.workflow.getHandle(sessionWorkflowId(id)).query(statusQuery),
-        QUERY_TIMEOUT_MS,
-        () => new Error('query timed out'),
-      );
-      return { transition: st.transition, progress: st.progress };
-    } catch {
-      return { transition: null, progress: null };
-    }
-  }
-
   const lifecycleSchema = { ...auth, schema: { ...secured, params: IdParams, querystring: WaitQuery, response: one } };
   type LifecycleRequest = { Params: { id: string }; Querystring: { wait?: number } };
   const lifecycle = (op: Op) => async (req: FastifyRequest<LifecycleRequest>, reply: FastifyReply) => {

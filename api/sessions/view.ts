@@ -57,7 +57,12 @@ const TRANSITION: Record<string, string> = {
 function transitionOf(row: SessionRow): { transition: string | null; progress: string | null } {
   if (row.open_command) {
     const agent = row.agent_name ?? 'the agent';
-    const step = row.open_status === 'pending' ? `waiting for ${agent}` : row.open_status === 'sent' ? `sent to ${agent}` : `${agent} is working on it`;
+    const step =
+      row.open_status === 'pending'
+        ? `waiting for ${agent}`
+        : row.open_status === 'sent'
+          ? `${row.open_command} sent to ${agent}`
+          : `${agent} is working on it`;
     return { transition: TRANSITION[row.open_command] ?? row.open_command, progress: row.open_progress ? `${step}: ${row.open_progress}` : step };
   }
   if (row.state === 'pending') return { transition: 'starting', progress: row.agent_id ? 'starting on the agent' : 'placing the session on an agent' };
