@@ -12,6 +12,7 @@ import { consoleBench } from './console';
 import { dispatchBench } from './dispatch';
 import { migrationBench } from './migration';
 import { reconnectBench } from './reconnect';
+import { relayBench } from './relay';
 import { sessionStartBench } from './session-start';
 import { vncBench } from './vnc';
 
@@ -20,6 +21,7 @@ const BENCHES: Record<string, () => Promise<Metric[]>> = {
   'session-start': sessionStartBench,
   reconnect: reconnectBench,
   vnc: vncBench,
+  relay: relayBench,
   migration: migrationBench,
   console: consoleBench,
 };

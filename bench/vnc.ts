@@ -33,6 +33,9 @@ function cpuSeconds(pid: number): number {
 
 interface Throughput {
   mbPerSec: number;
+  bytes: number;
+  /** CPU seconds of each watched process during the run. */
+  cpuSecs: Record<string, number>;
   /** CPU use of each watched process during the run, in % of one core. */
   cpu: Record<string, number>;
 }
@@ -56,8 +59,9 @@ async function throughput(connect: Connect, durationMs: number, pids: Record<str
       bytes += await c.readUpdate();
     }
     const secs = ms(t0) / 1000;
-    const cpu = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, ((cpuSeconds(pid) - cpu0[k]) / secs) * 100]));
-    return { mbPerSec: bytes / 1e6 / secs, cpu };
+    const cpuSecs = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid) - cpu0[k]]));
+    const cpu = Object.fromEntries(Object.entries(cpuSecs).map(([k, c]) => [k, (c / secs) * 100]));
+    return { mbPerSec: bytes / 1e6 / secs, bytes, cpuSecs, cpu };
   } finally {
     c.close();
   }
@@ -92,27 +96,76 @@ async function tunnelConnect(stack: Stack, token: string, sessionId: string): Pr
   return RfbClient.websocket(`ws://127.0.0.1:${stack.apiPort}${r.body.url}`);
 }
 
+interface Setup {
+  direct: Connect;
+  tunnel: Connect;
+  pids: Record<string, number>;
+}
+
+/** A Docker agent, a running session, and both ways to its VNC server. */
+async function setup(stack: Stack): Promise<Setup> {
+  const agent = await stack.startDockerAgent('bench-docker-vnc', { VNC_PORT_RANGE: '16070-16079' });
+  const token = await stack.login();
+  const id = await createSession(stack, token);
+  await pollState(stack, token, id, 'running', 20);
+  const [container] = await stack.containers(id);
+  const port = Number(container?.Labels['io.streamspace.vnc-port']);
+  if (!port) throw new Error(`session ${id}: no container with a vnc-port label`);
+
+  const env = (await stack.docker.getContainer(container!.Id).inspect()).Config.Env ?? [];
+  const password = env.find((e) => e.startsWith('VNC_PASSWORD='))?.slice('VNC_PASSWORD='.length) ?? null;
+  const direct: Connect = () => RfbClient.tcp('127.0.0.1', port, password);
+  const tunnel: Connect = () => tunnelConnect(stack, token, id);
+
+  const probe = await direct();
+  const init = await probe.handshake();
+  probe.close();
+  log(NAME, `server ${init.version} ${init.width}x${init.height} ${init.bitsPerPixel} bpp "${init.name}", direct port ${port}`);
+  return { direct, tunnel, pids: { bench: process.pid, gateway: stack.api.child!.pid!, agent: agent.child!.pid! } };
+}
+
+const cpuPerGb = (runs: Throughput[], k: string) => runs.reduce((a, r) => a + r.cpuSecs[k], 0) / (runs.reduce((a, r) => a + r.bytes, 0) / 1e9);
+
+/**
+ * bench/relay.ts's end-to-end part: the real gateway and Docker agent processes between a viewer
+ * and Xvnc, alternating with direct TCP; the tunnel's share of direct and each hop's CPU per GB.
+ */
+export async function realTunnel(rounds = 3, runMs = 1500): Promise<Metric[]> {
+  return withStack(`bench-relay-real`, {}, async (stack) => {
+    const { direct, tunnel, pids } = await setup(stack);
+    const tp = { direct: [] as Throughput[], tunnel: [] as Throughput[] };
+    for (let round = 0; round < rounds; round++) {
+      tp.direct.push(await throughput(direct, runMs, pids));
+      tp.tunnel.push(await throughput(tunnel, runMs, pids));
+    }
+    const mean = (xs: Throughput[]) => xs.reduce((a, b) => a + b.mbPerSec, 0) / xs.length;
+    const share = mean(tp.tunnel) / mean(tp.direct);
+    const g = cpuPerGb(tp.tunnel, 'gateway');
+    const a = cpuPerGb(tp.tunnel, 'agent');
+    log(
+      'relay',
+      `real tunnel: ${mean(tp.tunnel).toFixed(0)} vs direct ${mean(tp.direct).toFixed(0)} MB/s; gateway ${g.toFixed(2)}, agent ${a.toFixed(2)} CPU-s/GB`,
+    );
+    return [
+      {
+        metric: 'real tunnel (gateway + Docker agent + Xvnc) share of direct TCP',
+        ours: `${(share * 100).toFixed(1)}% (${mean(tp.tunnel).toFixed(0)} vs ${mean(tp.direct).toFixed(0)} MB/s)`,
+        target: '≥ 50% of direct loopback TCP',
+        peer: 'issue 14 before: 21%',
+      },
+      {
+        metric: 'real tunnel CPU per GB',
+        ours: `gateway ${g.toFixed(2)}, agent ${a.toFixed(2)} CPU-s/GB`,
+        target: '',
+        peer: 'issue 14 before: 0.97 CPU-s per 192 MB (5.1 CPU-s/GB) both',
+      },
+    ];
+  });
+}
+
 export async function vncBench(): Promise<Metric[]> {
   return withStack(`bench-${NAME}`, {}, async (stack) => {
-    const agent = await stack.startDockerAgent('bench-docker-vnc', { VNC_PORT_RANGE: '16070-16079' });
-    const token = await stack.login();
-    const id = await createSession(stack, token);
-    await pollState(stack, token, id, 'running', 20);
-    const [container] = await stack.containers(id);
-    const port = Number(container?.Labels['io.streamspace.vnc-port']);
-    if (!port) throw new Error(`session ${id}: no container with a vnc-port label`);
-
-    const env = (await stack.docker.getContainer(container!.Id).inspect()).Config.Env ?? [];
-    const password = env.find((e) => e.startsWith('VNC_PASSWORD='))?.slice('VNC_PASSWORD='.length) ?? null;
-    const direct: Connect = () => RfbClient.tcp('127.0.0.1', port, password);
-    const tunnel: Connect = () => tunnelConnect(stack, token, id);
-
-    const probe = await direct();
-    const init = await probe.handshake();
-    probe.close();
-    log(NAME, `server ${init.version} ${init.width}x${init.height} ${init.bitsPerPixel} bpp "${init.name}", direct port ${port}`);
-
-    const pids = { bench: process.pid, gateway: stack.api.child!.pid!, agent: agent.child!.pid! };
+    const { direct, tunnel, pids } = await setup(stack);
     const tp = { direct: [] as Throughput[], tunnel: [] as Throughput[] };
     const lat = { direct: [] as number[], tunnel: [] as number[] };
     // Names the step that failed (which path, which measurement, which round).
@@ -139,6 +192,7 @@ export async function vncBench(): Promise<Metric[]> {
     const each = (runs: Throughput[]) => runs.map((r) => r.mbPerSec.toFixed(0)).join(', ');
     log(NAME, `throughput direct ${tDirect.toFixed(0)} MB/s (runs ${each(tp.direct)}; cpu ${fmtCpu(tp.direct)})`);
     log(NAME, `throughput tunnel ${tTunnel.toFixed(0)} MB/s (runs ${each(tp.tunnel)}; cpu ${fmtCpu(tp.tunnel)}) → ${(ratio * 100).toFixed(1)}% of direct`);
+    log(NAME, `tunnel CPU per GB: gateway ${cpuPerGb(tp.tunnel, 'gateway').toFixed(2)}, agent ${cpuPerGb(tp.tunnel, 'agent').toFixed(2)} CPU-s`);
     log(NAME, `1x1 update round trip, direct: ${fmtSummary(ld)}`);
     log(NAME, `1x1 update round trip, tunnel: ${fmtSummary(lt)}`);
     log(NAME, `added latency: p50 ${fmtMs(added)}, p95 ${fmtMs(lt.p95 - ld.p95)}`);

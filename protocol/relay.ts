@@ -18,6 +18,10 @@ export interface RelayHooks {
   onClose?: (code: number, reason: string) => void;
 }
 
+/**
+ * Forwards chunks to a WebSocket, counting what the socket has not yet taken (send callbacks);
+ * over HIGH_WATER the source pauses until that falls below LOW_WATER.
+ */
 function toWs(source: { pause(): void; resume(): void }, target: WebSocket) {
   let queued = 0;
   let paused = false;
@@ -25,7 +29,7 @@ function toWs(source: { pause(): void; resume(): void }, target: WebSocket) {
     if (target.readyState !== WebSocket.OPEN) return;
     const n = data.length;
     queued += n;
-    target.send(data, { binary: true }, () => {
+    target.send(data, SEND_OPTS, () => {
       queued -= n;
       if (paused && queued < LOW_WATER) {
         paused = false;
@@ -38,6 +42,8 @@ function toWs(source: { pause(): void; resume(): void }, target: WebSocket) {
     }
   };
 }
+
+const SEND_OPTS = { binary: true } as const;
 
 const asBuffer = (d: WebSocket.RawData): Buffer => (Buffer.isBuffer(d) ? d : Array.isArray(d) ? Buffer.concat(d) : Buffer.from(d));
 

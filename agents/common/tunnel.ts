@@ -56,15 +56,7 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
     return;
   }
   const url = new URL(msg.url, runtime.url.replace(/^http/, 'ws')).toString();
-  const ws = new WebSocket(url, {
-    headers: { authorization: `Bearer ${runtime.config.token}` },
-    perMessageDeflate: false,
-    handshakeTimeout: 10_000,
-    // Client frames must be masked, but the mask only protects browsers' intermediaries from
-    // crafted bytes; an agent is not a browser, and an all-zero mask lets ws skip the XOR pass
-    // over every VNC byte.
-    generateMask: (mask: Buffer) => void mask.fill(0),
-  });
+  const ws = new WebSocket(url, streamSocketOptions(runtime.config.token));
   ws.once('unexpected-response', (_req, res) => {
     log.warn('gateway refused the stream socket', { stream: msg.stream_id, status: res.statusCode });
     tcp.destroy();
@@ -95,6 +87,19 @@ async function openStream(runtime: AgentRuntime, msg: OpenStreamMessage, log: Lo
       },
     );
   });
+}
+
+/** The stream socket's options (also used by bench/relay.ts, so the bench measures these). */
+export function streamSocketOptions(token: string): WebSocket.ClientOptions {
+  return {
+    headers: { authorization: `Bearer ${token}` },
+    perMessageDeflate: false,
+    handshakeTimeout: 10_000,
+    // Client frames must be masked, but the mask only protects browsers' intermediaries from
+    // crafted bytes; an agent is not a browser, and an all-zero mask lets ws skip the XOR pass
+    // over every VNC byte.
+    generateMask: (mask: Buffer) => void mask.fill(0),
+  };
 }
 
 /**

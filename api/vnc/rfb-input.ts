@@ -11,14 +11,14 @@
  * then ClientInit (1 byte); client messages follow.
  */
 
-const INPUT_TYPES = new Set([4, 5, 6]); // KeyEvent, PointerEvent, ClientCutText
-
 export class RfbInputScanner {
   /** Bytes of the handshake still to skip; computed once the version is known. */
   private handshake = -1;
-  private version = Buffer.alloc(0);
-  /** The message being walked: its bytes so far (only headers are kept, bodies are counted). */
-  private header = Buffer.alloc(0);
+  private readonly version = Buffer.alloc(12);
+  private versionLen = 0;
+  /** The message being walked: its header bytes so far (bodies are only counted), in a fixed buffer. */
+  private readonly header = Buffer.alloc(MAX_HEADER);
+  private headerLen = 0;
   private remaining = 0;
   private lost = false;
 
@@ -27,51 +27,57 @@ export class RfbInputScanner {
     if (this.lost) return false;
     let i = 0;
     let input = false;
-    while (i < chunk.length) {
-      if (this.handshake < 0) {
-        const need = 12 - this.version.length;
-        this.version = Buffer.concat([this.version, chunk.subarray(i, i + need)]);
-        i += Math.min(need, chunk.length - i);
-        if (this.version.length < 12) return input;
-        const minor = Number(this.version.toString('latin1', 8, 11));
-        this.handshake = (minor >= 7 ? 1 : 0) + 1; // security type choice, ClientInit
-        continue;
-      }
-      if (this.handshake > 0) {
-        const n = Math.min(this.handshake, chunk.length - i);
-        this.handshake -= n;
-        i += n;
-        continue;
-      }
+    const n = chunk.length;
+    while (i < n) {
       if (this.remaining > 0) {
-        const n = Math.min(this.remaining, chunk.length - i);
-        this.remaining -= n;
-        i += n;
+        const k = Math.min(this.remaining, n - i);
+        this.remaining -= k;
+        i += k;
+        continue;
+      }
+      if (this.handshake !== 0) {
+        if (this.handshake < 0) {
+          const k = Math.min(12 - this.versionLen, n - i);
+          chunk.copy(this.version, this.versionLen, i, i + k);
+          this.versionLen += k;
+          i += k;
+          if (this.versionLen < 12) return input;
+          const minor = Number(this.version.toString('latin1', 8, 11));
+          this.handshake = (minor >= 7 ? 1 : 0) + 1; // security type choice, ClientInit
+          continue;
+        }
+        const k = Math.min(this.handshake, n - i);
+        this.handshake -= k;
+        i += k;
         continue;
       }
       // Start or continue a message header until its length is known.
-      this.header = Buffer.concat([this.header, chunk.subarray(i, i + 1)]);
-      i += 1;
-      const len = messageLength(this.header);
+      this.header[this.headerLen++] = chunk[i++];
+      const len = messageLength(this.header, this.headerLen);
       if (len === null) continue; // need more header bytes
       if (len < 0) {
         this.lost = true;
         return input;
       }
-      if (INPUT_TYPES.has(this.header[0]) || (this.header[0] === 255 && this.header.length >= 2 && this.header[1] === 0)) input = true;
-      this.remaining = len - this.header.length;
-      this.header = Buffer.alloc(0);
+      const type = this.header[0];
+      // KeyEvent, PointerEvent, ClientCutText, QEMU extended key event
+      if (type === 4 || type === 5 || type === 6 || (type === 255 && this.headerLen >= 2 && this.header[1] === 0)) input = true;
+      this.remaining = len - this.headerLen;
+      this.headerLen = 0;
     }
     return input;
   }
 }
 
+/** The longest header messageLength() reads (ClientFence: 9 bytes). */
+const MAX_HEADER = 9;
+
 /**
  * The whole message's length from its first bytes; null: more header bytes needed; -1: unknown
  * message type.
  */
-function messageLength(h: Buffer): number | null {
-  const need = (n: number) => h.length < n;
+function messageLength(h: Buffer, length: number): number | null {
+  const need = (n: number) => length < n;
   switch (h[0]) {
     case 0: // SetPixelFormat
       return 20;

@@ -244,31 +244,14 @@ export class VncTunnel {
     this.open.add(browserWs);
     this.open.add(agentWs);
     m.vncActiveTunnels.inc();
-    for (const ws of [browserWs, agentWs]) (ws as unknown as { _socket?: { setNoDelay(v: boolean): void } })._socket?.setNoDelay(true);
-    let idle: NodeJS.Timeout | undefined;
-    let lastActivity = Date.now();
-    // Idle check on a timer rather than re-arming a timeout per message (cheaper on a hot stream).
-    const checkIdle = () => {
-      const quiet = Date.now() - lastActivity;
-      if (quiet >= this.o.idleTimeoutMs) stop();
-      else idle = setTimeout(checkIdle, this.o.idleTimeoutMs - quiet);
-    };
-    idle = setTimeout(checkIdle, this.o.idleTimeoutMs);
     const bytes = { toSession: 0, toViewer: 0 };
     this.byteCounters.add(bytes);
-    // Key and pointer events in what the viewer sends: the session is in use (idle hibernation).
-    const scanner = new RfbInputScanner();
     const input = this.o.input;
-    const stop = relayWebSockets(browserWs, agentWs, {
-      onBytes: (dir, n, data) => {
-        lastActivity = Date.now();
-        if (dir === 'ab') {
-          bytes.toSession += n;
-          if (input && scanner.scan(data)) input.input(sessionId);
-        } else bytes.toViewer += n;
-      },
+    relayTunnel(browserWs, agentWs, {
+      idleTimeoutMs: this.o.idleTimeoutMs,
+      bytes,
+      onInput: input ? () => input.input(sessionId) : undefined,
       onClose: () => {
-        clearTimeout(idle);
         this.open.delete(browserWs);
         this.open.delete(agentWs);
         m.vncActiveTunnels.dec();
@@ -287,4 +270,53 @@ export class VncTunnel {
       p.reject(new Error('gateway shutting down'));
     }
   }
+}
+
+export interface TunnelOptions {
+  /** The tunnel closes after this long without a byte either way. */
+  idleTimeoutMs: number;
+  /** Byte counts, added to by the relay (the caller flushes them to the metrics). */
+  bytes: { toSession: number; toViewer: number };
+  /** The viewer sent keyboard/mouse input (at most once per chunk); absent: the viewer's bytes are not scanned. */
+  onInput?: () => void;
+  /** Once, when both sockets are done. */
+  onClose?: () => void;
+}
+
+/**
+ * The per-tunnel hot path, joining a viewer socket and a stream socket (the agent's, or a pod hop
+ * carrying it): byte counts, the idle timeout and the input scan, on top of relayWebSockets.
+ * Nothing here runs per byte but the input scan of the (small) viewer → session direction; the
+ * idle check reads a flag on a timer instead of the clock per message.
+ */
+export function relayTunnel(viewer: WebSocket, stream: WebSocket, o: TunnelOptions): () => void {
+  for (const ws of [viewer, stream]) (ws as unknown as { _socket?: { setNoDelay(v: boolean): void } })._socket?.setNoDelay(true);
+  const bytes = o.bytes;
+  let active = false;
+  let quietMs = 0;
+  // Checked a few times per timeout: at most idleTimeoutMs / 4 late.
+  const step = Math.max(25, Math.ceil(o.idleTimeoutMs / 4));
+  const idle = setInterval(() => {
+    if (active) {
+      active = false;
+      quietMs = 0;
+    } else if ((quietMs += step) >= o.idleTimeoutMs) stop();
+  }, step);
+  // Key and pointer events in what the viewer sends: the session is in use (idle hibernation).
+  const scanner = o.onInput ? new RfbInputScanner() : null;
+  const onInput = o.onInput;
+  const stop = relayWebSockets(viewer, stream, {
+    onBytes: (dir, n, data) => {
+      active = true;
+      if (dir === 'ab') {
+        bytes.toSession += n;
+        if (scanner !== null && scanner.scan(data)) onInput!();
+      } else bytes.toViewer += n;
+    },
+    onClose: () => {
+      clearInterval(idle);
+      o.onClose?.();
+    },
+  });
+  return stop;
 }
