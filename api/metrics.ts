@@ -97,6 +97,8 @@ export function createMetrics() {
       registers: [registry],
     }),
     resultAcks: counter('streamspace_command_results_acknowledged_total', 'Command results acknowledged to agents, by outcome', ['outcome']),
+    heartbeatBatches: counter('streamspace_agent_heartbeat_batches_total', 'Batched liveness writes (one statement for all agents that beat since the last)'),
+    heartbeatsWritten: counter('streamspace_agent_heartbeats_written_total', 'Agent heartbeats recorded by the batched liveness writes'),
     reconcileReports: counter('streamspace_reconcile_divergences_total', 'Differences between what agents run and the database, by kind', ['kind']),
     /** Per agent: 1 on the series of its current status, 0 on the others (the alert reads `{status="offline"} > 0`). */
     agentStatus: gauge('streamspace_agent_status', 'Agents by status (from the database): 1 for the current status', ['agent_id', 'status']),

@@ -10,6 +10,7 @@ import os from 'node:os';
 import { Metric, ms, now, stopActiveStacks } from './common';
 import { consoleBench } from './console';
 import { dispatchBench } from './dispatch';
+import { idleAgentsBench } from './idle-agents';
 import { migrationBench } from './migration';
 import { reconnectBench } from './reconnect';
 import { relayBench } from './relay';
@@ -24,6 +25,7 @@ const BENCHES: Record<string, () => Promise<Metric[]>> = {
   relay: relayBench,
   migration: migrationBench,
   console: consoleBench,
+  'idle-agents': idleAgentsBench,
 };
 
 function table(rows: Metric[]): string {

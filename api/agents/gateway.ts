@@ -29,14 +29,31 @@ import {
   RegisterMessage,
   ReportedSession,
 } from '../../protocol/messages';
-import { AGENT_TOKEN_REVOKED_CHANNEL, AgentIdentity, authenticateAgent, deadAgentTokens } from '../auth/agent-credentials';
+import { AGENT_TOKEN_REVOKED_CHANNEL, AgentIdentity, authenticateAgent } from '../auth/agent-credentials';
 import { bearer, TokenError, TokenService } from '../auth/tokens';
 import type { Metrics } from '../metrics';
-import type { AgentConnection, AgentHub } from './hub';
+import { AgentConnection, AgentHub, heartbeatIntervalMs, livenessWriteIntervalMs } from './hub';
 import { classifyReport, Divergence } from './reconcile';
 
 /** Malformed frames tolerated (each answered with a reason) before the socket is closed. */
 const MAX_BAD_FRAMES = 10;
+
+/**
+ * AGENT_HEARTBEAT_WRITE=per-beat: one UPDATE per heartbeat received (and one Redis command per
+ * agent per location refresh), as before heartbeats were batched. A benchmark baseline only
+ * (bench/idle-agents.ts); the default writes liveness in batches.
+ */
+export const perBeatHeartbeatWrites = (env: NodeJS.ProcessEnv = process.env): boolean => env.AGENT_HEARTBEAT_WRITE === 'per-beat';
+
+/** What a pod knows of one local socket's heartbeats (monotonic clock) and what it last wrote. */
+interface Beat {
+  /** When its last heartbeat (or its registration) arrived. */
+  at: number;
+  activeSessions: number;
+  /** `at` and `activeSessions` as last written to agents. */
+  writtenAt: number;
+  writtenActive: number;
+}
 
 export interface AgentGatewayOptions {
   pool: Pool;
@@ -58,6 +75,15 @@ export class AgentGateway {
   private readonly wss = new WebSocketServer({ noServer: true, maxPayload: MAX_CONTROL_FRAME_BYTES });
   private readonly listener: PgListener;
   private sweepTimer: NodeJS.Timeout | null = null;
+  private livenessTimer: NodeJS.Timeout | null = null;
+  /**
+   * Heartbeats are kept here, per local socket, and written for all of this pod's agents in one
+   * statement every livenessWriteIntervalMs (only the agents that beat since, or whose session
+   * count changed): database work per pod and interval, not per agent and beat.
+   */
+  private readonly beats = new Map<AgentConnection, Beat>();
+  private livenessWriting = false;
+  private readonly perBeat = perBeatHeartbeatWrites();
   private readonly flushing = new Map<string, Promise<void>>();
 
   constructor(private readonly o: AgentGatewayOptions) {
@@ -83,10 +109,13 @@ export class AgentGateway {
     await this.listener.start();
     this.sweepTimer = setInterval(() => void this.sweep(), this.o.sweepIntervalMs);
     this.sweepTimer.unref();
+    this.livenessTimer = setInterval(() => void this.writeLiveness(), livenessWriteIntervalMs(this.o.heartbeatTimeoutMs));
+    this.livenessTimer.unref();
   }
 
   async close(): Promise<void> {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.livenessTimer) clearInterval(this.livenessTimer);
     for (const conn of this.o.hub.localConnections()) conn.close(CloseCode.ShuttingDown, 'control plane shutting down');
     await this.listener.close();
   }
@@ -238,9 +267,13 @@ export class AgentGateway {
       send,
       close: (code, reason) => ws.close(code, reason),
     };
+    const registeredAt = performance.now();
+    const active = msg.sessions.filter((s) => s.state === 'running' || s.state === 'starting').length;
+    this.beats.set(conn, { at: registeredAt, activeSessions: active, writtenAt: registeredAt, writtenActive: active });
+    if (ws.readyState !== WebSocket.OPEN) this.beats.delete(conn); // closed while registering: 'close' has been handled already
     const replaced = await this.o.hub.attach(conn);
     replaced?.close(CloseCode.Replaced, 'replaced by a newer connection of the same agent');
-    send({ type: 'registered', conn_id: connId, heartbeat_interval_ms: Math.max(100, Math.floor(this.o.heartbeatTimeoutMs / 3)), server_time_ms: Date.now() });
+    send({ type: 'registered', conn_id: connId, heartbeat_interval_ms: heartbeatIntervalMs(this.o.heartbeatTimeoutMs), server_time_ms: Date.now() });
     this.o.log.info('Agent registered', { agent: msg.agent_id, platform: msg.platform, sessions: msg.sessions.length, conn: connId });
     await this.reconcile(agentDbId, msg.agent_id, msg.sessions);
     // Everything not yet finished is (re)delivered: the agent de-duplicates by command id.
@@ -288,6 +321,7 @@ export class AgentGateway {
   }
 
   private async unregister(conn: AgentConnection): Promise<void> {
+    this.beats.delete(conn);
     const wasCurrent = await this.o.hub.detach(conn);
     await this.o.pool
       .query('DELETE FROM redis_agent_connections WHERE agent_id = $1 AND websocket_conn_id = $2', [conn.agentId, conn.connId])
@@ -302,13 +336,21 @@ export class AgentGateway {
   private async onAgentMessage(conn: AgentConnection, msg: AgentMessage): Promise<void> {
     const pool = this.o.pool;
     switch (msg.type) {
-      case 'heartbeat':
+      case 'heartbeat': {
+        const beat = this.beats.get(conn);
+        if (!beat) return;
+        beat.at = performance.now();
+        beat.activeSessions = msg.active_sessions;
+        if (!this.perBeat) return; // written with the pod's next batch (writeLiveness)
+        beat.writtenAt = beat.at;
+        beat.writtenActive = beat.activeSessions;
         await pool.query(
           `UPDATE agents SET last_heartbeat = NOW(), status = 'online', active_sessions = $3
             WHERE id = $1 AND websocket_conn_id = $2`,
           [conn.agentDbId, conn.connId, msg.active_sessions],
         );
         return;
+      }
       case 'ack':
         await markAcked(pool, msg.command_id, conn.agentDbId);
         return;
@@ -381,6 +423,48 @@ export class AgentGateway {
     if (row.redelivery) this.o.metrics.commandRedeliveries?.inc({ type: row.command_type });
   }
 
+  /**
+   * Every livenessWriteIntervalMs: closes the local sockets silent for the heartbeat timeout, and
+   * writes, in ONE statement, the last heartbeat (its own time, on the database's clock) and session
+   * count of the local agents that beat (or changed) since the last write. Nothing is written when
+   * nothing beat. An agent that falls silent keeps its last real beat in agents.last_heartbeat, so
+   * every pod's sweep, placement and the console see it age as before.
+   */
+  private async writeLiveness(): Promise<void> {
+    const now = performance.now();
+    for (const [conn, beat] of this.beats) {
+      if (now - beat.at <= this.o.heartbeatTimeoutMs) continue;
+      this.beats.delete(conn);
+      this.o.log.warn('agent missed its heartbeats; closing its socket', { agent: conn.agentId, silent_ms: Math.round(now - beat.at) });
+      conn.close(CloseCode.HeartbeatTimeout, 'heartbeat timeout');
+    }
+    if (this.livenessWriting) return;
+    const due = [...this.beats].filter(([, b]) => b.at > b.writtenAt || b.activeSessions !== b.writtenActive);
+    if (!due.length) return;
+    const batch = due.map(([conn, b]) => ({ conn, b, at: b.at, active: b.activeSessions }));
+    this.livenessWriting = true;
+    try {
+      const t = performance.now();
+      await this.o.pool.query(
+        `UPDATE agents a SET last_heartbeat = NOW() - (h.age_ms * INTERVAL '1 millisecond'), status = 'online', active_sessions = h.active
+           FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[]) AS h(id, conn_id, age_ms, active)
+          WHERE a.id = h.id AND a.websocket_conn_id = h.conn_id`,
+        [batch.map((x) => x.conn.agentDbId), batch.map((x) => x.conn.connId), batch.map((x) => Math.max(0, Math.round(t - x.at))), batch.map((x) => x.active)],
+      );
+      for (const x of batch) {
+        x.b.writtenAt = Math.max(x.b.writtenAt, x.at);
+        x.b.writtenActive = x.active;
+      }
+      this.o.metrics.heartbeatBatches?.inc();
+      this.o.metrics.heartbeatsWritten?.inc(batch.length);
+    } catch (err) {
+      // Kept in memory: the next write carries them.
+      this.o.log.warn('cannot record agent heartbeats; retrying with the next batch', { agents: batch.length, error: (err as Error).message });
+    } finally {
+      this.livenessWriting = false;
+    }
+  }
+
   /** Flushes every local agent that has queued commands (one query, not one per agent). */
   private async flushAll(): Promise<void> {
     const local = this.o.hub.localConnections().map((c) => c.agentDbId);
@@ -400,30 +484,35 @@ export class AgentGateway {
    */
   private async sweep(): Promise<void> {
     try {
-      await this.flushAll();
+      // One statement, whatever the agent count: retire agents whose recorded beat is older than
+      // the timeout (any pod's), find this pod's agents with queued commands a missed NOTIFY left
+      // behind, and the tokens of its sockets that expired or were revoked while a NOTIFY was
+      // missed (the rule of deadAgentTokens in api/auth/agent-credentials.ts).
+      const tokenIds = [...new Set([...this.o.hub.localConnections().map((c) => c.tokenId), ...this.pendingSockets.values()])].filter((t): t is string => !!t);
+      const r = await this.o.pool.query<{ kind: 'stale' | 'pending' | 'dead_token'; id: string; agent_id: string | null }>(
+        `WITH stale AS (
+           UPDATE agents SET status = 'offline'
+            WHERE status = 'online' AND last_heartbeat < NOW() - ($1::int * INTERVAL '1 millisecond')
+            RETURNING id, agent_id)
+         SELECT 'stale' AS kind, id::text AS id, agent_id FROM stale
+         UNION ALL
+         SELECT 'pending', p.agent_id::text, NULL FROM (SELECT DISTINCT agent_id FROM agent_commands WHERE status = 'pending' AND agent_id = ANY($2::uuid[])) p
+         UNION ALL
+         SELECT 'dead_token', t.id::text, NULL FROM unnest($3::uuid[]) AS t(id)
+          WHERE NOT EXISTS (SELECT 1 FROM agent_tokens k WHERE k.id = t.id AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > NOW()))`,
+        [this.o.heartbeatTimeoutMs, this.o.hub.localConnections().map((c) => c.agentDbId), tokenIds],
+      );
+      const dead: string[] = [];
+      for (const a of r.rows) {
+        if (a.kind === 'stale') this.o.log.warn('agent missed its heartbeats; marked offline', { agent: a.agent_id });
+        else if (a.kind === 'pending') this.flush(a.id, false);
+        else dead.push(a.id);
+      }
+      if (dead.length) this.closeForTokens(dead, 'agent token revoked or expired');
       const expired = await expireOverdue(this.o.pool, this.o.expiryGraceMs ?? 2000);
       for (const c of expired) this.o.metrics.commandsExpired?.inc({ type: c.command_type });
       if (expired.length) this.o.log.warn('commands expired before they finished', { count: expired.length, ids: expired.slice(0, 10).map((c) => c.id) });
-      const threshold = [this.o.heartbeatTimeoutMs];
-      const stale = await this.o.pool.query<{ id: string; agent_id: string }>(
-        `UPDATE agents SET status = 'offline'
-          WHERE status = 'online' AND last_heartbeat < NOW() - ($1::int * INTERVAL '1 millisecond')
-          RETURNING id, agent_id`,
-        threshold,
-      );
-      for (const a of stale.rows) this.o.log.warn('agent missed its heartbeats; marked offline', { agent: a.agent_id });
-      const local = this.o.hub.localConnections();
-      if (local.length) {
-        const silent = await this.o.pool.query<{ id: string }>(
-          `SELECT id FROM agents WHERE id = ANY($2::uuid[]) AND last_heartbeat < NOW() - ($1::int * INTERVAL '1 millisecond')`,
-          [this.o.heartbeatTimeoutMs, local.map((c) => c.agentDbId)],
-        );
-        for (const a of silent.rows) this.o.hub.local(a.id)?.close(CloseCode.HeartbeatTimeout, 'heartbeat timeout');
-      }
-      // Tokens that expired, or were revoked while a NOTIFY was missed.
-      const tokenIds = [...new Set([...this.o.hub.localConnections().map((c) => c.tokenId), ...this.pendingSockets.values()])].filter((t): t is string => !!t);
-      const dead = await deadAgentTokens(this.o.pool, tokenIds);
-      if (dead.length) this.closeForTokens(dead, 'agent token revoked or expired');
+      // This pod's silent sockets are closed by writeLiveness, from the beats it holds in memory.
     } catch (err) {
       this.o.log.warn('agent sweep failed', { error: (err as Error).message });
     }

@@ -6,6 +6,16 @@
  */
 import type { ControlPlaneMessage } from '../../protocol/messages';
 
+/** How often agents heartbeat (sent to them in `registered`): a third of AGENT_HEARTBEAT_TIMEOUT. */
+export const heartbeatIntervalMs = (heartbeatTimeoutMs: number): number => Math.max(100, Math.floor(heartbeatTimeoutMs / 3));
+
+/**
+ * How often a pod writes the heartbeats its agents sent since the last write, all in one
+ * statement (api/agents/gateway.ts): half a heartbeat interval. The recorded beat (agents.last_heartbeat,
+ * the beat's own time) is therefore up to this much older than the newest beat the pod has seen.
+ */
+export const livenessWriteIntervalMs = (heartbeatTimeoutMs: number): number => Math.max(50, Math.floor(heartbeatIntervalMs(heartbeatTimeoutMs) / 2));
+
 export interface AgentConnection {
   readonly agentId: string;
   readonly agentDbId: string;

@@ -83,6 +83,27 @@ end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1`;
 
+/**
+ * REFRESH_SCRIPT for many keys in one command: ARGV[1] pod id, ARGV[2] ttl, then per key its
+ * connection id and location. Returns how many keys named another connection (left alone).
+ */
+const REFRESH_MANY_SCRIPT = `
+local skipped = 0
+for i, key in ipairs(KEYS) do
+  local conn, loc = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local v = redis.call('GET', key)
+  local mine = true
+  if v then
+    local ok, o = pcall(cjson.decode, v)
+    mine = ok and type(o) == 'table' and o.podId == ARGV[1] and o.connId == conn
+  end
+  if mine then redis.call('SET', key, loc, 'PX', ARGV[2]) else skipped = skipped + 1 end
+end
+return skipped`;
+
+/** Keys per REFRESH_MANY_SCRIPT call (all calls of one refresh go in one pipeline, one round trip). */
+const REFRESH_BATCH = 500;
+
 /** Deletes the key only while it still names this pod's connection. */
 const COMPARE_DELETE_SCRIPT = `
 local v = redis.call('GET', KEYS[1])
@@ -323,9 +344,35 @@ export class RedisAgentHub implements AgentHub {
     this.log.warn(`Redis AgentHub: dropped ${what}`, { ...fields, pod: this.podId, rejected_total: this.rejectedMessages });
   }
 
+  /**
+   * Re-asserts this pod's agent locations: one pipelined round trip of REFRESH_MANY_SCRIPT calls
+   * (REFRESH_BATCH keys each), not one command per agent.
+   */
   private async refreshAll(): Promise<void> {
     if (this.closed || this.pub.status !== 'ready') return;
-    for (const c of this.localHub.localConnections()) {
+    const conns = this.localHub.localConnections();
+    if (!conns.length) return;
+    // Benchmark baseline (AGENT_HEARTBEAT_WRITE=per-beat): one command, one round trip, per agent.
+    if (process.env.AGENT_HEARTBEAT_WRITE === 'per-beat') return this.refreshEach(conns);
+    const pipeline = this.pub.pipeline();
+    for (let i = 0; i < conns.length; i += REFRESH_BATCH) {
+      const chunk = conns.slice(i, i + REFRESH_BATCH);
+      const args = chunk.flatMap((c) => [c.connId, this.location(c)]);
+      pipeline.eval(REFRESH_MANY_SCRIPT, chunk.length, ...chunk.map((c) => agentKey(c.agentDbId)), this.podId, String(this.ttlMs), ...args);
+    }
+    try {
+      const results = (await pipeline.exec()) ?? [];
+      const failed = results.find(([err]) => err)?.[0];
+      if (failed) throw failed;
+      const skipped = results.reduce((n, [, v]) => n + Number(v ?? 0), 0);
+      if (skipped) this.log.debug('Redis AgentHub: agent locations naming another connection; not refreshed', { count: skipped });
+    } catch (err) {
+      this.log.warn('Redis AgentHub: cannot refresh agent locations', { agents: conns.length, error: (err as Error).message });
+    }
+  }
+
+  private async refreshEach(conns: AgentConnection[]): Promise<void> {
+    for (const c of conns) {
       try {
         const kept = await this.pub.eval(REFRESH_SCRIPT, 1, agentKey(c.agentDbId), this.podId, c.connId, this.location(c), String(this.ttlMs));
         if (kept === 0) this.log.debug('Redis AgentHub: agent location names another connection; not refreshed', { agent: c.agentId });

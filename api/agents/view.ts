@@ -1,5 +1,6 @@
 /** How an agent looks from the API and the live stream (GET /api/v1/agents, `agent` events). */
 import type { Pool } from 'pg';
+import { livenessWriteIntervalMs } from './hub';
 
 interface AgentRow {
   agent_id: string;
@@ -17,12 +18,13 @@ interface AgentRow {
 export type AgentHealth = 'online' | 'warning' | 'offline';
 
 /**
- * online: heartbeat younger than half of AGENT_HEARTBEAT_TIMEOUT; warning: older (a beat or two
- * missed, not yet declared offline); offline: the sweep (or the socket's close) said so.
+ * online: heartbeat younger than half of AGENT_HEARTBEAT_TIMEOUT (plus the lag of the gateway's
+ * batched liveness write, see livenessWriteIntervalMs); warning: older (a beat or two missed, not
+ * yet declared offline); offline: the sweep (or the socket's close) said so.
  */
 export function agentHealth(status: string, ageS: number | null, heartbeatTimeoutMs: number): AgentHealth {
   if (status !== 'online' || ageS === null) return 'offline';
-  return ageS * 1000 <= heartbeatTimeoutMs / 2 ? 'online' : 'warning';
+  return ageS * 1000 <= heartbeatTimeoutMs / 2 + livenessWriteIntervalMs(heartbeatTimeoutMs) ? 'online' : 'warning';
 }
 
 function present(a: AgentRow, heartbeatTimeoutMs: number) {
