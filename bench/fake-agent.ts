@@ -23,12 +23,20 @@ export class FakeAgent {
   private readonly arrivals = new Map<string, bigint>();
   private readonly waiters = new Map<string, (t: bigint) => void>();
   commandsReceived = 0;
+  /** Command ids seen per (session, generation, type): more than one id is a duplicate issue. */
+  private readonly issued = new Map<string, Set<string>>();
 
   constructor(
     readonly agentId: string,
     private readonly url: string,
     private readonly token: string,
+    private readonly maxSessions = 1000,
   ) {}
+
+  /** Operations the control plane issued more than once (distinct command ids for one generation). */
+  duplicates(): string[] {
+    return [...this.issued].filter(([, ids]) => ids.size > 1).map(([k]) => k);
+  }
 
   /** Connects and registers; resolves on the control plane's `registered`. */
   connect(timeoutMs = 10_000): Promise<void> {
@@ -46,7 +54,7 @@ export class FakeAgent {
           agent_id: this.agentId,
           platform: 'docker',
           region: 'local',
-          capacity: { max_sessions: 1000 },
+          capacity: { max_sessions: this.maxSessions },
           sessions: [],
         }),
       );
@@ -96,6 +104,10 @@ export class FakeAgent {
 
   private onCommand(cmd: CommandMessage, at: bigint): void {
     this.commandsReceived++;
+    const op = `${cmd.session_id}:${cmd.generation}:${cmd.command_type}`;
+    const ids = this.issued.get(op) ?? new Set<string>();
+    ids.add(cmd.command_id);
+    this.issued.set(op, ids);
     const key = `${cmd.session_id}/${cmd.command_type}`;
     if (!this.arrivals.has(key)) {
       this.arrivals.set(key, at);

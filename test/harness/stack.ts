@@ -255,6 +255,26 @@ export class Stack {
     return token;
   }
 
+  /** agentToken for many agents at once: one INSERT (a bench's thousand fake agents). */
+  async agentTokensBulk(agentIds: string[]): Promise<string[]> {
+    const rows = agentIds
+      .filter((a) => !this.agentTokens.has(a))
+      .map((agentId) => {
+        if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(agentId)) throw new Error(`invalid agent id ${agentId}`);
+        const id = randomUUID();
+        const token = this.tokens.signAgent(agentId, { tokenId: id });
+        this.agentTokens.set(agentId, token);
+        return { id, agentId, hash: hashAgentToken(token) };
+      });
+    if (rows.length)
+      await this.pool.query(
+        `INSERT INTO agent_tokens (id, agent_id, token_hash, description, created_by)
+         SELECT id, agent_id, token_hash, 'test harness', 'test-harness' FROM unnest($1::uuid[], $2::text[], $3::text[]) AS t(id, agent_id, token_hash)`,
+        [rows.map((r) => r.id), rows.map((r) => r.agentId), rows.map((r) => r.hash)],
+      );
+    return agentIds.map((a) => this.agentTokens.get(a)!);
+  }
+
   /** What every docker-platform agent of the stack gets: identity, credential, control plane. */
   private dockerAgentEnv(agentId: string, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
     return {
