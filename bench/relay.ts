@@ -28,6 +28,7 @@ import { ChildProcess, fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import WebSocket, { WebSocketServer } from 'ws';
 import { streamSocketOptions } from '../agents/common/tunnel';
 import { relayTunnel } from '../api/vnc/tunnel';
@@ -57,8 +58,11 @@ export function cpuSeconds(pid: number): number {
 
 // ------------------------------------------------------------------ child processes (relays)
 
-type ChildMsg = { op: 'ready'; port?: number } | { op: 'opened'; id: string } | { op: 'fleet-ready' };
-type ParentMsg = { op: 'open'; id: string; source: number; url: string } | { op: 'fleet'; n: number; url?: string; tcpPort?: number; stop?: boolean };
+type ChildMsg = { op: 'ready'; port?: number } | { op: 'opened'; id: string } | { op: 'fleet-ready' } | { op: 'eld'; p99: number; max: number };
+type ParentMsg =
+  | { op: 'open'; id: string; source: number; url: string }
+  | { op: 'fleet'; n: number; url?: string; tcpPort?: number; stop?: boolean }
+  | { op: 'eld'; reset?: boolean };
 
 const send = (m: ChildMsg) => process.send!(m);
 
@@ -545,6 +549,9 @@ async function fleetRun(fleet: Child, mode: FleetMode, gateway: Child): Promise<
   }
   await sleep(FLEET_WARMUP_MS);
   for (const r of readers) r.bytes = 0;
+  const myLoop = loopDelay();
+  gateway.post({ op: 'eld', reset: true });
+  fleet.post({ op: 'eld', reset: true });
   counting = true;
   const c0 = cpuSeconds(gateway.pid);
   const others0 = [cpuSeconds(process.pid), cpuSeconds(fleet.pid)];
@@ -553,6 +560,18 @@ async function fleetRun(fleet: Child, mode: FleetMode, gateway: Child): Promise<
   counting = false;
   const secs = ms(t0) / 1000;
   const cpu = cpuSeconds(gateway.pid) - c0;
+  const loops = await Promise.all(
+    [gateway, fleet].map((c) => {
+      const w = c.wait('eld');
+      c.post({ op: 'eld' });
+      return w;
+    }),
+  );
+  const fmtLoop = (l: { p99: number; max: number }) => `p99 ${l.p99.toFixed(1)} max ${l.max.toFixed(0)} ms`;
+  log(
+    NAME,
+    `(${mode}: event-loop delay: relay ${mode === 'direct' ? '-' : fmtLoop(loops[0])}, viewers ${fmtLoop(myLoop.read())}, streams ${fmtLoop(loops[1])})`,
+  );
   log(
     NAME,
     `(${mode}: viewers' process ${(((cpuSeconds(process.pid) - others0[0]) / secs) * 100).toFixed(0)}%, streams' process ${(((cpuSeconds(fleet.pid) - others0[1]) / secs) * 100).toFixed(0)}% CPU)`,
@@ -627,7 +646,23 @@ export async function relayBench(): Promise<Metric[]> {
   return rows;
 }
 
+/** Event-loop delay (ms): a stalled loop delays every stream it relays. */
+function loopDelay() {
+  const h = monitorEventLoopDelay({ resolution: 5 });
+  h.enable();
+  return {
+    read: () => ({ p99: h.percentile(99) / 1e6, max: h.max / 1e6 }),
+    reset: () => h.reset(),
+  };
+}
+
 if (require.main === module && process.argv[2] === 'child') {
+  const eld = loopDelay();
+  process.on('message', (m: ParentMsg) => {
+    if (m.op !== 'eld') return;
+    if (m.reset) eld.reset();
+    else send({ op: 'eld', ...eld.read() });
+  });
   const role = roles[process.argv[3]];
   if (!role) throw new Error(`unknown role ${process.argv[3]}`);
   process.on('disconnect', () => process.exit(0));
