@@ -2,7 +2,14 @@
  * Command dispatch: from POST /api/v1/sessions being sent to the agent holding the start_session
  * command frame (API → Temporal workflow → placement → command log → NOTIFY → gateway → socket).
  * The agent is a FakeAgent on the real protocol that completes everything at once, so the
- * create → running figure here is pure control-plane overhead.
+ * create → running figure here is pure control-plane overhead. Then lifecycle throughput:
+ * hibernate/wake calls from 20 concurrent clients on running sessions, and stops.
+ *
+ * Before and after in one run (issue 14): two stacks side by side, one whose worker runs the
+ * dispatch path as it was (STREAMSPACE_BENCH_LEGACY_DISPATCH=true, set only here: placement and
+ * the command in separate steps, the command issued by the dispatch activity after the workflow
+ * task; an INSERT, a NOTIFY and a read per command, the quota release as its own statement),
+ * measured alternately so the machine's noise hits both alike.
  *
  * Besides the client-side figures it prints where the time goes: the database's own timeline of
  * each session, and the Temporal history up to the dispatch activity (how many workflow tasks
@@ -11,27 +18,36 @@
 import { temporal } from '@temporalio/proto';
 import { sessionWorkflowId } from '../workflows/session-api';
 import { createSession, fmtMs, fmtSummary, log, mapLimit, Metric, ms, now, pollState, sleep, Stack, summarize, withStack } from './common';
+import { readFileSync } from 'node:fs';
 import { FakeAgent } from './fake-agent';
 
 const NAME = 'dispatch';
 const WARMUP = 5;
-const SEQUENTIAL = 100;
+/** Per variant, in alternating blocks. */
+const SEQUENTIAL = 60;
+const BLOCK = 10;
 const CREATORS = 10;
-const PER_CREATOR = 10;
-const TO_RUNNING = 20;
+/** Per creator and round; two rounds per variant, alternating. */
+const PER_CREATOR = 5;
+const ROUNDS = 2;
+const TO_RUNNING = 10;
+/** Lifecycle load: this many clients, each hibernating and waking its own session. */
+const LIFECYCLE_CLIENTS = 20;
+const LIFECYCLE_MS = 6000;
 /** Sessions whose Temporal history is analysed. */
 const HISTORIES = 10;
 
 const EventType = temporal.api.enums.v1.EventType;
 
-/** Waits on the database (cheap primary-key reads) so each round starts from a settled state. */
+/** Waits on the database (primary-key reads every 20 ms) so each round starts from a settled state. */
 async function dbState(stack: Stack, id: string, state: string, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const r = await stack.pool.query<{ state: string }>('SELECT state FROM sessions WHERE id = $1', [id]);
     if (r.rows[0]?.state === state) return;
     if (Date.now() > deadline) throw new Error(`session ${id} not ${state} within ${timeoutMs} ms (is ${r.rows[0]?.state})`);
-    await sleep(5);
+    // (Was 5 ms: ten creators polling made some 2000 queries/s, load of the bench's own.)
+    await sleep(20);
   }
 }
 
@@ -77,6 +93,7 @@ async function temporalTimeline(stack: Stack, ids: string[]): Promise<string> {
     let exec = 0;
     let wfTasks = 0;
     let activities = 0;
+    let markers = 0;
     let dispatchScheduled = -1;
     for (const e of history.events ?? []) {
       const eventId = Number(e.eventId);
@@ -90,6 +107,9 @@ async function temporalTimeline(stack: Stack, ids: string[]): Promise<string> {
           break;
         case EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
           exec += t - at.get(Number(e.workflowTaskCompletedEventAttributes?.startedEventId))!;
+          break;
+        case EventType.EVENT_TYPE_MARKER_RECORDED:
+          if (e.markerRecordedEventAttributes?.markerName === 'core_local_activity') markers++;
           break;
         case EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
           if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'dispatchCommand') dispatchScheduled = eventId;
@@ -106,7 +126,7 @@ async function temporalTimeline(stack: Stack, ids: string[]): Promise<string> {
         total.push(t - t0);
         queued.push(wait);
         running.push(exec);
-        tasks = `${wfTasks} workflow tasks + ${activities} activities`;
+        tasks = `${wfTasks} workflow task(s) (${markers} local activities) + ${activities} activity`;
         break;
       }
     }
@@ -114,92 +134,294 @@ async function temporalTimeline(stack: Stack, ids: string[]): Promise<string> {
   return `workflow start → dispatchCommand running: p50 ${fmtMs(summarize(total).p50)} over ${tasks}; of which waiting in task queues ${fmtMs(summarize(queued).p50)}, between task start and completion ${fmtMs(summarize(running).p50)} (n=${total.length})`;
 }
 
-export async function dispatchBench(): Promise<Metric[]> {
-  return withStack(`bench-${NAME}`, {}, async (stack) => {
-    const agentId = 'bench-fake-agent';
-    const agent = new FakeAgent(agentId, `ws://127.0.0.1:${stack.agentPort}`, stack.agentToken(agentId));
-    const ids: string[] = [];
-    try {
-      await agent.connect();
-      const token = await stack.login();
+/** Nearest-rank percentile (common.ts's summary stops at p95). */
+function p99(samples: number[]): number {
+  const s = [...samples].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil(0.99 * s.length) - 1)] : NaN;
+}
+const fmtP = (xs: number[]): string => `p50 ${fmtMs(summarize(xs).p50)}, p99 ${fmtMs(p99(xs))}`;
 
-      // Warm-up (JIT, connection pools, Temporal worker caches): not counted.
-      for (let i = 0; i < WARMUP; i++) ids.push((await timedDispatch(stack, agent, token))[0]);
-
-      const sequential: number[] = [];
-      const seqIds: string[] = [];
-      for (let i = 0; i < SEQUENTIAL; i++) {
-        const [id, t] = await timedDispatch(stack, agent, token);
-        seqIds.push(id);
-        sequential.push(t);
-      }
-      ids.push(...seqIds);
-      const seq = summarize(sequential);
-      log(NAME, `dispatch, sequential:      ${fmtSummary(seq)}`);
-      log(NAME, `  database:  ${await dbTimeline(stack, seqIds)}`);
-      log(NAME, `  temporal:  ${await temporalTimeline(stack, seqIds.slice(-HISTORIES))}`);
-
-      const concurrent: number[] = [];
-      const t0 = now();
-      await mapLimit(
-        Array.from({ length: CREATORS }, (_, i) => i),
-        CREATORS,
-        async () => {
-          for (let i = 0; i < PER_CREATOR; i++) {
-            const [id, t] = await timedDispatch(stack, agent, token);
-            ids.push(id);
-            concurrent.push(t);
-          }
-        },
-      );
-      const conc = summarize(concurrent);
-      const rate = (CREATORS * PER_CREATOR) / (ms(t0) / 1000);
-      log(NAME, `dispatch, ${CREATORS} concurrent:   ${fmtSummary(conc)}  (${rate.toFixed(1)} sessions/s to running)`);
-
-      // create → running as a client sees it: GET polling every 20 ms.
-      const toRunning: number[] = [];
-      for (let i = 0; i < TO_RUNNING; i++) {
-        const t = now();
-        const id = await createSession(stack, token);
-        ids.push(id);
-        await pollState(stack, token, id, 'running', 20);
-        toRunning.push(ms(t));
-      }
-      const run = summarize(toRunning);
-      log(NAME, `create → running (instant agent, GET every 20 ms): ${fmtSummary(run)}`);
-      log(NAME, `agent received ${agent.commandsReceived} command frames for ${ids.length} sessions`);
-
-      // Terminate the workflows directly: stopping some 225 sessions through the API would take
-      // longer than the measurements, and the database is dropped with the Stack anyway.
-      await mapLimit(ids, 10, (id) =>
-        stack.temporal.workflow
-          .getHandle(sessionWorkflowId(id))
-          .terminate('bench done')
-          .catch(() => undefined),
-      );
-
-      return [
-        {
-          metric: 'command dispatch, API call → agent has it (sequential)',
-          ours: `p50 ${fmtMs(seq.p50)}, p95 ${fmtMs(seq.p95)}, max ${fmtMs(seq.max)} (n=${seq.n})`,
-          target: 'p50 < 50 ms',
-          peer: '—',
-        },
-        {
-          metric: `command dispatch, ${CREATORS} concurrent creators`,
-          ours: `p50 ${fmtMs(conc.p50)}, p95 ${fmtMs(conc.p95)}, max ${fmtMs(conc.max)} (n=${conc.n}); ${rate.toFixed(1)} sessions/s`,
-          target: 'p50 < 50 ms',
-          peer: '—',
-        },
-        {
-          metric: 'create → running, instant agent (control-plane overhead)',
-          ours: `p50 ${fmtMs(run.p50)}, p95 ${fmtMs(run.p95)} (n=${run.n})`,
-          target: '—',
-          peer: '—',
-        },
-      ];
-    } finally {
-      agent.close();
+/** Temporal round trips per lifecycle operation: workflow tasks, activities and local activities per completed Update. */
+async function updateRoundTrips(stack: Stack, ids: string[]): Promise<string> {
+  let updates = 0;
+  let wfTasks = 0;
+  let activities = 0;
+  let markers = 0;
+  for (const id of ids) {
+    const history = await stack.temporal.workflow.getHandle(sessionWorkflowId(id)).fetchHistory();
+    let counting = false;
+    for (const e of history.events ?? []) {
+      if (e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) counting = true;
+      if (!counting) continue;
+      if (e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED) updates++;
+      else if (e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED) wfTasks++;
+      else if (e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED) activities++;
+      else if (e.eventType === EventType.EVENT_TYPE_MARKER_RECORDED && e.markerRecordedEventAttributes?.markerName === 'core_local_activity') markers++;
     }
-  });
+  }
+  const per = (n: number) => (updates ? (n / updates).toFixed(2) : 'n/a');
+  return `per hibernate/wake: ${per(wfTasks)} workflow tasks, ${per(activities)} activities, ${per(markers)} local activities (n=${updates} updates)`;
+}
+
+/** Committed transactions in the stack's database so far (each statement outside BEGIN/COMMIT is one). */
+async function commits(stack: Stack): Promise<number> {
+  const r = await stack.pool.query<{ n: string }>('SELECT xact_commit AS n FROM pg_stat_database WHERE datname = current_database()');
+  return Number(r.rows[0].n);
+}
+
+interface Variant {
+  name: 'before' | 'after';
+  stack: Stack;
+  agent: FakeAgent;
+  token: string;
+  ids: string[];
+  sequential: number[];
+  seqIds: string[];
+  concurrent: number[];
+  concurrentMs: number;
+  concurrentCpu: number;
+  concurrentCommits: number;
+  lifecycle: number[];
+  lifecycleOps: number;
+  lifecycleMs: number;
+  lifecycleCpu: number;
+  lifecycleCommits: number;
+  lifecycleIds: string[];
+  stops: number[];
+}
+
+async function variant(name: Variant['name'], stack: Stack): Promise<Variant> {
+  const agentId = `bench-fake-agent-${name}`;
+  const agent = new FakeAgent(agentId, `ws://127.0.0.1:${stack.agentPort}`, stack.agentToken(agentId));
+  await agent.connect();
+  const token = await stack.login();
+  return {
+    name,
+    stack,
+    agent,
+    token,
+    ids: [],
+    sequential: [],
+    seqIds: [],
+    concurrent: [],
+    concurrentMs: 0,
+    concurrentCpu: 0,
+    concurrentCommits: 0,
+    lifecycle: [],
+    lifecycleOps: 0,
+    lifecycleMs: 0,
+    lifecycleCpu: 0,
+    lifecycleCommits: 0,
+    lifecycleIds: [],
+    stops: [],
+  };
+}
+
+/** CPU seconds (user + system) a process has used so far (/proc; USER_HZ 100); 0 once it is gone. */
+function cpuSeconds(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** The machine's busy CPU seconds (all cores) so far, from /proc/stat. */
+function machineBusySeconds(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return (f.reduce((a, b) => a + b, 0) - f[3] - (f[4] ?? 0)) / 100;
+}
+
+/** CPU of the variant's gateway and worker from now on: cpu() says how much since. */
+function stackProcs(v: Variant): { cpu(): number; stop(): void } {
+  const read = () => cpuSeconds(v.stack.api.child?.pid) + cpuSeconds(v.stack.worker.child?.pid);
+  const base = read();
+  return { cpu: () => read() - base, stop: () => undefined };
+}
+
+/** 20 clients, each hibernating then waking its own running session, for LIFECYCLE_MS; counts calls that ended in the target state. */
+async function lifecycleRound(v: Variant): Promise<void> {
+  const procs = stackProcs(v);
+  const commits0 = await commits(v.stack);
+  const t0 = now();
+  const end = Date.now() + LIFECYCLE_MS;
+  await Promise.all(
+    v.lifecycleIds.map(async (id) => {
+      while (Date.now() < end) {
+        for (const [op, want] of [
+          ['hibernate', 'hibernated'],
+          ['wake', 'running'],
+        ] as const) {
+          const t = now();
+          const r = await v.stack.call<{ state: string }>('POST', `/api/v1/sessions/${id}/${op}?wait=30`, undefined, v.token);
+          if (r.status !== 200 || r.body.state !== want) throw new Error(`${v.name}: ${op} ${id}: ${r.status} ${JSON.stringify(r.body)}`);
+          v.lifecycle.push(ms(t));
+          v.lifecycleOps++;
+        }
+      }
+    }),
+  );
+  v.lifecycleMs += ms(t0);
+  v.lifecycleCpu += procs.cpu();
+  procs.stop();
+  v.lifecycleCommits += (await commits(v.stack)) - commits0;
+}
+
+export async function dispatchBench(): Promise<Metric[]> {
+  return withStack(`bench-${NAME}-before`, { STREAMSPACE_BENCH_LEGACY_DISPATCH: 'true' }, (before) =>
+    withStack(`bench-${NAME}`, {}, async (after) => {
+      const vs = [await variant('before', before), await variant('after', after)];
+      try {
+        // Warm-up (JIT, connection pools, Temporal worker caches): not counted.
+        for (const v of vs) for (let i = 0; i < WARMUP; i++) v.ids.push((await timedDispatch(v.stack, v.agent, v.token))[0]);
+
+        // Sequential, in alternating blocks.
+        for (let b = 0; b < SEQUENTIAL / BLOCK; b++)
+          for (const v of b % 2 ? [...vs].reverse() : vs)
+            for (let i = 0; i < BLOCK; i++) {
+              const [id, t] = await timedDispatch(v.stack, v.agent, v.token);
+              v.seqIds.push(id);
+              v.sequential.push(t);
+            }
+        for (const v of vs) {
+          v.ids.push(...v.seqIds);
+          log(NAME, `[${v.name}] dispatch, sequential:  ${fmtSummary(summarize(v.sequential))}, p99 ${fmtMs(p99(v.sequential))}`);
+          log(NAME, `[${v.name}]   database:  ${await dbTimeline(v.stack, v.seqIds)}`);
+          log(NAME, `[${v.name}]   temporal:  ${await temporalTimeline(v.stack, v.seqIds.slice(-HISTORIES))}`);
+        }
+
+        // 10 concurrent creators, alternating rounds.
+        for (let r = 0; r < ROUNDS; r++)
+          for (const v of r % 2 ? [...vs].reverse() : vs) {
+            const t0 = now();
+            const procs = stackProcs(v);
+            const commits0 = await commits(v.stack);
+            await mapLimit(
+              Array.from({ length: CREATORS }, (_, i) => i),
+              CREATORS,
+              async () => {
+                for (let i = 0; i < PER_CREATOR; i++) {
+                  const [id, t] = await timedDispatch(v.stack, v.agent, v.token);
+                  v.ids.push(id);
+                  v.concurrent.push(t);
+                }
+              },
+            );
+            v.concurrentMs += ms(t0);
+            v.concurrentCpu += procs.cpu();
+            procs.stop();
+            v.concurrentCommits += (await commits(v.stack)) - commits0;
+          }
+        for (const v of vs) {
+          const rate = v.concurrent.length / (v.concurrentMs / 1000);
+          log(
+            NAME,
+            `[${v.name}] dispatch, ${CREATORS} concurrent: ${fmtSummary(summarize(v.concurrent))}, p99 ${fmtMs(p99(v.concurrent))}  (${rate.toFixed(1)} sessions/s to running)`,
+          );
+          const n = v.concurrent.length;
+          log(
+            NAME,
+            `[${v.name}]   per session created (to running): gateway+worker CPU ${((v.concurrentCpu / n) * 1000).toFixed(1)} ms, ${(v.concurrentCommits / n).toFixed(1)} SQL transactions (incl. the bench's own polling)`,
+          );
+        }
+
+        // create → running as a client sees it: GET polling every 20 ms.
+        for (const v of vs) {
+          const toRunning: number[] = [];
+          for (let i = 0; i < TO_RUNNING; i++) {
+            const t = now();
+            const id = await createSession(v.stack, v.token);
+            v.ids.push(id);
+            await pollState(v.stack, v.token, id, 'running', 20);
+            toRunning.push(ms(t));
+          }
+          log(NAME, `[${v.name}] create → running (instant agent, GET every 20 ms): ${fmtSummary(summarize(toRunning))}`);
+        }
+
+        // Lifecycle throughput: alternating rounds of hibernate/wake from 20 clients.
+        for (const v of vs) v.lifecycleIds = v.ids.slice(-LIFECYCLE_CLIENTS);
+        const busy0 = machineBusySeconds();
+        for (let r = 0; r < ROUNDS; r++) for (const v of r % 2 ? [...vs].reverse() : vs) await lifecycleRound(v);
+        const busy = machineBusySeconds() - busy0;
+        for (const v of vs) {
+          const rate = v.lifecycleOps / (v.lifecycleMs / 1000);
+          log(
+            NAME,
+            `[${v.name}] hibernate/wake, ${LIFECYCLE_CLIENTS} clients: ${rate.toFixed(1)} ops/s, calls ${fmtP(v.lifecycle)}; gateway+worker CPU ${((v.lifecycleCpu / v.lifecycleOps) * 1000).toFixed(1)} ms/op; ${(v.lifecycleCommits / v.lifecycleOps).toFixed(1)} SQL transactions/op (n=${v.lifecycleOps})`,
+          );
+          log(NAME, `[${v.name}]   temporal:  ${await updateRoundTrips(v.stack, v.lifecycleIds.slice(0, 5))}`);
+        }
+        log(
+          NAME,
+          `(machine busy during the lifecycle rounds: ${(busy / ((vs[0].lifecycleMs + vs[1].lifecycleMs) / 1000)).toFixed(2)} of 2 cores, shared with whatever else runs)`,
+        );
+
+        // Stops of the lifecycle sessions, 10 at a time (each is two state writes around a stop_session).
+        for (const v of vs) {
+          const t0 = now();
+          await mapLimit(v.lifecycleIds, 10, async (id) => {
+            const t = now();
+            const r = await v.stack.call<{ state: string }>('DELETE', `/api/v1/sessions/${id}?wait=30`, undefined, v.token);
+            if (r.status !== 200 || r.body.state !== 'terminated') throw new Error(`${v.name}: stop ${id}: ${r.status} ${JSON.stringify(r.body)}`);
+            v.stops.push(ms(t));
+          });
+          log(NAME, `[${v.name}] stop, 10 at a time: ${fmtP(v.stops)}; ${(v.stops.length / (ms(t0) / 1000)).toFixed(1)} ops/s`);
+        }
+        for (const v of vs) {
+          // "Nothing twice": one command per (session, generation) in the command log.
+          const twice = await v.stack.pool.query<{ k: string }>(
+            `SELECT session_id || ':' || generation AS k FROM agent_commands GROUP BY session_id, generation HAVING COUNT(*) > 1`,
+          );
+          log(
+            NAME,
+            `[${v.name}] agent received ${v.agent.commandsReceived} command frames for ${v.ids.length} sessions; commands issued twice: ${twice.rowCount}`,
+          );
+          if (twice.rowCount)
+            throw new Error(
+              `${v.name}: operations issued twice: ${twice.rows
+                .slice(0, 5)
+                .map((r) => r.k)
+                .join(', ')}`,
+            );
+        }
+
+        // Terminate the workflows directly: stopping some 250 sessions through the API would take
+        // longer than the measurements, and the database is dropped with the Stack anyway.
+        for (const v of vs)
+          await mapLimit(v.ids, 10, (id) =>
+            v.stack.temporal.workflow
+              .getHandle(sessionWorkflowId(id))
+              .terminate('bench done')
+              .catch(() => undefined),
+          );
+
+        const [b, a] = vs;
+        const rate = (v: Variant) => `${(v.lifecycleOps / (v.lifecycleMs / 1000)).toFixed(1)} ops/s, ${fmtP(v.lifecycle)}`;
+        return [
+          {
+            metric: 'command dispatch, API call → agent has it (sequential)',
+            ours: `${fmtP(a.sequential)} (n=${a.sequential.length}); before: ${fmtP(b.sequential)}`,
+            target: 'p50 < 50 ms',
+            peer: '—',
+          },
+          {
+            metric: `command dispatch, ${CREATORS} concurrent creators`,
+            ours: `${fmtP(a.concurrent)} (n=${a.concurrent.length}); before: ${fmtP(b.concurrent)}`,
+            target: 'p50 < 50 ms',
+            peer: '—',
+          },
+          {
+            metric: `hibernate/wake, ${LIFECYCLE_CLIENTS} concurrent clients (instant agent)`,
+            ours: `${rate(a)}; before: ${rate(b)}`,
+            target: '3× before',
+            peer: '—',
+          },
+        ];
+      } finally {
+        for (const v of vs) v.agent.close();
+      }
+    }),
+  );
 }

@@ -15,6 +15,7 @@
  *      seen by the gateway meanwhile, or a changed limit, re-arms them instead).
  */
 import {
+  ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
   condition,
@@ -29,7 +30,7 @@ import {
   workflowInfo,
   allHandlersFinished,
 } from '@temporalio/workflow';
-import type { SessionActivities } from '../activities/session-activities';
+import type { DispatchResult, SessionActivities } from '../activities/session-activities';
 import type { LifetimeActivities, SessionLifetime } from '../activities/session-lifetime';
 import type { AuditActivities } from '../activities/audit';
 import type { CommandType } from '../protocol/messages';
@@ -77,6 +78,20 @@ const placement = proxyLocalActivities<SessionActivities>({
   },
 });
 
+// placeAndIssue (placement that also issues the start command): as placement, but a cancelled
+// start waits until the activity has finished, so the withdrawal that follows cannot precede the
+// command's insertion.
+const issuing = proxyLocalActivities<SessionActivities>({
+  startToCloseTimeout: '30s',
+  retry: {
+    initialInterval: '1s',
+    backoffCoefficient: 1.5,
+    maximumInterval: '5s',
+    nonRetryableErrorTypes: [FailureType.InvalidTemplate, FailureType.NoCapacity],
+  },
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+});
+
 // Commands wait on an agent: they heartbeat, so a dead worker is noticed in seconds and the
 // command is picked up by another worker without being issued twice (stable idempotency key).
 const commands = proxyActivities<SessionActivities>({
@@ -116,6 +131,9 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   let lastAutomaticAction: string | null = null;
   // On the workflow's own clock (the timers' clock), not the database's.
   let runningSince: number | null = carried.runningSince ?? null;
+  // The session's limits as the command that made it running read them (DispatchInput.then):
+  // the next planTimers uses them instead of reading the row again. undefined: none.
+  let lifetimeRead: SessionLifetime | null | undefined;
 
   const status = (): SessionStatus => ({
     sessionId: input.sessionId,
@@ -154,13 +172,18 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     }
   }
 
-  async function setState(next: SessionState, extra: { platformMetadata?: Record<string, unknown>; error?: string; clearAgent?: boolean } = {}) {
+  /** `recorded`: the command's activity wrote this state already (DispatchInput.then). */
+  async function setState(
+    next: SessionState,
+    extra: { platformMetadata?: Record<string, unknown>; error?: string; clearAgent?: boolean; recorded?: boolean } = {},
+  ) {
     if (next === 'running' && (state !== 'running' || runningSince === null)) runningSince = Date.now();
     else if (next !== 'running') runningSince = null;
     state = next;
     lifetimeDirty = true;
     upsertSearchAttributes([{ key: SA.state, value: next }]);
     upsertMemo({ state: next, agent: agentId, error: extra.error ?? null });
+    if (extra.recorded) return;
     await db.recordSessionState({
       sessionId: input.sessionId,
       state: next,
@@ -178,21 +201,43 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
    * agent abandons it and undoes what it did. `abandoned` then says whether the agent may still
    * hold its effect (`completed`: it finished before the withdrawal).
    */
-  async function runCommand(type: CommandType, label: Transition, deadline: number) {
+  async function runCommand(
+    type: CommandType,
+    label: Transition,
+    deadline: number,
+    pre?: { seq: number; issued: boolean },
+    then?: { state: SessionState; lifetime?: boolean },
+  ): Promise<DispatchResult> {
     if (!agentDbId) throw ApplicationFailure.nonRetryable('session has no agent', FailureType.CommandFailed);
-    const seq = ++commandSeq;
+    // `pre`: the sequence number was taken (and the command maybe issued) by placeAndIssue.
+    const seq = pre ? pre.seq : ++commandSeq;
     const idempotencyKey = `${input.sessionId}:${seq}:${type}`;
     transition = label;
     progress = `${type} sent to ${agentId}`;
     try {
       return await CancellationScope.withTimeout(Math.max(1, deadline - Date.now()), () =>
-        commands.dispatchCommand({ sessionId: input.sessionId, agentDbId: agentDbId!, commandType: type, idempotencyKey, generation: seq, deadline }),
+        commands.dispatchCommand({
+          sessionId: input.sessionId,
+          agentDbId: agentDbId!,
+          commandType: type,
+          idempotencyKey,
+          generation: seq,
+          deadline,
+          ...(pre?.issued ? { preIssued: true } : {}),
+          ...(then ? { then: { ...then, platform: input.platform } } : {}),
+        }),
       );
     } catch (err) {
       if (abandoned(err)) {
         const reason = stopRequested ? WITHDRAWN_BY_STOP : `withdrawn: no outcome within ${Math.round((deadline - Date.now()) / 1000 + 0.5)}s`;
         const now = await CancellationScope.nonCancellable(() => db.withdrawCommand({ idempotencyKey, reason }));
         if (now === 'completed') onAgent = true;
+        // The command completed as the wait ended: its activity may have written `then.state`;
+        // the row says what this workflow holds instead (the caller goes on from there).
+        if (now === 'completed' && then)
+          await CancellationScope.nonCancellable(() =>
+            db.recordSessionState({ sessionId: input.sessionId, state, agentDbId, error: lastError, platform: input.platform }),
+          );
       }
       throw err;
     } finally {
@@ -205,15 +250,48 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   async function start(label: Transition = 'starting', interim: SessionState = 'pending', deadline = Date.now() + input.startTimeoutMs) {
     transition = label;
     progress = 'placing session on an agent';
-    const placed = await placement.placeSession({ sessionId: input.sessionId, platform: input.platform });
-    agentDbId = placed.agentDbId;
-    agentId = placed.agentId;
-    upsertSearchAttributes([{ key: SA.agent, value: placed.agentId }]);
-    await db.recordSessionState({ sessionId: input.sessionId, state: interim, agentDbId, error: null });
+    // Since 'start-issues-command': placement, the interim state and the start_session command in
+    // one local activity (one transaction), so the agent has the command before this workflow task
+    // ends; dispatchCommand then only waits for the outcome. Before: placeSession, then
+    // recordSessionState, then the command issued by dispatchCommand after the workflow task.
+    let pre: { seq: number; issued: boolean } | undefined;
+    if (patched('start-issues-command')) {
+      const seq = ++commandSeq;
+      const idempotencyKey = `${input.sessionId}:${seq}:start_session`;
+      try {
+        const placed = await issuing.placeAndIssue({
+          sessionId: input.sessionId,
+          platform: input.platform,
+          interim,
+          command: { idempotencyKey, generation: seq, deadline },
+        });
+        agentDbId = placed.agentDbId;
+        agentId = placed.agentId;
+        pre = { seq, issued: placed.issued };
+      } catch (err) {
+        // Cancelled (a stop, the start's timeout) while placing: the activity may still have
+        // issued the command; withdraw it (the agent abandons and undoes it). Idempotent.
+        if (isCancellation(err)) {
+          const reason = stopRequested ? WITHDRAWN_BY_STOP : 'withdrawn: the start timed out while placing the session';
+          await CancellationScope.nonCancellable(() => db.withdrawCommand({ idempotencyKey, reason }));
+        }
+        throw err;
+      }
+      upsertSearchAttributes([{ key: SA.agent, value: agentId }]);
+    } else {
+      const placed = await placement.placeSession({ sessionId: input.sessionId, platform: input.platform });
+      agentDbId = placed.agentDbId;
+      agentId = placed.agentId;
+      upsertSearchAttributes([{ key: SA.agent, value: placed.agentId }]);
+      await db.recordSessionState({ sessionId: input.sessionId, state: interim, agentDbId, error: null });
+    }
     try {
-      const result = await runCommand('start_session', label, deadline);
+      // Since 'command-records-state' the dispatch activity writes running and reads the limits for the timers.
+      const then = patched('command-records-state') ? { state: 'running' as const, lifetime: true } : undefined;
+      const result = await runCommand('start_session', label, deadline, pre, then);
       onAgent = true;
-      await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
+      if (result.recorded) lifetimeRead = result.recorded.lifetime;
+      await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null }, recorded: !!result.recorded });
     } catch (err) {
       // An agent's own failure may leave a half-made container; a withdrawn start is undone by the agent.
       if (!abandoned(err)) onAgent = true;
@@ -224,9 +302,13 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   async function stop(): Promise<SessionStatus> {
     if (state === 'terminated') return status();
     const previous = state;
+    let recorded = false;
     await setState('terminating');
     try {
-      if (agentDbId && onAgent) await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS);
+      if (agentDbId && onAgent) {
+        const then = patched('command-records-state') && !lastError ? { state: 'terminated' as const } : undefined;
+        recorded = !!(await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS, undefined, then)).recorded;
+      }
     } catch (err) {
       // The session stays visible as terminating-with-error rather than silently "terminated".
       lastError = `stop failed: ${errorMessage(err)}`;
@@ -234,7 +316,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
     }
     onAgent = false;
-    await setState('terminated', lastError ? { error: lastError } : {});
+    await setState('terminated', lastError ? { error: lastError } : { recorded });
     return status();
   }
 
@@ -246,8 +328,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 
   async function hibernateNow() {
     transition = 'hibernating';
-    await runCommand('hibernate_session', 'hibernating', Date.now() + COMMAND_TIMEOUT_MS);
-    await setState('hibernated');
+    // Since 'command-records-state' the dispatch activity writes the new state (no local activity after it).
+    const then = patched('command-records-state') ? { state: 'hibernated' as const } : undefined;
+    const result = await runCommand('hibernate_session', 'hibernating', Date.now() + COMMAND_TIMEOUT_MS, undefined, then);
+    await setState('hibernated', { recorded: !!result.recorded });
   }
 
   /** Reads the limits and the last input from the row; sets hibernatesAt / stopsAt (null when not running). */
@@ -255,8 +339,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     lifetimeDirty = false;
     hibernatesAt = null;
     stopsAt = null;
+    const read = lifetimeRead;
+    lifetimeRead = undefined;
     if (state !== 'running') return null;
-    const l = await lifetime.sessionLifetime(input.sessionId);
+    const l = read !== undefined ? read : await lifetime.sessionLifetime(input.sessionId);
     if (!l) return null;
     // A limit v1 wrote that is not a duration is reported, and that timer stays off.
     if (l.invalid) lastAutomaticAction = `not acted on: ${l.invalid}`;
@@ -342,6 +428,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 
   setHandler(lifetimeChangedSignal, () => {
     lifetimeDirty = true;
+    lifetimeRead = undefined;
   });
 
   setHandler(
@@ -393,8 +480,11 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
           return status();
         }
         try {
-          const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS));
-          await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } });
+          // Since 'command-records-state' the dispatch activity writes running and reads the limits for the timers.
+          const then = patched('command-records-state') ? { state: 'running' as const, lifetime: true } : undefined;
+          const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS, undefined, then));
+          if (result.recorded) lifetimeRead = result.recorded.lifetime;
+          await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null }, recorded: !!result.recorded });
         } catch (err) {
           lastError = `wake failed: ${stopRequested && abandoned(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
           throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
