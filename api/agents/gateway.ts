@@ -446,8 +446,11 @@ export class AgentGateway {
     try {
       const t = performance.now();
       await this.o.pool.query(
-        `UPDATE agents a SET last_heartbeat = NOW() - (h.age_ms * INTERVAL '1 millisecond'), status = 'online', active_sessions = h.active
-           FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[]) AS h(id, conn_id, age_ms, active)
+        // Rows locked in id order, as placement locks them: a batch and a placement never deadlock.
+        `WITH h AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[]) AS h(id, conn_id, age_ms, active)),
+              locked AS (SELECT a.id FROM agents a JOIN h ON a.id = h.id AND a.websocket_conn_id = h.conn_id ORDER BY a.id FOR NO KEY UPDATE OF a)
+         UPDATE agents a SET last_heartbeat = NOW() - (h.age_ms * INTERVAL '1 millisecond'), status = 'online', active_sessions = h.active
+           FROM h JOIN locked l ON l.id = h.id
           WHERE a.id = h.id AND a.websocket_conn_id = h.conn_id`,
         [batch.map((x) => x.conn.agentDbId), batch.map((x) => x.conn.connId), batch.map((x) => Math.max(0, Math.round(t - x.at))), batch.map((x) => x.active)],
       );
