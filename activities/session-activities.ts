@@ -418,6 +418,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
           known = undefined;
         }
       }
+      let quietWait = true;
       for (;;) {
         if (!known) mark = waiter.mark();
         const cur = known ?? (await getCommand(pool, row.id));
@@ -430,9 +431,14 @@ export function createSessionActivities(deps: SessionActivityDeps) {
           if (cur.result?.retryable === false) throw commandFailed(input, cur.error_message);
           throw ApplicationFailure.retryable(`agent failed ${input.commandType}: ${cur.error_message}`, 'CommandRetryable');
         }
-        ctx.heartbeat({ commandId: cur.id, status: cur.status, progress: cur.progress });
+        // The first heartbeat goes to the server at once (later ones are throttled): a command the
+        // agent answers within FIRST_WAIT_MS completes without that round trip. A cancellation (it
+        // arrives with a heartbeat's answer) is seen at most FIRST_WAIT_MS later.
+        const quiet = quietWait && !legacy;
+        quietWait = false;
+        if (!quiet) ctx.heartbeat({ commandId: cur.id, status: cur.status, progress: cur.progress });
         try {
-          await Promise.race([waiter.wait(cur.id, pollMs, legacy ? undefined : mark), ctx.cancelled]);
+          await Promise.race([waiter.wait(cur.id, quiet ? Math.min(pollMs, FIRST_WAIT_MS) : pollMs, legacy ? undefined : mark), ctx.cancelled]);
         } catch (err) {
           if (err instanceof CancelledFailure) await withdrawCommand(pool, input.idempotencyKey, WITHDRAWN);
           throw err;
@@ -476,6 +482,9 @@ export function createSessionActivities(deps: SessionActivityDeps) {
 }
 
 const WITHDRAWN = 'withdrawn: the workflow no longer waits for this command (start cancelled or timed out)';
+
+/** How long dispatchCommand first waits for the agent's outcome before its first heartbeat. */
+const FIRST_WAIT_MS = 200;
 
 /**
  * ensureCommand (db/commands.ts) in one statement: the INSERT and the gateway's NOTIFY together
