@@ -118,6 +118,11 @@ export interface RecordStateInput {
 
 export type SessionActivities = ReturnType<typeof createSessionActivities>;
 
+/** Agents locked and counted per placement in a large fleet (see placeIn). */
+const PLACEMENT_SAMPLE = 4;
+/** Up to this many online agents a placement considers them all. */
+const PLACEMENT_FULL_SCAN = 8;
+
 export function createSessionActivities(deps: SessionActivityDeps) {
   const { pool, waiter } = deps;
   const pollMs = deps.pollIntervalMs ?? 1000;
@@ -257,59 +262,77 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       [sessionId],
     );
     const need = mine.rows[0] ? sessionResources(mine.rows[0]) : { cpu: 0, memory: 0 };
-    // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
-    // statement sees every placement committed while this one waited for the locks, so
-    // concurrent placements cannot overfill an agent.
-    const candidates = await client.query<{ id: string; agent_id: string; max: number; max_cpu: number | null; max_memory: number | null }>(
-      `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
-              (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
-         FROM agents a
-        WHERE a.platform = $1 AND ${fresh}
-        ORDER BY a.id
-          FOR NO KEY UPDATE OF a`,
+    // A large fleet: a few random online agents are locked and counted first (the power of d
+    // choices keeps the load even), so a placement costs the same with 1,000 agents and 10,000
+    // sessions as with 3 (it used to lock every agent and read every session); all of them only
+    // when none of the sample has room. A small fleet (≤ PLACEMENT_FULL_SCAN agents) is always
+    // placed on its least used agent.
+    const sample = await client.query<{ id: string; total: string }>(
+      `SELECT a.id, count(*) OVER () AS total FROM agents a WHERE a.platform = $1 AND ${fresh} ORDER BY random() LIMIT ${PLACEMENT_SAMPLE}`,
       [platform, deps.heartbeatTimeoutMs],
     );
-    // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
-    // MAX_MEMORY GiB as the agent reported them): a session's resources are its own cpu/memory,
-    // else its template's defaultResources.
-    const used = await client.query<{ agent_id: string; cpu: string | null; memory: string | null; manifest: unknown }>(
-      `SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, t.manifest
-         FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name
-        WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2`,
-      [candidates.rows.map((c) => c.id), sessionId],
-    );
-    const usedBy = new Map<string, { n: number; cpu: number; memory: number }>();
-    for (const u of used.rows) {
-      const acc = usedBy.get(u.agent_id) ?? { n: 0, cpu: 0, memory: 0 };
-      const res = sessionResources(u);
-      usedBy.set(u.agent_id, { n: acc.n + 1, cpu: acc.cpu + res.cpu, memory: acc.memory + res.memory });
+    if (Number(sample.rows[0]?.total ?? 0) > PLACEMENT_FULL_SCAN) {
+      // The sample's locks are let go before all agents are locked in id order (no deadlock).
+      await client.query('SAVEPOINT placement_sample');
+      const r = await placeAmong(sample.rows.map((x) => x.id));
+      if (r.placed) return r.placed;
+      await client.query('ROLLBACK TO SAVEPOINT placement_sample');
     }
-    const fits = (c: { id: string; max_cpu: number | null; max_memory: number | null }, u: { cpu: number; memory: number }) =>
-      (c.max_cpu === null || u.cpu + need.cpu <= Math.round(c.max_cpu * 1000)) &&
-      (c.max_memory === null || u.memory + need.memory <= Math.round(c.max_memory * 2 ** 30));
-    const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
-    const free = withUse
-      .map((c) => ({ ...c, used: c.use.n }))
-      .filter((c) => c.used < c.max && fits(c, c.use))
-      .sort((a, b) => a.used / a.max - b.used / b.max);
-    if (!free.length) {
-      const bySessions = withUse.filter((c) => c.use.n < c.max);
-      const resources =
-        bySessions.length > 0
-          ? ` (${bySessions.map((c) => `${c.agent_id}: cpu ${formatCpu(c.use.cpu)}${c.max_cpu !== null ? ` of ${formatCpu(Math.round(c.max_cpu * 1000))}` : ''}, memory ${formatMemory(c.use.memory)}${c.max_memory !== null ? ` of ${formatMemory(Math.round(c.max_memory * 2 ** 30))}` : ''}`).join('; ')}; this session needs cpu ${formatCpu(need.cpu)}, memory ${formatMemory(need.memory)})`
-          : '';
-      const why = candidates.rowCount
-        ? bySessions.length
-          ? `no capacity: no online ${platform} agent has the CPU or memory left (MAX_CPU/MAX_MEMORY)${resources}`
-          : `no capacity: all ${candidates.rowCount} online ${platform} agent(s) are full`
-        : `no ${platform} agent is online`;
-      if (candidates.rowCount && whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
-      // Retryable: the workflow keeps trying until an agent has room or the start times out.
-      throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
+    const all = await placeAmong(null);
+    if (all.placed) return all.placed;
+    const { count, withUse } = all;
+    const bySessions = withUse.filter((c) => c.use.n < c.max);
+    const resources =
+      bySessions.length > 0
+        ? ` (${bySessions.map((c) => `${c.agent_id}: cpu ${formatCpu(c.use.cpu)}${c.max_cpu !== null ? ` of ${formatCpu(Math.round(c.max_cpu * 1000))}` : ''}, memory ${formatMemory(c.use.memory)}${c.max_memory !== null ? ` of ${formatMemory(Math.round(c.max_memory * 2 ** 30))}` : ''}`).join('; ')}; this session needs cpu ${formatCpu(need.cpu)}, memory ${formatMemory(need.memory)})`
+        : '';
+    const why = count
+      ? bySessions.length
+        ? `no capacity: no online ${platform} agent has the CPU or memory left (MAX_CPU/MAX_MEMORY)${resources}`
+        : `no capacity: all ${count} online ${platform} agent(s) are full`
+      : `no ${platform} agent is online`;
+    if (count && whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
+    // Retryable: the workflow keeps trying until an agent has room or the start times out.
+    throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
+
+    /** Places on the least used of `ids` (null: every online agent of the platform) that has room. */
+    async function placeAmong(ids: string[] | null) {
+      // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
+      // statement sees every placement committed while this one waited for the locks, so
+      // concurrent placements cannot overfill an agent.
+      const candidates = await client.query<{ id: string; agent_id: string; max: number; max_cpu: number | null; max_memory: number | null }>(
+        `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
+                (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
+           FROM agents a
+          WHERE a.platform = $1 AND ${fresh} AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
+          ORDER BY a.id
+            FOR NO KEY UPDATE OF a`,
+        [platform, deps.heartbeatTimeoutMs, ids],
+      );
+      // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
+      // MAX_MEMORY GiB as the agent reported them): a session's resources are its own cpu/memory,
+      // else its template's defaultResources.
+      const used = await client.query<{ agent_id: string; cpu: string | null; memory: string | null; manifest: unknown }>(
+        `SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, t.manifest
+           FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name
+          WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2`,
+        [candidates.rows.map((c) => c.id), sessionId],
+      );
+      const usedBy = new Map<string, { n: number; cpu: number; memory: number }>();
+      for (const u of used.rows) {
+        const acc = usedBy.get(u.agent_id) ?? { n: 0, cpu: 0, memory: 0 };
+        const res = sessionResources(u);
+        usedBy.set(u.agent_id, { n: acc.n + 1, cpu: acc.cpu + res.cpu, memory: acc.memory + res.memory });
+      }
+      const fits = (c: { id: string; max_cpu: number | null; max_memory: number | null }, u: { cpu: number; memory: number }) =>
+        (c.max_cpu === null || u.cpu + need.cpu <= Math.round(c.max_cpu * 1000)) &&
+        (c.max_memory === null || u.memory + need.memory <= Math.round(c.max_memory * 2 ** 30));
+      const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
+      const chosen = withUse.filter((c) => c.use.n < c.max && fits(c, c.use)).sort((a, b) => a.use.n / a.max - b.use.n / b.max)[0];
+      if (!chosen) return { placed: null, count: candidates.rowCount ?? 0, withUse };
+      await assign(chosen.id);
+      return { placed: { agentDbId: chosen.id, agentId: chosen.agent_id } as Placement, count: candidates.rowCount ?? 0, withUse };
     }
-    const chosen = free[0];
-    await assign(chosen.id);
-    return { agentDbId: chosen.id, agentId: chosen.agent_id };
   }
 
   async function inTransaction<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {

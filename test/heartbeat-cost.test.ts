@@ -13,9 +13,7 @@
  * Guarded by counts, not timings. Checked red: with AGENT_HEARTBEAT_WRITE=per-beat (one UPDATE
  * per heartbeat, the old behaviour) the count test fails with ~N statements per interval.
  */
-import { randomUUID } from 'node:crypto';
 import { Client } from 'pg';
-import { hashAgentToken } from '../api/auth/agent-credentials';
 import { FakeAgent } from '../bench/fake-agent';
 import { TEST_ENV } from './harness/env';
 import { sleep, Stack, waitFor } from './harness/stack';
@@ -27,21 +25,6 @@ const TIMEOUT_MS = 3000; // AGENT_HEARTBEAT_TIMEOUT: agents beat every second
 const BEAT_MS = TIMEOUT_MS / 3;
 const SWEEP_MS = 2000;
 const WINDOW_MS = 12_000;
-
-/** Mints and records one token per agent in one statement (Stack.agentToken runs psql per agent). */
-async function mintTokens(stack: Stack, ids: string[]): Promise<Map<string, string>> {
-  const rows = ids.map((agentId) => {
-    const id = randomUUID();
-    const token = stack.tokens.signAgent(agentId, { tokenId: id });
-    return { id, agentId, token, hash: hashAgentToken(token) };
-  });
-  await stack.pool.query(
-    `INSERT INTO agent_tokens (id, agent_id, token_hash, description, created_by)
-     SELECT t.id, t.agent_id, t.hash, 'heartbeat-cost test', 'test' FROM unnest($1::uuid[], $2::text[], $3::text[]) AS t(id, agent_id, hash)`,
-    [rows.map((r) => r.id), rows.map((r) => r.agentId), rows.map((r) => r.hash)],
-  );
-  return new Map(rows.map((r) => [r.agentId, r.token]));
-}
 
 describe('idle agents cost O(pods × intervals) database statements', () => {
   const stack = new Stack('heartbeat-cost', {
@@ -58,7 +41,7 @@ describe('idle agents cost O(pods × intervals) database statements', () => {
     await stack.start({ worker: false });
     await admin.connect();
     const ids = Array.from({ length: N }, (_, i) => `hb-idle-${i}`);
-    const tokens = await mintTokens(stack, ids);
+    const tokens = new Map((await stack.agentTokensBulk(ids)).map((t, i) => [ids[i], t]));
     const url = `ws://127.0.0.1:${stack.agentPort}`;
     for (let i = 0; i < ids.length; i += 25) {
       await Promise.all(
