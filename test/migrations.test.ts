@@ -97,6 +97,7 @@ describe('migration files', () => {
       '009_v2.0.7-console-live.sql',
       '010_v2.0.8-audit-quotas.sql',
       '011_v2.0.9-session-lifetime.sql',
+      '012_v2.0.10-session-list-index.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -111,6 +112,7 @@ describe('migration files', () => {
       'v2.0.7-console-live',
       'v2.0.8-audit-quotas',
       'v2.0.9-session-lifetime',
+      'v2.0.10-session-list-index',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });

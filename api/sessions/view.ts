@@ -34,17 +34,23 @@ export interface SessionRow {
   open_progress: string | null;
 }
 
-export const SELECT_SESSION = `
-  SELECT s.id, s.user_id, u.username, s.template_name, s.state, s.platform, s.agent_id, a.agent_id AS agent_name,
+const SESSION_COLUMNS = `s.id, s.user_id, u.username, s.template_name, s.state, s.platform, s.agent_id, a.agent_id AS agent_name,
          s.cluster_id, s.tags, s.platform_metadata, s.error_message, s.created_at, s.updated_at, s.last_activity,
-         s.running_since, s.idle_timeout, s.max_session_duration, s.change_seq, oc.command_type AS open_command, oc.status AS open_status, oc.progress AS open_progress
-    FROM sessions s
+         s.running_since, s.idle_timeout, s.max_session_duration, s.change_seq`;
+const FROM_SESSIONS = `FROM sessions s
     LEFT JOIN agents a ON a.id = s.agent_id
-    LEFT JOIN users u ON u.id::text = s.user_id
-    LEFT JOIN LATERAL (
+    LEFT JOIN users u ON u.id::text = s.user_id`;
+/** The session's open command (the transition under way), for the rows of `alias`. */
+const openCommand = (alias: string) => `LEFT JOIN LATERAL (
       SELECT c.command_type, c.status, c.progress FROM agent_commands c
-       WHERE c.session_id = s.id AND c.status IN ('pending', 'sent', 'ack')
+       WHERE c.session_id = ${alias}.id AND c.status IN ('pending', 'sent', 'ack')
        ORDER BY c.created_at DESC LIMIT 1) oc ON true`;
+const OPEN_COLUMNS = `oc.command_type AS open_command, oc.status AS open_status, oc.progress AS open_progress`;
+
+export const SELECT_SESSION = `
+  SELECT ${SESSION_COLUMNS}, ${OPEN_COLUMNS}
+    ${FROM_SESSIONS}
+    ${openCommand('s')}`;
 
 const TRANSITION: Record<string, string> = {
   start_session: 'starting',
@@ -207,16 +213,19 @@ export async function listSessions(pool: Pool, p: ListParams): Promise<{ rows: S
   }
   args.push(limit + 1);
   const dir = order === 'desc' ? 'DESC' : 'ASC';
+  // The page first (an index scan for the default order), then the open command of its rows
+  // only, not of every session.
   const [page, count] = await Promise.all([
     pool.query<SessionRow & { sort_key: string }>(
-      `${SELECT_SESSION.replace('SELECT s.id,', `SELECT (${expr})::text AS sort_key, s.id,`)}
-        WHERE ${where.join(' AND ')} ORDER BY ${expr} ${dir}, s.id ${dir} LIMIT $${args.length}`,
+      `WITH page AS (
+         SELECT ${SESSION_COLUMNS}, (${expr})::text AS sort_key, ${expr} AS sort_value ${FROM_SESSIONS}
+          WHERE ${where.join(' AND ')} ORDER BY ${expr} ${dir}, s.id ${dir} LIMIT $${args.length})
+       SELECT page.*, ${OPEN_COLUMNS} FROM page ${openCommand('page')}
+        ORDER BY page.sort_value ${dir}, page.id ${dir}`,
       args,
     ),
-    pool.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM sessions s LEFT JOIN agents a ON a.id = s.agent_id LEFT JOIN users u ON u.id::text = s.user_id WHERE ${filter}`,
-      countArgs,
-    ),
+    // Joins only when a filter needs them.
+    pool.query<{ n: number }>(`SELECT count(*)::int AS n ${/\b[au]\./.test(filter) ? FROM_SESSIONS : 'FROM sessions s'} WHERE ${filter}`, countArgs),
   ]);
   const rows = page.rows.slice(0, limit);
   const last = rows[rows.length - 1];
