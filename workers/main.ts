@@ -48,6 +48,7 @@ async function main() {
     metrics,
     identity: `worker-${os.hostname()}-${process.pid}`,
     redisUrl: envOptional('REDIS_URL'),
+    ...(envOptional('WORKER_MAX_CACHED_WORKFLOWS') !== undefined ? { maxCachedWorkflows: envInt('WORKER_MAX_CACHED_WORKFLOWS', 0) } : {}),
     adoption: {
       pool,
       temporal,

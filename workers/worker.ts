@@ -29,6 +29,8 @@ export interface SessionWorkerOptions {
   adoption?: AdoptionDeps;
   /** The worker's Prometheus metrics (workers/metrics.ts), for the activities to count with. */
   metrics?: WorkerMetrics;
+  /** Workflows kept in the sticky cache (default: the SDK's, from the heap size). */
+  maxCachedWorkflows?: number;
 }
 
 export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
@@ -55,6 +57,9 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
     activities,
     ...(existsSync(WORKFLOW_BUNDLE_PATH) ? { workflowBundle: { codePath: WORKFLOW_BUNDLE_PATH } } : { workflowsPath: WORKFLOWS_PATH }),
     maxConcurrentActivityTaskExecutions: 500,
+    // The sticky cache holds this many workflows in memory; an evicted one is replayed from its
+    // history on its next task. Sized in README "Capacity" (WORKER_MAX_CACHED_WORKFLOWS).
+    maxCachedWorkflows: opts.maxCachedWorkflows,
     shutdownGraceTime: '5s',
   });
   return { worker, close: () => listener.close() };
