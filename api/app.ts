@@ -30,7 +30,7 @@ import { auditPlugin } from './audit/plugin';
 import { auditRoutes } from './routes/audit';
 import { licenseRoutes } from './routes/license';
 import { securityHeaders } from './security-headers';
-import { httpReason } from './errors';
+import { HttpError, httpReason } from './errors';
 
 export interface AppDeps {
   config: GatewayConfig;
@@ -74,7 +74,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.setErrorHandler((err: Error & { statusCode?: number; validation?: unknown; code?: string }, req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
     if (status >= 500) deps.log.error('request failed', { url: req.url, error: err.message });
-    const message = err.validation ? `invalid request: ${err.message}` : status >= 500 ? 'internal error' : err.message;
+    // Our own errors (HttpError) say why, also a 502/503 (which backend, what to try); anything
+    // unexpected is only 'internal error' to the client (the log has it).
+    const message = err.validation ? `invalid request: ${err.message}` : status >= 500 && !(err instanceof HttpError) ? 'internal error' : err.message;
+    if (status === 503) void reply.header('retry-after', '5');
     void reply.status(status).send({ statusCode: status, error: httpReason(status), message });
   });
   app.setNotFoundHandler((req, reply) => {

@@ -352,3 +352,22 @@ describe('liveness is owned by the pod holding the agent socket', () => {
     expect(stack.agents.get(AGENT)!.output.match(/registered successfully/g)).toHaveLength(1);
   });
 });
+
+describe('a 503 says why', () => {
+  const stack = new Stack('no-worker-503');
+  beforeAll(() => stack.start({ worker: false }));
+  afterAll(() => stack.stop());
+
+  test('an Update no worker accepts: 503 naming the cause, with Retry-After', async () => {
+    const admin = await stack.login();
+    const created = await stack.call<{ id: string }>('POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker' }, admin);
+    expect(created.status).toBe(201);
+    const res = await fetch(`${stack.url}/api/v1/sessions/${created.body.id}/hibernate?wait=0`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${admin}` },
+    });
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toBe('5');
+    expect(((await res.json()) as { message: string }).message).toMatch(/did not accept the hibernate request within 10s \(is a worker running\?\)/);
+  });
+});
