@@ -209,6 +209,14 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     const then = input.then;
     // (Legacy, for the bench's "before": the workflow writes it, with a local activity of its own.)
     if (!then || deps.legacyDispatch || Date.now() > input.deadline) return result;
+    // A late outcome (the workflow gave up on this command: withdrawn, or a newer command such as a
+    // stop was issued since) must not overwrite what the workflow decided: it is left to the
+    // workflow, which writes its own state when the result is not `recorded`.
+    const superseded = await pool.query(
+      `SELECT 1 FROM agent_commands WHERE session_id = $1 AND (generation > $2 OR (idempotency_key = $3 AND withdrawn_at IS NOT NULL)) LIMIT 1`,
+      [input.sessionId, input.generation, input.idempotencyKey],
+    );
+    if (superseded.rowCount) return result;
     await recordSessionState({
       sessionId: input.sessionId,
       state: then.state,
