@@ -13,7 +13,6 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import Redis from 'ioredis';
 import { Client } from 'pg';
 import { hashAgentToken } from '../api/auth/agent-credentials';
@@ -21,6 +20,7 @@ import { TEST_ENV } from '../test/harness/env';
 import { freePort } from '../test/harness/stack';
 import { log, Metric, ms, now, sleep, Stack, withStack } from './common';
 import { FakeAgent } from './fake-agent';
+import { cpuSeconds } from './procstat';
 
 const NAME = 'idle-agents';
 const SIZES = [100, 1000];
@@ -36,16 +36,6 @@ interface Sample {
   /** EVAL calls: the round trips of location refreshes (commands run inside them count in redisPerSec). */
   redisEvalsPerSec: number;
   agentRowUpdatesPerSec: number;
-}
-
-function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return NaN;
-  }
 }
 
 async function startRedis(): Promise<{ url: string; proc: ChildProcess | null }> {

@@ -25,7 +25,6 @@
  * 500 streams straight over TCP. A viewer is starved below 80 % of its rate or with a gap > 1 s.
  */
 import { ChildProcess, fork } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -34,6 +33,7 @@ import { streamSocketOptions } from '../agents/common/tunnel';
 import { relayTunnel } from '../api/vnc/tunnel';
 import { relayTcpWebSocket } from '../protocol/relay';
 import { log, Metric, ms, now, sleep } from './common';
+import { cpuSeconds } from './procstat';
 
 const NAME = 'relay';
 const RUN_MS = Number(process.env.RELAY_RUN_MS ?? 2000);
@@ -44,17 +44,6 @@ const TICK_MS = 40;
 const FLEET_WARMUP_MS = 3000;
 const FLEET_MS = Number(process.env.RELAY_FLEET_MS ?? 8000);
 const HIGH_WATER = 1 << 20;
-
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux; 100 ticks/s). */
-export function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return NaN;
-  }
-}
 
 // ------------------------------------------------------------------ child processes (relays)
 

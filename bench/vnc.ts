@@ -8,9 +8,9 @@
  * Latency: 1x1 non-incremental request → update fully read, 1000 times after 50 warm-ups.
  * Direct and tunnel alternate in two rounds each so drift (CPU frequency, Xvnc state) hits both.
  */
-import { readFileSync } from 'node:fs';
 import { createSession, fmtMs, fmtSummary, log, Metric, ms, now, pollState, Stack, Summary, summarize, withStack } from './common';
 import { RfbClient } from './rfb';
+import { cpuSeconds } from './procstat';
 
 const NAME = 'vnc';
 const THROUGHPUT_MS = 3000;
@@ -19,17 +19,6 @@ const LATENCY_ITER = 1000;
 const LATENCY_WARMUP = 50;
 
 type Connect = () => Promise<RfbClient>;
-
-/** CPU seconds (user + system) a process has used so far, from /proc (Linux; 100 ticks/s). */
-function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return NaN;
-  }
-}
 
 interface Throughput {
   mbPerSec: number;
