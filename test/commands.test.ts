@@ -233,9 +233,20 @@ describe('reconciliation repairs what the agent really has', () => {
       .filter((e) => e.event === 'created')
       .map((e) => e.generation);
     expect(new Set(gens).size).toBe(2);
-    const m = await workerMetrics(stack);
-    for (const action of ['restart', 'hibernate_again', 'remove_orphan'])
-      expect(m).toMatch(new RegExp(`^streamspace_reconcile_repairs_total\\{action="${action}"\\} 1$`, 'm'));
+    // The repair is counted when its workflow has seen the outcome, just after the agent acted.
+    const repaired = (action: string) => new RegExp(`^streamspace_reconcile_repairs_total\\{action="${action}"\\} 1$`, 'm');
+    const actions = ['restart', 'hibernate_again', 'remove_orphan'];
+    let m = '';
+    await waitFor(
+      'the repairs counted',
+      async () => {
+        m = await workerMetrics(stack);
+        return actions.every((a) => repaired(a).test(m));
+      },
+      10_000,
+      100,
+    ).catch(() => undefined); // the expectations below say which one is missing
+    for (const action of actions) expect(m).toMatch(repaired(action));
   });
 });
 
