@@ -16,6 +16,7 @@
  */
 import {
   ActivityCancellationType,
+  LocalActivityOptions,
   ApplicationFailure,
   CancellationScope,
   condition,
@@ -68,7 +69,7 @@ const lifetime = proxyLocalActivities<LifetimeActivities>({
 });
 
 // Placement retries while no agent is online; the start scope's timeout bounds it.
-const placement = proxyLocalActivities<SessionActivities>({
+const PLACEMENT_OPTIONS = {
   startToCloseTimeout: '30s',
   retry: {
     initialInterval: '1s',
@@ -76,19 +77,14 @@ const placement = proxyLocalActivities<SessionActivities>({
     maximumInterval: '5s',
     nonRetryableErrorTypes: [FailureType.InvalidTemplate, FailureType.NoCapacity],
   },
-});
+} satisfies LocalActivityOptions;
+const placement = proxyLocalActivities<SessionActivities>(PLACEMENT_OPTIONS);
 
 // placeAndIssue (placement that also issues the start command): as placement, but a cancelled
 // start waits until the activity has finished, so the withdrawal that follows cannot precede the
 // command's insertion.
 const issuing = proxyLocalActivities<SessionActivities>({
-  startToCloseTimeout: '30s',
-  retry: {
-    initialInterval: '1s',
-    backoffCoefficient: 1.5,
-    maximumInterval: '5s',
-    nonRetryableErrorTypes: [FailureType.InvalidTemplate, FailureType.NoCapacity],
-  },
+  ...PLACEMENT_OPTIONS,
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
 });
 
