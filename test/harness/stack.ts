@@ -69,7 +69,9 @@ export class Proc {
   start(): this {
     const out = createWriteStream(path.join(this.logDir, `${this.name}.log`), { flags: 'a' });
     out.write(`--- start ${new Date().toISOString()}\n`);
-    const child = spawn(process.execPath, [path.join(ROOT, 'dist', this.script)], {
+    // STACK_NODE_ARGS: extra node flags for every process of the stack (e.g. --cpu-prof, to profile a bench).
+    const nodeArgs = (process.env.STACK_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'dist', this.script)], {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
