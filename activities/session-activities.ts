@@ -5,21 +5,22 @@
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
 import type { Pool, PoolClient } from 'pg';
 import {
-  CHANNEL_COMMAND_PENDING,
   CommandRow,
   ensureCommand,
   getCommand,
+  issueCommand,
+  moveUndelivered,
   nextGeneration,
   requeueCommand,
   withdrawCommand,
   WithdrawResult,
 } from '../db/commands';
-import type { CommandResult, CommandType, Platform, StartSessionData } from '../protocol/messages';
+import type { CommandResult, CommandType, Platform } from '../protocol/messages';
 import { FailureType, SessionState, WITHDRAWN_BY_STOP } from '../workflows/session-api';
 import { placementWhenFull } from '../config/env';
 import type { CommandWaiter } from './command-waiter';
-import { InvalidTemplateError, manifestSpec, templateToSpec } from './templates';
-import { formatCpu, formatMemory, releaseReservation, sessionResources } from '../db/quota';
+import { loadStartData as loadStartDataOf, Placement, placeSessionIn } from './placement';
+import { inTransaction as inTx, Queryable, releaseReservation } from '../db/quota';
 import { createQuotaActivities } from './quota';
 import { writeSystemAudit } from './audit';
 import { createLifetimeActivities, type SessionLifetime } from './session-lifetime';
@@ -44,6 +45,11 @@ export interface SessionActivityDeps {
    * spends its former statements (INSERT, then NOTIFY, then a read before the first wait).
    */
   legacyDispatch?: boolean;
+  /**
+   * How long quickCommand (a local activity: the workflow task stays open meanwhile) waits for the
+   * agent's outcome before the command is left to dispatchCommand (COMMAND_QUICK_WAIT, default 500ms: the workflow cannot take an Update meanwhile, so a stop waits that long at most).
+   */
+  quickWaitMs?: number;
 }
 
 type Labels = Record<string, string>;
@@ -58,10 +64,7 @@ export interface PlaceInput {
   sessionId: string;
   platform: Platform;
 }
-export interface Placement {
-  agentDbId: string;
-  agentId: string;
-}
+export type { Placement } from './placement';
 export interface DispatchInput {
   sessionId: string;
   agentDbId: string;
@@ -81,6 +84,8 @@ export interface DispatchInput {
    */
   then?: { state: SessionState; platform: Platform; lifetime?: boolean };
 }
+/** quickCommand's answer: the outcome, or (not yet there, or not a success) that dispatchCommand takes over the issued command. */
+export type QuickOutcome = { command: CommandType } & ({ done: true; result: DispatchResult } | { done: false; issued: boolean });
 /** dispatchCommand's answer: the agent's result, and what `then` recorded. */
 export type DispatchResult = CommandResult & { recorded?: { lifetime: SessionLifetime | null } };
 export interface PlaceAndIssueInput extends PlaceInput {
@@ -118,14 +123,11 @@ export interface RecordStateInput {
 
 export type SessionActivities = ReturnType<typeof createSessionActivities>;
 
-/** Agents locked and counted per placement in a large fleet (see placeIn). */
-const PLACEMENT_SAMPLE = 4;
-/** Up to this many online agents a placement considers them all. */
-const PLACEMENT_FULL_SCAN = 8;
 
 export function createSessionActivities(deps: SessionActivityDeps) {
   const { pool, waiter } = deps;
   const pollMs = deps.pollIntervalMs ?? 1000;
+  const quickWaitMs = deps.quickWaitMs ?? 500;
   const whenFull = deps.whenFull ?? placementWhenFull();
   // Bench-only switch (see SessionActivityDeps.legacyDispatch); never set outside bench/dispatch.ts.
   deps = { ...deps, legacyDispatch: deps.legacyDispatch ?? process.env.STREAMSPACE_BENCH_LEGACY_DISPATCH === 'true' };
@@ -135,38 +137,9 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     if (input.commandType === 'wake_session' || input.commandType === 'start_session') await releaseReservation(pool, input.sessionId);
   }
 
-  async function loadStartData(sessionId: string): Promise<StartSessionData> {
-    const r = await pool.query<{
-      username: string | null;
-      user_id: string;
-      template_name: string;
-      persistent_home: boolean | null;
-      home_volume: string | null;
-      manifest: unknown;
-    }>(
-      `SELECT u.username, s.user_id, s.template_name, s.persistent_home, s.platform_metadata->>'home_volume' AS home_volume, t.manifest
-         FROM sessions s
-         LEFT JOIN users u ON u.id::text = s.user_id
-         LEFT JOIN template_catalog t ON t.name = s.template_name
-        WHERE s.id = $1`,
-      [sessionId],
-    );
-    const row = r.rows[0];
-    if (!row) throw ApplicationFailure.nonRetryable(`session ${sessionId} does not exist`, FailureType.InvalidTemplate);
-    if (!row.manifest) throw ApplicationFailure.nonRetryable(`template "${row.template_name}" does not exist`, FailureType.InvalidTemplate);
-    try {
-      return {
-        user: row.username ?? row.user_id,
-        template: templateToSpec(row.template_name, manifestSpec(row.manifest)),
-        persistent_home: row.persistent_home !== false,
-        // Imported v1 sessions keep the home volume v1 gave them (home-<user>).
-        ...(row.home_volume ? { home_volume: row.home_volume } : {}),
-      };
-    } catch (err) {
-      if (err instanceof InvalidTemplateError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidTemplate);
-      throw err;
-    }
-  }
+  const loadStartData = (sessionId: string) => loadStartDataOf(pool, sessionId);
+  const placeIn = (client: PoolClient, sessionId: string, platform: Platform, interim?: SessionState) =>
+    placeSessionIn(client, { heartbeatTimeoutMs: deps.heartbeatTimeoutMs, whenFull }, sessionId, platform, interim);
 
   async function recordSessionState(input: RecordStateInput): Promise<void> {
     // A wake's quota reservation ends with its outcome: running (counted as such from now on),
@@ -229,134 +202,8 @@ export function createSessionActivities(deps: SessionActivityDeps) {
   }
   const lifetimeOf = createLifetimeActivities({ pool }).sessionLifetime;
 
-  /**
-   * Chooses an online agent of the platform with free capacity, inside the caller's transaction
-   * (BEGIN done; the caller commits, or rolls back on a throw), and records it on the session. The
-   * candidate agents are locked FOR NO KEY UPDATE: concurrent placements serialise on them and
-   * cannot overfill an agent, while commands for sessions already there (their INSERT takes FOR KEY
-   * SHARE on the agent through the foreign key) go on meanwhile. Idempotent: a session already
-   * placed on an online agent keeps it. With `interim`, the same statement also writes the
-   * session's state as recordSessionState would (state, agent, no error, the running clock).
-   */
-  async function placeIn(client: PoolClient, sessionId: string, platform: Platform, interim?: SessionState): Promise<Placement> {
-    const fresh = `a.status = 'online' AND a.last_heartbeat > NOW() - ($2::int * INTERVAL '1 millisecond')`;
-    // Written as recordSessionState(interim) writes it (its quota reservation ends unless hibernated).
-    const assign = (agentDbId: string) =>
-      interim === undefined
-        ? client.query('UPDATE sessions SET agent_id = $2, updated_at = NOW() WHERE id = $1', [sessionId, agentDbId])
-        : client.query(
-            `WITH released AS (DELETE FROM quota_reservations WHERE session_id = $1 AND $4::boolean)
-             UPDATE sessions
-                SET state = $3::varchar, agent_id = $2, error_message = NULL,
-                    running_since = CASE WHEN $3::varchar <> 'running' THEN NULL
-                                         WHEN state IS DISTINCT FROM 'running' OR running_since IS NULL THEN NOW()
-                                         ELSE running_since END,
-                    updated_at = NOW()
-              WHERE id = $1`,
-            [sessionId, agentDbId, interim, interim !== 'hibernated'],
-          );
-    const current = await client.query<{ id: string; agent_id: string }>(
-      `SELECT a.id, a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id
-        WHERE s.id = $1 AND a.platform = $3 AND ${fresh}`,
-      [sessionId, deps.heartbeatTimeoutMs, platform],
-    );
-    if (current.rows[0]) {
-      if (interim !== undefined) await assign(current.rows[0].id);
-      return { agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id };
-    }
-    // What this session needs (its own row: no lock needed, read before the agents are locked).
-    const mine = await client.query<{ cpu: string | null; memory: string | null; manifest: unknown }>(
-      `SELECT s.cpu, s.memory, t.manifest FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name WHERE s.id = $1`,
-      [sessionId],
-    );
-    const need = mine.rows[0] ? sessionResources(mine.rows[0]) : { cpu: 0, memory: 0 };
-    // A large fleet: a few random online agents are locked and counted first (the power of d
-    // choices keeps the load even), so a placement costs the same with 1,000 agents and 10,000
-    // sessions as with 3 (it used to lock every agent and read every session); all of them only
-    // when none of the sample has room. A small fleet (≤ PLACEMENT_FULL_SCAN agents) is always
-    // placed on its least used agent.
-    const sample = await client.query<{ id: string; total: string }>(
-      `SELECT a.id, count(*) OVER () AS total FROM agents a WHERE a.platform = $1 AND ${fresh} ORDER BY random() LIMIT ${PLACEMENT_SAMPLE}`,
-      [platform, deps.heartbeatTimeoutMs],
-    );
-    if (Number(sample.rows[0]?.total ?? 0) > PLACEMENT_FULL_SCAN) {
-      // The sample's locks are let go before all agents are locked in id order (no deadlock).
-      await client.query('SAVEPOINT placement_sample');
-      const r = await placeAmong(sample.rows.map((x) => x.id));
-      if (r.placed) return r.placed;
-      await client.query('ROLLBACK TO SAVEPOINT placement_sample');
-    }
-    const all = await placeAmong(null);
-    if (all.placed) return all.placed;
-    const { count, withUse } = all;
-    const bySessions = withUse.filter((c) => c.use.n < c.max);
-    const resources =
-      bySessions.length > 0
-        ? ` (${bySessions.map((c) => `${c.agent_id}: cpu ${formatCpu(c.use.cpu)}${c.max_cpu !== null ? ` of ${formatCpu(Math.round(c.max_cpu * 1000))}` : ''}, memory ${formatMemory(c.use.memory)}${c.max_memory !== null ? ` of ${formatMemory(Math.round(c.max_memory * 2 ** 30))}` : ''}`).join('; ')}; this session needs cpu ${formatCpu(need.cpu)}, memory ${formatMemory(need.memory)})`
-        : '';
-    const why = count
-      ? bySessions.length
-        ? `no capacity: no online ${platform} agent has the CPU or memory left (MAX_CPU/MAX_MEMORY)${resources}`
-        : `no capacity: all ${count} online ${platform} agent(s) are full`
-      : `no ${platform} agent is online`;
-    if (count && whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
-    // Retryable: the workflow keeps trying until an agent has room or the start times out.
-    throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
 
-    /** Places on the least used of `ids` (null: every online agent of the platform) that has room. */
-    async function placeAmong(ids: string[] | null) {
-      // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
-      // statement sees every placement committed while this one waited for the locks, so
-      // concurrent placements cannot overfill an agent.
-      const candidates = await client.query<{ id: string; agent_id: string; max: number; max_cpu: number | null; max_memory: number | null }>(
-        `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
-                (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
-           FROM agents a
-          WHERE a.platform = $1 AND ${fresh} AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
-          ORDER BY a.id
-            FOR NO KEY UPDATE OF a`,
-        [platform, deps.heartbeatTimeoutMs, ids],
-      );
-      // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
-      // MAX_MEMORY GiB as the agent reported them): a session's resources are its own cpu/memory,
-      // else its template's defaultResources.
-      const used = await client.query<{ agent_id: string; cpu: string | null; memory: string | null; manifest: unknown }>(
-        `SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, t.manifest
-           FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name
-          WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2`,
-        [candidates.rows.map((c) => c.id), sessionId],
-      );
-      const usedBy = new Map<string, { n: number; cpu: number; memory: number }>();
-      for (const u of used.rows) {
-        const acc = usedBy.get(u.agent_id) ?? { n: 0, cpu: 0, memory: 0 };
-        const res = sessionResources(u);
-        usedBy.set(u.agent_id, { n: acc.n + 1, cpu: acc.cpu + res.cpu, memory: acc.memory + res.memory });
-      }
-      const fits = (c: { id: string; max_cpu: number | null; max_memory: number | null }, u: { cpu: number; memory: number }) =>
-        (c.max_cpu === null || u.cpu + need.cpu <= Math.round(c.max_cpu * 1000)) &&
-        (c.max_memory === null || u.memory + need.memory <= Math.round(c.max_memory * 2 ** 30));
-      const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
-      const chosen = withUse.filter((c) => c.use.n < c.max && fits(c, c.use)).sort((a, b) => a.use.n / a.max - b.use.n / b.max)[0];
-      if (!chosen) return { placed: null, count: candidates.rowCount ?? 0, withUse };
-      await assign(chosen.id);
-      return { placed: { agentDbId: chosen.id, agentId: chosen.agent_id } as Placement, count: candidates.rowCount ?? 0, withUse };
-    }
-  }
-
-  async function inTransaction<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
-    const client = await pool.connect();
-    try {
-      await client.query('BEGIN');
-      const out = await fn(client);
-      await client.query('COMMIT');
-      return out;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
-  }
+  const inTransaction = <T>(fn: (client: PoolClient) => Promise<T>) => inTx(pool, fn as (tx: Queryable) => Promise<T>);
 
   async function placeSession({ sessionId, platform }: PlaceInput): Promise<Placement> {
     await loadStartData(sessionId); // a bad template fails now, before any agent acts
@@ -394,7 +241,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       return inTransaction(async (client) => {
         const placed = await placeIn(client, sessionId, platform, interim);
         if (Date.now() > command.deadline) return { ...placed, issued: false };
-        await issueCommand(client, {
+        const { row, created } = await issueCommand(client, {
           agentDbId: placed.agentDbId,
           sessionId,
           type: 'start_session',
@@ -403,6 +250,9 @@ export function createSessionActivities(deps: SessionActivityDeps) {
           generation: command.generation,
           expiresAt: command.deadline,
         });
+        // Issued before (by the gateway with the session, or an earlier attempt) to an agent that
+        // has since gone offline, so placement chose another: undelivered, it moves along.
+        if (!created && row.agent_id !== placed.agentDbId) await moveUndelivered(client, row.id, placed.agentDbId);
         return { ...placed, issued: true };
       });
     },
@@ -477,6 +327,51 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       }
     },
 
+    /**
+     * A command's fast path, run as a local activity inside the workflow task that decided it:
+     * issues the command (once, by idempotency key, as dispatchCommand would) and waits up to
+     * quickWaitMs for the agent to complete it, writing `then` as dispatchCommand does. Most
+     * commands finish within that: hibernate, wake and stop then cost one workflow task and no
+     * activity task (issue 14: Temporal round trips per operation). Anything else (no outcome yet,
+     * a failure, a withdrawal, a deadline passed) is left to dispatchCommand, which finds the
+     * command issued and only waits for it, with all of its failure handling and heartbeats.
+     * Idempotent: a retry, or a replay after a worker died, finds the command and waits again.
+     */
+    async quickCommand(input: DispatchInput): Promise<QuickOutcome> {
+      const command = input.commandType;
+      if (deps.legacyDispatch || Date.now() > input.deadline) return { command, done: false, issued: !!input.preIssued };
+      let mark = waiter.mark();
+      let row: CommandRow | undefined;
+      if (input.preIssued) {
+        row = (await pool.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [input.idempotencyKey])).rows[0];
+        if (!row) return { command, done: false, issued: false };
+      } else {
+        const data = input.commandType === 'start_session' ? await loadStartData(input.sessionId) : {};
+        ({ row } = await issueCommand(pool, {
+          agentDbId: input.agentDbId,
+          sessionId: input.sessionId,
+          type: input.commandType,
+          data: data as unknown as Record<string, unknown>,
+          idempotencyKey: input.idempotencyKey,
+          generation: input.generation,
+          expiresAt: input.deadline,
+        }));
+      }
+      const until = Date.now() + Math.min(quickWaitMs, Math.max(0, input.deadline - Date.now()));
+      for (;;) {
+        if (row.status === 'completed') return { command, done: true, result: await recordOutcome(input, row.result as CommandResult) };
+        if (row.status === 'failed' || row.withdrawn_at) break;
+        const left = until - Date.now();
+        if (left <= 0) break;
+        await waiter.wait(row.id, left, mark);
+        mark = waiter.mark();
+        const cur = await getCommand(pool, row.id);
+        if (!cur) break;
+        row = cur;
+      }
+      return { command, done: false, issued: true };
+    },
+
     recordSessionState,
 
     /**
@@ -489,6 +384,24 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       const sessionId = input.idempotencyKey.split(':')[0];
       if (/:(wake|start)_session$/.test(input.idempotencyKey)) await releaseReservation(pool, sessionId);
       return out;
+    },
+
+    /**
+     * A stop reached the workflow before its start ran: withdraws the start command the gateway
+     * may have issued with the session (api/sessions/start-command.ts). Says whether there was one
+     * and, when the agent may hold something of it (it completed or failed before the withdrawal),
+     * which agent: the workflow's stop then removes it there.
+     */
+    async abandonIssuedStart(input: WithdrawInput): Promise<{ issued: boolean; onAgent: { agentDbId: string; agentId: string } | null }> {
+      const out = await withdrawCommand(pool, input.idempotencyKey, input.reason);
+      await releaseReservation(pool, input.idempotencyKey.split(':')[0]);
+      if (out === 'absent') return { issued: false, onAgent: null };
+      if (out === 'withdrawn') return { issued: true, onAgent: null };
+      const r = await pool.query<{ id: string; agent_id: string }>(
+        'SELECT a.id, a.agent_id FROM agent_commands c JOIN agents a ON a.id = c.agent_id WHERE c.idempotency_key = $1',
+        [input.idempotencyKey],
+      );
+      return { issued: true, onAgent: r.rows[0] ? { agentDbId: r.rows[0].id, agentId: r.rows[0].agent_id } : null };
     },
 
     /** Counts a session failure or a reconciliation repair (metrics; the workflow history has the details). */
@@ -517,36 +430,6 @@ const WITHDRAWN = 'withdrawn: the workflow no longer waits for this command (sta
 /** How long dispatchCommand first waits for the agent's outcome before its first heartbeat. */
 const FIRST_WAIT_MS = 200;
 
-/**
- * ensureCommand (db/commands.ts) in one statement: the INSERT and the gateway's NOTIFY together
- * (inside a transaction the notification goes out when it commits). Returns the existing command
- * instead when the idempotency key is taken (nothing notified: it was issued before).
- */
-async function issueCommand(
-  db: Pool | PoolClient,
-  cmd: {
-    agentDbId: string;
-    sessionId: string;
-    type: CommandType;
-    data: Record<string, unknown>;
-    idempotencyKey: string;
-    generation: number;
-    expiresAt: number;
-  },
-): Promise<{ row: CommandRow; created: boolean }> {
-  const inserted = await db.query<CommandRow>(
-    `WITH ins AS (
-       INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key, generation, expires_at)
-       VALUES ($1, $2, $3, $4, 'pending', $5, $6, to_timestamp($7::double precision / 1000))
-       ON CONFLICT (idempotency_key) DO NOTHING
-       RETURNING *)
-     SELECT ins.* FROM ins, LATERAL (SELECT pg_notify($8, $9)) AS notified`,
-    [cmd.agentDbId, cmd.sessionId, cmd.type, cmd.data, cmd.idempotencyKey, cmd.generation, cmd.expiresAt, CHANNEL_COMMAND_PENDING, cmd.agentDbId],
-  );
-  if (inserted.rowCount) return { row: inserted.rows[0], created: true };
-  const existing = await db.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [cmd.idempotencyKey]);
-  return { row: existing.rows[0], created: false };
-}
 
 function commandWithdrawn(input: DispatchInput, reason: string | null): ApplicationFailure {
   return ApplicationFailure.create({

@@ -4,6 +4,7 @@ import { Client as PgClient } from 'pg';
 import {
   databaseUrl,
   devMode,
+  envBool,
   envDuration,
   envInt,
   envOptional,
@@ -51,6 +52,8 @@ export interface GatewayConfig {
   /** This pod's address for the other API pods (VNC stream hand-off, POD_INTERNAL_URL); unset: HOST:AGENT_WS_PORT unless HOST is a wildcard. */
   podInternalUrl: string | null;
   sessionStartTimeoutMs: number;
+  /** A new session's start command is placed and issued with its row (SESSION_ISSUE_START_ON_CREATE; api/sessions/start-command.ts). */
+  issueStartOnCreate: boolean;
   /** Session workflows continue as new past this many history events. */
   sessionHistoryLimit: number;
   hubBackend: 'memory' | 'redis';
@@ -106,6 +109,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     agentStreamUrl: envOptional('AGENT_STREAM_URL', env) ?? null,
     podInternalUrl: envOptional('POD_INTERNAL_URL', env) ?? null,
     sessionStartTimeoutMs: envDuration('SESSION_START_TIMEOUT', '5m', env),
+    issueStartOnCreate: envBool('SESSION_ISSUE_START_ON_CREATE', true, env),
     sessionHistoryLimit: envInt('SESSION_HISTORY_LIMIT', 2000, env),
     hubBackend,
     redisUrl,

@@ -270,7 +270,7 @@ async function lifecycleRound(v: Variant): Promise<void> {
 }
 
 export async function dispatchBench(): Promise<Metric[]> {
-  return withStack(`bench-${NAME}-before`, { STREAMSPACE_BENCH_LEGACY_DISPATCH: 'true' }, (before) =>
+  return withStack(`bench-${NAME}-before`, { STREAMSPACE_BENCH_LEGACY_DISPATCH: 'true', SESSION_ISSUE_START_ON_CREATE: 'false' }, (before) =>
     withStack(`bench-${NAME}`, {}, async (after) => {
       const vs = [await variant('before', before), await variant('after', after)];
       try {

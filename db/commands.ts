@@ -16,7 +16,7 @@ export const CHANNEL_COMMAND_WITHDRAWN = 'streamspace_command_withdrawn';
 
 export type CommandStatus = 'pending' | 'sent' | 'ack' | 'completed' | 'failed';
 
-export interface CommandRow {
+export type CommandRow = {
   id: string;
   agent_id: string;
   session_id: string;
@@ -32,9 +32,42 @@ export interface CommandRow {
   expires_at: Date | null;
   withdrawn_at: Date | null;
   created_at: Date;
-}
+};
 
 type Queryable = Pool | PoolClient;
+/** A transaction's client as db/quota.ts's inTransaction hands it out. */
+type QueryableTx = import('./quota').Queryable;
+
+/**
+ * ensureCommand in one statement: the INSERT and the gateway's NOTIFY together
+ * (inside a transaction the notification goes out when it commits). Returns the existing command
+ * instead when the idempotency key is taken (nothing notified: it was issued before).
+ */
+export async function issueCommand(
+  db: QueryableTx,
+  cmd: {
+    agentDbId: string;
+    sessionId: string;
+    type: CommandType;
+    data: Record<string, unknown>;
+    idempotencyKey: string;
+    generation: number;
+    expiresAt: number;
+  },
+): Promise<{ row: CommandRow; created: boolean }> {
+  const inserted = await db.query<CommandRow>(
+    `WITH ins AS (
+       INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key, generation, expires_at)
+       VALUES ($1, $2, $3, $4, 'pending', $5, $6, to_timestamp($7::double precision / 1000))
+       ON CONFLICT (idempotency_key) DO NOTHING
+       RETURNING *)
+     SELECT ins.* FROM ins, LATERAL (SELECT pg_notify($8, $9)) AS notified`,
+    [cmd.agentDbId, cmd.sessionId, cmd.type, cmd.data, cmd.idempotencyKey, cmd.generation, cmd.expiresAt, CHANNEL_COMMAND_PENDING, cmd.agentDbId],
+  );
+  if (inserted.rowCount) return { row: inserted.rows[0], created: true };
+  const existing = await db.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [cmd.idempotencyKey]);
+  return { row: existing.rows[0], created: false };
+}
 
 /**
  * Creates the command unless one with this idempotency key exists, and returns it. A retried
@@ -86,6 +119,19 @@ export async function requeueCommand(db: Queryable, id: string, agentDbId: strin
     [id, countRetry ? 1 : 0],
   );
   await notifyPending(db, agentDbId);
+}
+
+/**
+ * A command not yet delivered follows its session to another agent (the one it was issued to went
+ * offline before the session's workflow placed it; see activities/session-activities.ts).
+ */
+export async function moveUndelivered(db: Queryable, id: string, agentDbId: string): Promise<void> {
+  const moved = await db.query(
+    `UPDATE agent_commands SET agent_id = $2, updated_at = NOW()
+      WHERE id = $1 AND agent_id <> $2 AND status = 'pending' AND withdrawn_at IS NULL`,
+    [id, agentDbId],
+  );
+  if (moved.rowCount) await notifyPending(db, agentDbId);
 }
 
 export async function notifyPending(db: Queryable, agentDbId: string): Promise<void> {

@@ -77,7 +77,7 @@ describe('a stop always wins over a start', () => {
     expect(stack.agents.get(AGENT)!.output).toMatch(/abandoned by the control plane/);
   });
 
-  test('a stop that reaches the workflow with its start (first activation): the start never runs', async () => {
+  test('a stop that reaches the workflow with its start (first activation): the start is withdrawn and never runs', async () => {
     // No worker: the workflow start and the stop Update wait in Temporal, and reach the new
     // worker's first activation together.
     await stack.worker.kill('SIGKILL');
@@ -90,8 +90,12 @@ describe('a stop always wins over a start', () => {
     const res = await del;
     expect(res.status).toBe(200);
     expect(res.body.state).toBe('terminated');
-    expect(await commands(stack, id)).toEqual([]);
-    await sleep(1000);
+    // The gateway issued the start with the session (api/sessions/start-command.ts), so the agent
+    // has had it since the create; the workflow's first activation withdrew it, and past the moment
+    // the agent would have created the session it has made nothing.
+    const rows = await commands(stack, id);
+    expect(rows.map((c) => `${c.command_type}:${c.status}:${c.withdrawn_at ? 'withdrawn' : 'open'}`)).toEqual(['start_session:failed:withdrawn']);
+    await sleep(7000);
     expect(events(stack, AGENT, id)).toEqual([]);
   });
 });

@@ -42,6 +42,29 @@ describe('faults on a running control plane', () => {
     expect(rows).toEqual([expect.objectContaining({ command_type: 'start_session', status: 'completed' })]);
   });
 
+  test('no worker at create: the gateway issues the start with the session; the workflow adopts it when a worker is back (one command, one container)', async () => {
+    await stack.worker.kill('SIGKILL');
+    let workerBack = false;
+    try {
+      const created = await stack.call('POST', '/api/v1/sessions', { user: 'erin', template: 'terminal', platform: 'docker' }, admin);
+      expect(created.status).toBe(201);
+      const id = created.body.id;
+      // Placed and started by the agent while no workflow task can run.
+      await waitFor('start command completed without a worker', async () => (await commandRows(stack, id)).some((c) => c.status === 'completed'), 60_000);
+      expect(await stack.containers(id)).toHaveLength(1);
+      await stack.startWorker();
+      workerBack = true;
+      await stack.waitForState(admin, id, 'running', 60_000);
+      expect((await commandRows(stack, id)).map((c) => `${c.command_type}:${c.status}`)).toEqual(['start_session:completed']);
+      expect(await stack.containers(id)).toHaveLength(1);
+      const stopped = await stack.call('DELETE', `/api/v1/sessions/${id}?wait=30`, undefined, admin);
+      expect({ status: stopped.status, state: stopped.body.state, message: stopped.body.message }).toEqual({ status: 200, state: 'terminated', message: undefined });
+      expect(await stack.containers(id)).toHaveLength(0);
+    } finally {
+      if (!workerBack) await stack.startWorker();
+    }
+  });
+
   test('worker killed mid-workflow: the workflow resumes on a new worker and the command is issued once', async () => {
     // Freeze the agent (its socket stays open) so the start command waits; kill the worker meanwhile.
     const agent = stack.agents.get(AGENT)!;

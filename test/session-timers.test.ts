@@ -17,6 +17,7 @@
  * (workflow time, here the test server's skipped clock); the input the gateway records
  * (last_activity) is written below at workflow time, as the gateway writes it at wall time.
  */
+import { commandsInHistory } from './harness/history';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -135,16 +136,7 @@ describe('session idle and duration timers on a time-skipping Temporal server', 
 
   /** Every command the workflow sent, with the workflow time it was sent (from its history). */
   async function commandsSent(h: WorkflowHandle): Promise<Array<{ type: string; at: number }>> {
-    const history = await h.fetchHistory();
-    const out: Array<{ type: string; at: number }> = [];
-    for (const e of history.events ?? []) {
-      const a = e.activityTaskScheduledEventAttributes;
-      if (a?.activityType?.name !== 'dispatchCommand') continue;
-      const input = JSON.parse(Buffer.from(a.input!.payloads![0].data!).toString());
-      const t = e.eventTime!;
-      out.push({ type: input.commandType, at: Number(t.seconds) * 1000 + Math.floor((t.nanos ?? 0) / 1e6) });
-    }
-    return out;
+    return commandsInHistory((await h.fetchHistory()).events).map(({ type, at }) => ({ type, at }));
   }
 
   test('30 min without input hibernates; input moves the deadline; 8 h stops the session', async () => {

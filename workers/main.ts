@@ -44,6 +44,7 @@ async function main() {
     pool,
     databaseUrl: url,
     heartbeatTimeoutMs: envDuration('AGENT_HEARTBEAT_TIMEOUT', '30s'),
+    quickWaitMs: envDuration('COMMAND_QUICK_WAIT', '500ms'),
     log,
     metrics,
     identity: `worker-${os.hostname()}-${process.pid}`,

@@ -29,6 +29,8 @@ export interface SessionWorkerOptions {
   adoption?: AdoptionDeps;
   /** The worker's Prometheus metrics (workers/metrics.ts), for the activities to count with. */
   metrics?: WorkerMetrics;
+  /** How long a command's local fast path waits for the agent (COMMAND_QUICK_WAIT; see quickCommand). */
+  quickWaitMs?: number;
   /** Workflows kept in the sticky cache (default: the SDK's, from the heap size). */
   maxCachedWorkflows?: number;
 }
@@ -41,6 +43,7 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
       pool: opts.pool,
       waiter: new CommandWaiter(listener),
       heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+      quickWaitMs: opts.quickWaitMs,
       log: opts.log,
       ...(opts.metrics ? { metrics: opts.metrics } : {}),
     }),

@@ -4,13 +4,19 @@
  * Only @temporalio/workflow definitions and plain types here: no Node APIs.
  */
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { Platform } from '../protocol/messages';
+import type { CommandType, Platform } from '../protocol/messages';
 
 export type SessionState = 'pending' | 'running' | 'hibernated' | 'terminating' | 'terminated' | 'failed';
 export type Transition = 'starting' | 'hibernating' | 'waking' | 'stopping' | null;
 
 export const SESSION_WORKFLOW_TYPE = 'sessionWorkflow';
 export const sessionWorkflowId = (sessionId: string): string => `session/${sessionId}`;
+/**
+ * A session command's idempotency key: one command per session, generation and type. The workflow
+ * numbers its commands from firstCommandSeq + 1; the gateway issues a new session's first one
+ * (generation 1) with the session, and the workflow then finds it under this key.
+ */
+export const commandKey = (sessionId: string, generation: number, type: CommandType): string => `${sessionId}:${generation}:${type}`;
 
 export interface SessionWorkflowInput {
   sessionId: string;

@@ -37,6 +37,7 @@ import type { AuditActivities } from '../activities/audit';
 import type { CommandType } from '../protocol/messages';
 import {
   CarriedState,
+  commandKey,
   FailureType,
   hibernateUpdate,
   lifetimeChangedSignal,
@@ -94,6 +95,13 @@ const commands = proxyActivities<SessionActivities>({
   startToCloseTimeout: '10m',
   heartbeatTimeout: '15s',
   retry: { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '10s', nonRetryableErrorTypes: [FailureType.CommandFailed] },
+});
+
+// A command's fast path (see activities quickCommand): it waits half a second by default (the
+// worker's COMMAND_QUICK_WAIT); a retry after a worker or database fault waits again, idempotently.
+const quick = proxyLocalActivities<SessionActivities>({
+  startToCloseTimeout: '30s',
+  retry: { initialInterval: '500ms', backoffCoefficient: 2, maximumInterval: '10s' },
 });
 
 // How long hibernate/wake/stop may take before the Update fails with a reason.
@@ -207,22 +215,32 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     if (!agentDbId) throw ApplicationFailure.nonRetryable('session has no agent', FailureType.CommandFailed);
     // `pre`: the sequence number was taken (and the command maybe issued) by placeAndIssue.
     const seq = pre ? pre.seq : ++commandSeq;
-    const idempotencyKey = `${input.sessionId}:${seq}:${type}`;
+    const idempotencyKey = commandKey(input.sessionId, seq, type);
     transition = label;
     progress = `${type} sent to ${agentId}`;
+    const args = {
+      sessionId: input.sessionId,
+      agentDbId: agentDbId!,
+      commandType: type,
+      idempotencyKey,
+      generation: seq,
+      deadline,
+      ...(pre?.issued ? { preIssued: true } : {}),
+      ...(then ? { then: { ...then, platform: input.platform } } : {}),
+    };
+    // Since 'quick-command': the command is issued, and its outcome awaited for a moment, in this
+    // workflow task (local activity quickCommand); only a command the agent has not finished by
+    // then takes the activity (dispatchCommand), which finds it issued and waits for it.
+    const quickly = patched('quick-command');
     try {
-      return await CancellationScope.withTimeout(Math.max(1, deadline - Date.now()), () =>
-        commands.dispatchCommand({
-          sessionId: input.sessionId,
-          agentDbId: agentDbId!,
-          commandType: type,
-          idempotencyKey,
-          generation: seq,
-          deadline,
-          ...(pre?.issued ? { preIssued: true } : {}),
-          ...(then ? { then: { ...then, platform: input.platform } } : {}),
-        }),
-      );
+      return await CancellationScope.withTimeout(Math.max(1, deadline - Date.now()), async () => {
+        if (quickly) {
+          const q = await quick.quickCommand(args);
+          if (q.done) return q.result;
+          if (q.issued) args.preIssued = true;
+        }
+        return commands.dispatchCommand(args);
+      });
     } catch (err) {
       if (abandoned(err)) {
         const reason = stopRequested ? WITHDRAWN_BY_STOP : `withdrawn: no outcome within ${Math.round((deadline - Date.now()) / 1000 + 0.5)}s`;
@@ -253,7 +271,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     let pre: { seq: number; issued: boolean } | undefined;
     if (patched('start-issues-command')) {
       const seq = ++commandSeq;
-      const idempotencyKey = `${input.sessionId}:${seq}:start_session`;
+      const idempotencyKey = commandKey(input.sessionId, seq, 'start_session');
       try {
         const placed = await issuing.placeAndIssue({
           sessionId: input.sessionId,
@@ -508,6 +526,18 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         // that a stop withdrew the start: it stops; the Update, sent again, finds it terminated.)
         stopRequested = true;
         lastError = 'start cancelled by a stop request';
+        // The stop came before the start ran (its first activation): the gateway may have issued
+        // the start with the session. Withdraw it; if the agent acted on it already, the stop
+        // below removes what it made (its generation follows the start's).
+        if (!agentDbId && commandSeq === (input.firstCommandSeq ?? 0) && patched('stop-withdraws-issued-start')) {
+          const idempotencyKey = commandKey(input.sessionId, commandSeq + 1, 'start_session');
+          const issued = await CancellationScope.nonCancellable(() => db.abandonIssuedStart({ idempotencyKey, reason: WITHDRAWN_BY_STOP }));
+          if (issued.issued) commandSeq++;
+          if (issued.onAgent) {
+            ({ agentDbId, agentId } = issued.onAgent);
+            onAgent = true;
+          }
+        }
         await stop().catch(() => undefined);
       } else if (abandoned(err)) {
         // The start command was withdrawn: the agent abandons and undoes it (and reconciliation

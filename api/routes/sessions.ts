@@ -18,6 +18,7 @@ import { USERNAME_PATTERN } from './users';
 import { ListParams, listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow } from '../sessions/view';
 import { ErrorSchema, SessionSchema } from '../schemas';
 import { nextGeneration } from '../../db/commands';
+import { issueStartWithSession, withdrawFirstStart } from '../sessions/start-command';
 import { checkLicense, checkUserQuota, inTransaction, LimitError, lockUserQuota, Queryable, sessionResources, templateResources } from '../../db/quota';
 
 /** Per-session lifetime (v1's columns and formats); absent: the template's, else 30m / 8h. */
@@ -194,9 +195,12 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     const workflowId = sessionWorkflowId(id);
     // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
     // between, the session reaper (api/sessions/reaper.ts) starts it.
-    // Licence and quota are checked and the row written in one transaction (see admit()).
-    await admit(ownerId, req.body.template, null, (tx) =>
-      tx.query(
+    // Licence and quota are checked and the row written in one transaction (see admit()), with
+    // the start command when an agent can take it now (api/sessions/start-command.ts).
+    const startDeadline = Date.now() + config.sessionStartTimeoutMs;
+    let issued = false;
+    await admit(ownerId, req.body.template, null, async (tx) => {
+      await tx.query(
         `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed,
                              idle_timeout, max_session_duration)
          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false, $8, $9)`,
@@ -211,8 +215,10 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
           idleTimeout,
           maxDuration,
         ],
-      ),
-    );
+      );
+      if (config.issueStartOnCreate)
+        issued = await issueStartWithSession(tx, { heartbeatTimeoutMs: config.heartbeatTimeoutMs }, { sessionId: id, platform: req.body.platform, deadline: startDeadline });
+    });
     try {
       await startSessionWorkflow(
         { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
@@ -223,6 +229,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         id,
         `workflow not started: ${(err as Error).message}`,
       ]);
+      if (issued) await withdrawFirstStart(pool, id, 'the session workflow could not be started').catch(() => undefined);
       throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
     }
     await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);

@@ -1,0 +1,184 @@
+/**
+ * Placement and the start command's payload, shared by the session activities and the gateway
+ * (which issues a new session's start command in the transaction that creates it: see
+ * api/routes/sessions.ts). Both run inside the caller's transaction; errors are Temporal
+ * ApplicationFailures whose type says whether a retry can help (FailureType).
+ */
+import { ApplicationFailure } from '@temporalio/common';
+import type { Platform, StartSessionData } from '../protocol/messages';
+import { FailureType, SessionState } from '../workflows/session-api';
+import { placementWhenFull } from '../config/env';
+import { InvalidTemplateError, manifestSpec, templateToSpec } from './templates';
+import { formatCpu, formatMemory, Queryable, sessionResources } from '../db/quota';
+
+export interface Placement {
+  agentDbId: string;
+  agentId: string;
+}
+
+export interface PlacementDeps {
+  /** An agent whose last heartbeat is older than this is not placed on (AGENT_HEARTBEAT_TIMEOUT). */
+  heartbeatTimeoutMs: number;
+  /** When every agent of the platform is full: keep the start queued (retry until its timeout) or fail it at once. */
+  whenFull?: 'queue' | 'fail';
+}
+
+/** Agents locked and counted per placement in a large fleet (see placeSessionIn). */
+const PLACEMENT_SAMPLE = 4;
+/** Up to this many online agents a placement considers them all. */
+const PLACEMENT_FULL_SCAN = 8;
+
+/** What the agent needs to create the session: its user, template spec and home volume. */
+export async function loadStartData(db: Queryable, sessionId: string): Promise<StartSessionData> {
+  const r = await db.query<{
+    username: string | null;
+    user_id: string;
+    template_name: string;
+    persistent_home: boolean | null;
+    home_volume: string | null;
+    manifest: unknown;
+  }>(
+    `SELECT u.username, s.user_id, s.template_name, s.persistent_home, s.platform_metadata->>'home_volume' AS home_volume, t.manifest
+       FROM sessions s
+       LEFT JOIN users u ON u.id::text = s.user_id
+       LEFT JOIN template_catalog t ON t.name = s.template_name
+      WHERE s.id = $1`,
+    [sessionId],
+  );
+  const row = r.rows[0];
+  if (!row) throw ApplicationFailure.nonRetryable(`session ${sessionId} does not exist`, FailureType.InvalidTemplate);
+  if (!row.manifest) throw ApplicationFailure.nonRetryable(`template "${row.template_name}" does not exist`, FailureType.InvalidTemplate);
+  try {
+    return {
+      user: row.username ?? row.user_id,
+      template: templateToSpec(row.template_name, manifestSpec(row.manifest)),
+      persistent_home: row.persistent_home !== false,
+      // Imported v1 sessions keep the home volume v1 gave them (home-<user>).
+      ...(row.home_volume ? { home_volume: row.home_volume } : {}),
+    };
+  } catch (err) {
+    if (err instanceof InvalidTemplateError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidTemplate);
+    throw err;
+  }
+}
+
+/**
+ * Chooses an online agent of the platform with free capacity, inside the caller's transaction
+ * (BEGIN done; the caller commits, or rolls back on a throw), and records it on the session. The
+ * candidate agents are locked FOR NO KEY UPDATE: concurrent placements serialise on them and
+ * cannot overfill an agent, while commands for sessions already there (their INSERT takes FOR KEY
+ * SHARE on the agent through the foreign key) go on meanwhile. Idempotent: a session already
+ * placed on an online agent keeps it. With `interim`, the same statement also writes the
+ * session's state as recordSessionState would (state, agent, no error, the running clock).
+ */
+export async function placeSessionIn(
+  client: Queryable,
+  deps: PlacementDeps,
+  sessionId: string,
+  platform: Platform,
+  interim?: SessionState,
+): Promise<Placement> {
+  const whenFull = deps.whenFull ?? placementWhenFull();
+  const fresh = `a.status = 'online' AND a.last_heartbeat > NOW() - ($2::int * INTERVAL '1 millisecond')`;
+  // Written as recordSessionState(interim) writes it (its quota reservation ends unless hibernated).
+  const assign = (agentDbId: string) =>
+    interim === undefined
+      ? client.query('UPDATE sessions SET agent_id = $2, updated_at = NOW() WHERE id = $1', [sessionId, agentDbId])
+      : client.query(
+          `WITH released AS (DELETE FROM quota_reservations WHERE session_id = $1 AND $4::boolean)
+           UPDATE sessions
+              SET state = $3::varchar, agent_id = $2, error_message = NULL,
+                  running_since = CASE WHEN $3::varchar <> 'running' THEN NULL
+                                       WHEN state IS DISTINCT FROM 'running' OR running_since IS NULL THEN NOW()
+                                       ELSE running_since END,
+                  updated_at = NOW()
+            WHERE id = $1`,
+          [sessionId, agentDbId, interim, interim !== 'hibernated'],
+        );
+  const current = await client.query<{ id: string; agent_id: string }>(
+    `SELECT a.id, a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id
+      WHERE s.id = $1 AND a.platform = $3 AND ${fresh}`,
+    [sessionId, deps.heartbeatTimeoutMs, platform],
+  );
+  if (current.rows[0]) {
+    if (interim !== undefined) await assign(current.rows[0].id);
+    return { agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id };
+  }
+  // What this session needs (its own row: no lock needed, read before the agents are locked).
+  const mine = await client.query<{ cpu: string | null; memory: string | null; manifest: unknown }>(
+    `SELECT s.cpu, s.memory, t.manifest FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name WHERE s.id = $1`,
+    [sessionId],
+  );
+  const need = mine.rows[0] ? sessionResources(mine.rows[0]) : { cpu: 0, memory: 0 };
+  // A large fleet: a few random online agents are locked and counted first (the power of d
+  // choices keeps the load even), so a placement costs the same with 1,000 agents and 10,000
+  // sessions as with 3 (it used to lock every agent and read every session); all of them only
+  // when none of the sample has room. A small fleet (≤ PLACEMENT_FULL_SCAN agents) is always
+  // placed on its least used agent.
+  const sample = await client.query<{ id: string; total: string }>(
+    `SELECT a.id, count(*) OVER () AS total FROM agents a WHERE a.platform = $1 AND ${fresh} ORDER BY random() LIMIT ${PLACEMENT_SAMPLE}`,
+    [platform, deps.heartbeatTimeoutMs],
+  );
+  if (Number(sample.rows[0]?.total ?? 0) > PLACEMENT_FULL_SCAN) {
+    // The sample's locks are let go before all agents are locked in id order (no deadlock).
+    await client.query('SAVEPOINT placement_sample');
+    const r = await placeAmong(sample.rows.map((x) => x.id));
+    if (r.placed) return r.placed;
+    await client.query('ROLLBACK TO SAVEPOINT placement_sample');
+  }
+  const all = await placeAmong(null);
+  if (all.placed) return all.placed;
+  const { count, withUse } = all;
+  const bySessions = withUse.filter((c) => c.use.n < c.max);
+  const resources =
+    bySessions.length > 0
+      ? ` (${bySessions.map((c) => `${c.agent_id}: cpu ${formatCpu(c.use.cpu)}${c.max_cpu !== null ? ` of ${formatCpu(Math.round(c.max_cpu * 1000))}` : ''}, memory ${formatMemory(c.use.memory)}${c.max_memory !== null ? ` of ${formatMemory(Math.round(c.max_memory * 2 ** 30))}` : ''}`).join('; ')}; this session needs cpu ${formatCpu(need.cpu)}, memory ${formatMemory(need.memory)})`
+      : '';
+  const why = count
+    ? bySessions.length
+      ? `no capacity: no online ${platform} agent has the CPU or memory left (MAX_CPU/MAX_MEMORY)${resources}`
+      : `no capacity: all ${count} online ${platform} agent(s) are full`
+    : `no ${platform} agent is online`;
+  if (count && whenFull === 'fail') throw ApplicationFailure.nonRetryable(`cannot place session: ${why}`, FailureType.NoCapacity);
+  // Retryable: the workflow keeps trying until an agent has room or the start times out.
+  throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
+
+  /** Places on the least used of `ids` (null: every online agent of the platform) that has room. */
+  async function placeAmong(ids: string[] | null) {
+    // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
+    // statement sees every placement committed while this one waited for the locks, so
+    // concurrent placements cannot overfill an agent.
+    const candidates = await client.query<{ id: string; agent_id: string; max: number; max_cpu: number | null; max_memory: number | null }>(
+      `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
+              (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
+         FROM agents a
+        WHERE a.platform = $1 AND ${fresh} AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
+        ORDER BY a.id
+          FOR NO KEY UPDATE OF a`,
+      [platform, deps.heartbeatTimeoutMs, ids],
+    );
+    // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
+    // MAX_MEMORY GiB as the agent reported them): a session's resources are its own cpu/memory,
+    // else its template's defaultResources.
+    const used = await client.query<{ agent_id: string; cpu: string | null; memory: string | null; manifest: unknown }>(
+      `SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, t.manifest
+         FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name
+        WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2`,
+      [candidates.rows.map((c) => c.id), sessionId],
+    );
+    const usedBy = new Map<string, { n: number; cpu: number; memory: number }>();
+    for (const u of used.rows) {
+      const acc = usedBy.get(u.agent_id) ?? { n: 0, cpu: 0, memory: 0 };
+      const res = sessionResources(u);
+      usedBy.set(u.agent_id, { n: acc.n + 1, cpu: acc.cpu + res.cpu, memory: acc.memory + res.memory });
+    }
+    const fits = (c: { id: string; max_cpu: number | null; max_memory: number | null }, u: { cpu: number; memory: number }) =>
+      (c.max_cpu === null || u.cpu + need.cpu <= Math.round(c.max_cpu * 1000)) &&
+      (c.max_memory === null || u.memory + need.memory <= Math.round(c.max_memory * 2 ** 30));
+    const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
+    const chosen = withUse.filter((c) => c.use.n < c.max && fits(c, c.use)).sort((a, b) => a.use.n / a.max - b.use.n / b.max)[0];
+    if (!chosen) return { placed: null, count: candidates.rowCount ?? 0, withUse };
+    await assign(chosen.id);
+    return { placed: { agentDbId: chosen.id, agentId: chosen.agent_id } as Placement, count: candidates.rowCount ?? 0, withUse };
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * A new session's start_session command, issued in the transaction that creates the session
+ * (SESSION_ISSUE_START_ON_CREATE, default on). The agent gets it when that transaction commits,
+ * without waiting for the workflow to be started, picked up by a worker and placed: that wait was
+ * most of a create's dispatch time, and all of it under load (issue 14).
+ *
+ * Nothing is given up: the command is placed exactly as the workflow places it (same function,
+ * same locks) and carries the key and generation of the workflow's first command, so the
+ * workflow's placeAndIssue finds the placement and the command (idempotent) and only waits for
+ * the outcome. If this pod dies before the workflow is started, the session reaper starts it (the
+ * row says workflow_confirmed = false) and it adopts the command the same way; if the workflow
+ * cannot be started, the caller withdraws the command (the agent abandons and undoes it).
+ *
+ * Best effort: when no agent can take the session now (none online, all full, the template
+ * unusable), nothing is issued and the workflow places it as before, retrying or failing with
+ * the reason.
+ */
+import type { Pool } from 'pg';
+import { issueCommand, withdrawCommand } from '../../db/commands';
+import type { Queryable } from '../../db/quota';
+import { loadStartData, placeSessionIn, type PlacementDeps } from '../../activities/placement';
+import { commandKey } from '../../workflows/session-api';
+import type { Platform } from '../../protocol/messages';
+
+/** The generation of a new session's first command (the workflow's firstCommandSeq is then absent: 0). */
+const FIRST = 1;
+
+export function firstStartKey(sessionId: string): string {
+  return commandKey(sessionId, FIRST, 'start_session');
+}
+
+/**
+ * Inside the creating transaction, after the session's INSERT: places the session and issues its
+ * start command. Returns whether it did; on false the transaction is as it was before the call.
+ */
+export async function issueStartWithSession(
+  tx: Queryable,
+  deps: PlacementDeps,
+  s: { sessionId: string; platform: Platform; deadline: number },
+): Promise<boolean> {
+  await tx.query('SAVEPOINT issue_start');
+  try {
+    const data = await loadStartData(tx, s.sessionId);
+    const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue' }, s.sessionId, s.platform, 'pending');
+    await issueCommand(tx, {
+      agentDbId: placed.agentDbId,
+      sessionId: s.sessionId,
+      type: 'start_session',
+      data: data as unknown as Record<string, unknown>,
+      idempotencyKey: firstStartKey(s.sessionId),
+      generation: FIRST,
+      expiresAt: s.deadline,
+    });
+  } catch {
+    // (No agent, no room, a bad template: the workflow places it and reports why.)
+    await tx.query('ROLLBACK TO SAVEPOINT issue_start');
+    return false;
+  }
+  await tx.query('RELEASE SAVEPOINT issue_start');
+  return true;
+}
+
+/** The session's workflow could not be started: its agent abandons (and undoes) the start command. */
+export async function withdrawFirstStart(db: Pool, sessionId: string, reason: string): Promise<void> {
+  await withdrawCommand(db, firstStartKey(sessionId), `withdrawn: ${reason}`);
+}

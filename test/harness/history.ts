@@ -1,0 +1,36 @@
+/**
+ * What a session workflow's history says about its agent commands. A command runs either on the
+ * fast path (the quickCommand local activity: a marker whose result says done) or as a
+ * dispatchCommand activity (after quickCommand found no outcome yet, or on histories from before).
+ */
+import type { temporal } from '@temporalio/proto';
+
+type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
+
+export interface HistoryCommand {
+  type: string;
+  /** Workflow time of the event (ms): when the activity was scheduled, or the marker recorded. */
+  at: number;
+  via: 'activity' | 'local';
+}
+
+const json = (p: { data?: Uint8Array | null } | undefined | null): any => (p?.data ? JSON.parse(Buffer.from(p.data).toString()) : undefined);
+const timeOf = (e: HistoryEvent) => Number(e.eventTime!.seconds) * 1000 + Math.floor((e.eventTime!.nanos ?? 0) / 1e6);
+
+export function commandsInHistory(events: HistoryEvent[] | null | undefined): HistoryCommand[] {
+  const out: HistoryCommand[] = [];
+  for (const e of events ?? []) {
+    const a = e.activityTaskScheduledEventAttributes;
+    if (a?.activityType?.name === 'dispatchCommand') {
+      out.push({ type: json(a.input?.payloads?.[0]).commandType, at: timeOf(e), via: 'activity' });
+      continue;
+    }
+    const m = e.markerRecordedEventAttributes;
+    if (m?.markerName !== 'core_local_activity') continue;
+    const data = json(m.details?.data?.payloads?.[0]);
+    if (data?.activity_type !== 'quickCommand') continue;
+    const result = json(m.details?.result?.payloads?.[0]);
+    if (result?.done) out.push({ type: result.command, at: timeOf(e), via: 'local' });
+  }
+  return out;
+}
