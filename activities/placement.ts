@@ -21,6 +21,8 @@ export interface PlacementDeps {
   heartbeatTimeoutMs: number;
   /** When every agent of the platform is full: keep the start queued (retry until its timeout) or fail it at once. */
   whenFull?: 'queue' | 'fail';
+  /** The session is new (on no agent yet): skip the look at its current placement. */
+  unplaced?: boolean;
 }
 
 /** Agents locked and counted per placement in a large fleet (see placeSessionIn). */
@@ -95,11 +97,13 @@ export async function placeSessionIn(
             WHERE id = $1`,
           [sessionId, agentDbId, interim, interim !== 'hibernated'],
         );
-  const current = await client.query<{ id: string; agent_id: string }>(
-    `SELECT a.id, a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id
+  const current = deps.unplaced
+    ? { rows: [] }
+    : await client.query<{ id: string; agent_id: string }>(
+        `SELECT a.id, a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id
       WHERE s.id = $1 AND a.platform = $3 AND ${fresh}`,
-    [sessionId, deps.heartbeatTimeoutMs, platform],
-  );
+        [sessionId, deps.heartbeatTimeoutMs, platform],
+      );
   if (current.rows[0]) {
     if (interim !== undefined) await assign(current.rows[0].id);
     return { agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id };

@@ -195,12 +195,10 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     const workflowId = sessionWorkflowId(id);
     // workflow_confirmed = false until the workflow is known to exist: if this pod dies in
     // between, the session reaper (api/sessions/reaper.ts) starts it.
-    // Licence and quota are checked and the row written in one transaction (see admit()), with
-    // the start command when an agent can take it now (api/sessions/start-command.ts).
+    // Licence and quota are checked and the row written in one transaction (see admit()).
     const startDeadline = Date.now() + config.sessionStartTimeoutMs;
-    let issued = false;
-    await admit(ownerId, req.body.template, null, async (tx) => {
-      await tx.query(
+    await admit(ownerId, req.body.template, null, (tx) =>
+      tx.query(
         `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed,
                              idle_timeout, max_session_duration)
          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, false, $8, $9)`,
@@ -215,10 +213,16 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
           idleTimeout,
           maxDuration,
         ],
-      );
-      if (config.issueStartOnCreate)
-        issued = await issueStartWithSession(tx, { heartbeatTimeoutMs: config.heartbeatTimeoutMs }, { sessionId: id, platform: req.body.platform, deadline: startDeadline });
-    });
+      ),
+    );
+    // The agent gets the start command now, when one can take it (api/sessions/start-command.ts).
+    const issued =
+      config.issueStartOnCreate &&
+      (await issueStartWithSession(
+        pool,
+        { heartbeatTimeoutMs: config.heartbeatTimeoutMs },
+        { sessionId: id, platform: req.body.platform, deadline: startDeadline },
+      ));
     try {
       await startSessionWorkflow(
         { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },

@@ -1,6 +1,6 @@
 /**
- * A new session's start_session command, issued in the transaction that creates the session
- * (SESSION_ISSUE_START_ON_CREATE, default on). The agent gets it when that transaction commits,
+ * A new session's start_session command, issued by the gateway as soon as the session's row is
+ * committed (SESSION_ISSUE_START_ON_CREATE, default on). The agent gets it when that transaction commits,
  * without waiting for the workflow to be started, picked up by a worker and placed: that wait was
  * most of a create's dispatch time, and all of it under load (issue 14).
  *
@@ -17,7 +17,7 @@
  */
 import type { Pool } from 'pg';
 import { issueCommand, withdrawCommand } from '../../db/commands';
-import type { Queryable } from '../../db/quota';
+import { inTransaction } from '../../db/quota';
 import { loadStartData, placeSessionIn, type PlacementDeps } from '../../activities/placement';
 import { commandKey } from '../../workflows/session-api';
 import type { Platform } from '../../protocol/messages';
@@ -30,34 +30,29 @@ export function firstStartKey(sessionId: string): string {
 }
 
 /**
- * Inside the creating transaction, after the session's INSERT: places the session and issues its
- * start command. Returns whether it did; on false the transaction is as it was before the call.
+ * Right after the session's row is committed (its own transaction, so the owner's quota lock is
+ * not held meanwhile): places the session and issues its start command. Returns whether it did.
  */
-export async function issueStartWithSession(
-  tx: Queryable,
-  deps: PlacementDeps,
-  s: { sessionId: string; platform: Platform; deadline: number },
-): Promise<boolean> {
-  await tx.query('SAVEPOINT issue_start');
+export async function issueStartWithSession(pool: Pool, deps: PlacementDeps, s: { sessionId: string; platform: Platform; deadline: number }): Promise<boolean> {
   try {
-    const data = await loadStartData(tx, s.sessionId);
-    const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue' }, s.sessionId, s.platform, 'pending');
-    await issueCommand(tx, {
-      agentDbId: placed.agentDbId,
-      sessionId: s.sessionId,
-      type: 'start_session',
-      data: data as unknown as Record<string, unknown>,
-      idempotencyKey: firstStartKey(s.sessionId),
-      generation: FIRST,
-      expiresAt: s.deadline,
+    return await inTransaction(pool, async (tx) => {
+      const data = await loadStartData(tx, s.sessionId);
+      const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true }, s.sessionId, s.platform, 'pending');
+      await issueCommand(tx, {
+        agentDbId: placed.agentDbId,
+        sessionId: s.sessionId,
+        type: 'start_session',
+        data: data as unknown as Record<string, unknown>,
+        idempotencyKey: firstStartKey(s.sessionId),
+        generation: FIRST,
+        expiresAt: s.deadline,
+      });
+      return true;
     });
   } catch {
-    // (No agent, no room, a bad template: the workflow places it and reports why.)
-    await tx.query('ROLLBACK TO SAVEPOINT issue_start');
+    // (No agent, no room, a bad template, the database busy: the workflow places it and says why.)
     return false;
   }
-  await tx.query('RELEASE SAVEPOINT issue_start');
-  return true;
 }
 
 /** The session's workflow could not be started: its agent abandons (and undoes) the start command. */
