@@ -5,7 +5,7 @@
  * stopped, SCALE_CONCURRENCY clients at a time, spread over SCALE_USERS users.
  *
  * Reported per phase: operations per second (first call → the database shows all of them in the
- * target state), call latency p50/p99, and meanwhile an independent prober's `GET /sessions`
+ * target state), call latency p50/p99, and meanwhile an independent prober's (its own process: bench/prober.ts) `GET /sessions`
  * (first page of 100, and a deep page via the cursor) and `GET /sessions/:id` latencies; CPU
  * seconds per operation of the gateway, the worker and the whole control plane (gateway + worker
  * + Temporal + PostgreSQL + Redis), and their peak RSS. At the end: nothing lost (every session
@@ -16,6 +16,8 @@
  * (1,000 sessions, 100 fake agents): all 1,000 created → running in 37 s (27/s; the create calls
  * themselves ran at 80/s), about 40 hibernate/wake/stop per second, list p99 62 ms, worker 607 MB.
  */
+import { fork } from 'node:child_process';
+import path from 'node:path';
 import { ApiResponse } from '../test/harness/stack';
 import { fmtMs, log, mapLimit, Metric, ms, now, sleep, Stack, summarize, withStack } from './common';
 import { FakeAgent } from './fake-agent';
@@ -60,43 +62,18 @@ async function countInState(stack: Stack, state: string): Promise<number> {
   return Number((await stack.pool.query<{ n: string }>('SELECT count(*) AS n FROM sessions WHERE state = $1', [state])).rows[0].n);
 }
 
-/** Reads the list and single sessions at a steady pace while a phase runs. */
-function prober(stack: Stack, admin: string, ids: () => string[]) {
-  const list: number[] = [];
-  const deep: number[] = [];
-  const get: number[] = [];
-  let stop = false;
-  const loop = (async () => {
-    let i = 0;
-    while (!stop) {
-      const [l, tl] = await call<unknown[]>(stack, 'GET', '/api/v1/sessions?limit=100', admin);
-      if (l.status === 200) list.push(tl);
-      // A page deep in the list: follow the cursor of a 1,000-row page.
-      if (i % 5 === 0) {
-        const first = await fetch(`${stack.url}/api/v1/sessions?limit=1000`, { headers: { authorization: `Bearer ${admin}` } });
-        const cursor = first.headers.get('x-next-cursor');
-        await first.arrayBuffer();
-        if (cursor) {
-          const [d, td] = await call(stack, 'GET', `/api/v1/sessions?limit=100&cursor=${encodeURIComponent(cursor)}`, admin);
-          if (d.status === 200) deep.push(td);
-        }
-      }
-      const known = ids();
-      if (known.length) {
-        const [g, tg] = await call(stack, 'GET', `/api/v1/sessions/${known[(i * 7919) % known.length]}`, admin);
-        if (g.status === 200) get.push(tg);
-      }
-      i++;
-      await sleep(50);
-    }
-  })();
+/** Reads the list and single sessions at a steady pace while a phase runs, from its own process (bench/prober.ts). */
+function prober(stack: Stack, admin: string) {
+  const child = fork(path.join(__dirname, 'prober.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const result = new Promise<{ list: number[]; deep: number[]; get: number[] }>((resolve, reject) => {
+    child.once('message', (m) => resolve(m as { list: number[]; deep: number[]; get: number[] }));
+    child.once('exit', (code) => reject(new Error(`prober exited with ${code} before reporting`)));
+  });
+  child.send({ url: stack.url, token: admin });
   return {
-    list,
-    deep,
-    get,
     done: async () => {
-      stop = true;
-      await loop;
+      child.send('stop');
+      return result;
     },
   };
 }
@@ -154,7 +131,7 @@ export async function scaleBench(): Promise<Metric[]> {
     const runPhase = async (op: Op): Promise<PhaseResult> => {
       const n = op === 'create' ? SESSIONS : ids.length + sample.length;
       const before = op === 'create' ? await countInState(stack, 'running') : 0;
-      const probe = prober(stack, admin, () => ids);
+      const probe = prober(stack, admin);
       for (const g of Object.values(groups)) g.start();
       const calls: number[] = [];
       const failures: string[] = [];
@@ -184,7 +161,7 @@ export async function scaleBench(): Promise<Metric[]> {
       let have = 0;
       while ((have = await countInState(stack, TARGET[op])) < want && Date.now() < deadline) await sleep(100);
       const seconds = ms(t0) / 1000;
-      await probe.done();
+      const probed = await probe.done();
       const cpu: Record<string, number> = {};
       const rss: Record<string, number> = {};
       for (const [k, g] of Object.entries(groups)) {
@@ -193,11 +170,11 @@ export async function scaleBench(): Promise<Metric[]> {
         g.stop();
       }
       if (have < want) failures.push(`${want - have} of ${want} not ${TARGET[op]} after ${PHASE_TIMEOUT_MS / 1000} s`);
-      const r: PhaseResult = { op, n: want - before, seconds, failures, calls, list: probe.list, deep: probe.deep, get: probe.get, cpu, rss };
+      const r: PhaseResult = { op, n: want - before, seconds, failures, calls, list: probed.list, deep: probed.deep, get: probed.get, cpu, rss };
       const total = Object.values(cpu).reduce((a, b) => a + b, 0);
       log(
         NAME,
-        `${op}: ${r.n} in ${seconds.toFixed(1)} s = ${(r.n / seconds).toFixed(0)}/s; call ${fmtP(calls)}; list ${fmtP(probe.list)}; deep page ${fmtP(probe.deep)}; get ${fmtP(probe.get)}; ` +
+        `${op}: ${r.n} in ${seconds.toFixed(1)} s = ${(r.n / seconds).toFixed(0)}/s; call ${fmtP(calls)}; list ${fmtP(probed.list)}; deep page ${fmtP(probed.deep)}; get ${fmtP(probed.get)}; ` +
           `CPU s: ${Object.entries(cpu)
             .map(([k, v]) => `${k} ${v.toFixed(1)}`)
             .join(', ')} (total ${total.toFixed(1)} = ${((1000 * total) / r.n).toFixed(1)} ms/op); RSS MB: ${Object.entries(rss)
