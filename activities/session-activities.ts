@@ -387,10 +387,11 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     },
 
     /**
-     * A stop reached the workflow before its start ran: withdraws the start command the gateway
-     * may have issued with the session (api/sessions/start-command.ts). Says whether there was one
-     * and, when the agent may hold something of it (it completed or failed before the withdrawal),
-     * which agent: the workflow's stop then removes it there.
+     * The workflow gave up on a start before knowing where it was placed: a stop reached its first
+     * activation (the gateway may have issued the start with the session: api/sessions/start-command.ts),
+     * or a stop or the start's timeout cancelled placeAndIssue. Withdraws the start command; says
+     * whether there was one and, when the agent may hold something of it (it completed or failed
+     * before the withdrawal), which agent: the workflow's stop or cleanup then removes it there.
      */
     async abandonIssuedStart(input: WithdrawInput): Promise<{ issued: boolean; onAgent: { agentDbId: string; agentId: string } | null }> {
       const out = await withdrawCommand(pool, input.idempotencyKey, input.reason);

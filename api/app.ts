@@ -35,6 +35,11 @@ import { HttpError, httpReason } from './errors';
 export interface AppDeps {
   config: GatewayConfig;
   pool: Pool;
+  /**
+   * For the reads behind the API's GETs (sign-in check, session list and detail): connections of
+   * their own, so a burst of creates queueing for `pool` does not queue them (DB_READ_POOL_MAX).
+   */
+  readPool: Pool;
   temporal: Client;
   tokens: TokenService;
   metrics: Metrics;

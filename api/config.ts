@@ -54,6 +54,8 @@ export interface GatewayConfig {
   sessionStartTimeoutMs: number;
   /** A new session's start command is placed and issued with its row (SESSION_ISSUE_START_ON_CREATE; api/sessions/start-command.ts). */
   issueStartOnCreate: boolean;
+  /** Connections for the API's reads (AppDeps.readPool; DB_READ_POOL_MAX). */
+  readPoolMax: number;
   /** Session workflows continue as new past this many history events. */
   sessionHistoryLimit: number;
   hubBackend: 'memory' | 'redis';
@@ -110,6 +112,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     podInternalUrl: envOptional('POD_INTERNAL_URL', env) ?? null,
     sessionStartTimeoutMs: envDuration('SESSION_START_TIMEOUT', '5m', env),
     issueStartOnCreate: envBool('SESSION_ISSUE_START_ON_CREATE', true, env),
+    readPoolMax: envInt('DB_READ_POOL_MAX', 5, env),
     sessionHistoryLimit: envInt('SESSION_HISTORY_LIMIT', 2000, env),
     hubBackend,
     redisUrl,

@@ -42,6 +42,7 @@ export type UpgradeHandler = (req: http.IncomingMessage, socket: Duplex, head: B
 export async function startGateway(config: GatewayConfig, log: Logger = createLogger('api')): Promise<RunningGateway> {
   const pool = createPool(config.databaseUrl);
   await pool.query('SELECT 1');
+  const readPool = createPool(config.databaseUrl, { max: config.readPoolMax });
   log.info('Connected to database');
   await bootstrap(pool, config, log);
 
@@ -96,7 +97,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
   const live = new LiveEvents(pool, config.databaseUrl, config.heartbeatTimeoutMs, log);
   await live.start();
 
-  const app = await buildApp({ config, pool, temporal, tokens, metrics, hub, agentGateway, vnc, live, log });
+  const app = await buildApp({ config, pool, readPool, temporal, tokens, metrics, hub, agentGateway, vnc, live, log });
   const upgradeHandlers: UpgradeHandler[] = [
     (req, socket, head) => {
       if (pathOf(req) !== AGENT_CONNECT_PATH) return false;
@@ -175,6 +176,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
       await hub.close();
       await connection.close().catch(() => undefined);
       await pool.end();
+      await readPool.end();
     },
   };
 }

@@ -13,7 +13,7 @@ async function main(): Promise<void> {
   const inert = new Proxy({}, { get: () => () => undefined });
   const config = loadGatewayConfig({ ...process.env, STREAMSPACE_DEV_MODE: 'true' });
   const app = await buildApp({
-    ...(Object.fromEntries(['pool', 'temporal', 'tokens', 'metrics', 'hub', 'agentGateway', 'vnc', 'live', 'log'].map((k) => [k, inert])) as object),
+    ...(Object.fromEntries(['pool', 'readPool', 'temporal', 'tokens', 'metrics', 'hub', 'agentGateway', 'vnc', 'live', 'log'].map((k) => [k, inert])) as object),
     config,
   } as AppDeps);
   await app.ready();

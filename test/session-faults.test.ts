@@ -65,6 +65,36 @@ describe('faults on a running control plane', () => {
     }
   });
 
+  test('the workflow cannot be started (Temporal refuses): 503, and the start the gateway issued leaves nothing on the agent', async () => {
+    // A gateway whose Temporal namespace does not exist: every workflow start fails.
+    const pod = await stack.startApiPod('api-no-namespace', { TEMPORAL_NAMESPACE: `missing-${Date.now()}`, MIGRATE_ON_START: 'false' });
+    // (Same JWT secret as the stack's own gateway: the admin's token is valid here.)
+    const token = admin;
+    const res = await fetch(`${pod.url}/api/v1/sessions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ user: 'frank', template: 'terminal', platform: 'docker' }),
+    });
+    const body = (await res.json()) as { message: string };
+    expect(res.status).toBe(503);
+    expect(body.message).toMatch(/cannot start the session workflow/);
+    const r = await stack.pool.query<{ id: string; state: string }>(`SELECT s.id, s.state FROM sessions s JOIN users u ON u.id::text = s.user_id WHERE u.username = 'frank'`);
+    expect(r.rows).toEqual([expect.objectContaining({ state: 'failed' })]);
+    const id = r.rows[0].id;
+    // The start was withdrawn (the agent abandoned it) or, if the agent had run it, stopped.
+    await waitFor(
+      'start withdrawn or undone',
+      async () => {
+        const rows = await commandRows(stack, id);
+        const start = rows.find((c) => c.command_type === 'start_session');
+        return !!start && (start.status === 'failed' || rows.some((c) => c.command_type === 'stop_session' && c.status === 'completed'));
+      },
+      60_000,
+    );
+    await waitFor('no container left', async () => (await stack.containers(id)).length === 0, 30_000);
+    await pod.proc.kill('SIGTERM');
+  });
+
   test('worker killed mid-workflow: the workflow resumes on a new worker and the command is issued once', async () => {
     // Freeze the agent (its socket stays open) so the start command waits; kill the worker meanwhile.
     const agent = stack.agents.get(AGENT)!;

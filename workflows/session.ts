@@ -287,7 +287,15 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         // issued the command; withdraw it (the agent abandons and undoes it). Idempotent.
         if (isCancellation(err)) {
           const reason = stopRequested ? WITHDRAWN_BY_STOP : 'withdrawn: the start timed out while placing the session';
-          await CancellationScope.nonCancellable(() => db.withdrawCommand({ idempotencyKey, reason }));
+          if (patched('cancelled-start-finds-agent')) {
+            // The agent may have run it already (it completed or failed before the withdrawal):
+            // then the stop or cleanup that follows removes what it made there.
+            const issued = await CancellationScope.nonCancellable(() => db.abandonIssuedStart({ idempotencyKey, reason }));
+            if (issued.onAgent) {
+              ({ agentDbId, agentId } = issued.onAgent);
+              onAgent = true;
+            }
+          } else await CancellationScope.nonCancellable(() => db.withdrawCommand({ idempotencyKey, reason }));
         }
         throw err;
       }

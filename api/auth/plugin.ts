@@ -29,7 +29,7 @@ export const authPlugin = fp(async (app: FastifyInstance) => {
     // The token says who; the users table says what they may do now: a removed or disabled user
     // is refused, and a role change applies on the next request.
     // A token issued before the password was last changed or reset (or the account disabled) is revoked.
-    const r = await app.deps.pool.query<{ uid: string; role: string; active: boolean | null; tokens_valid_after: Date | null }>(
+    const r = await app.deps.readPool.query<{ uid: string; role: string; active: boolean | null; tokens_valid_after: Date | null }>(
       'SELECT id::text AS uid, role, active, tokens_valid_after FROM users WHERE username = $1',
       [claims.sub],
     );

@@ -7,6 +7,7 @@ import { Type } from '@sinclair/typebox';
 import { ServiceError, WorkflowHandle, WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Pool } from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { FailureType, hibernateUpdate, lifetimeChangedSignal, sessionWorkflowId, stopUpdate, wakeUpdate } from '../../workflows/session-api';
@@ -168,8 +169,8 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     }
   }
 
-  async function loadOwned(claims: Claims, id: string): Promise<SessionRow> {
-    const r = await app.deps.pool.query<SessionRow>(`${SELECT_SESSION} WHERE s.id = $1`, [id]);
+  async function loadOwned(claims: Claims, id: string, db: Pool = app.deps.pool): Promise<SessionRow> {
+    const r = await db.query<SessionRow>(`${SELECT_SESSION} WHERE s.id = $1`, [id]);
     const row = r.rows[0];
     // Another user's session is reported exactly like a missing one: ids are not disclosed.
     if (!row || (claims.role !== 'admin' && row.user_id !== claims.uid)) throw new HttpError(404, `session "${id}" not found`);
@@ -265,7 +266,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     async (req, reply) => {
       const claims = req.user!;
       const admin = claims.role === 'admin';
-      const page = await listSessions(app.deps.pool, { ...req.query, ...(admin ? {} : { ownerId: claims.uid, user: undefined }) });
+      const page = await listSessions(app.deps.readPool, { ...req.query, ...(admin ? {} : { ownerId: claims.uid, user: undefined }) });
       void reply.header('x-total-count', String(page.total));
       if (page.next) {
         const q = new URLSearchParams(req.query as Record<string, string>);
@@ -279,7 +280,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id', { ...auth, schema: { ...secured, params: IdParams, response: one } }, async (req) => {
     // One SELECT: the transition and its progress come from the session's open command, not from
     // a Temporal query (which needs a worker and, for an evicted workflow, a replay).
-    return present(await loadOwned(req.user!, req.params.id), req.user!.role === 'admin');
+    return present(await loadOwned(req.user!, req.params.id, app.deps.readPool), req.user!.role === 'admin');
   });
 
   app.get<{ Params: { id: string } }>('/api/v1/sessions/:id/commands', { ...auth, schema: { ...secured, params: IdParams } }, async (req) => {

@@ -1,6 +1,6 @@
 /**
  * A new session's start_session command, issued by the gateway as soon as the session's row is
- * committed (SESSION_ISSUE_START_ON_CREATE, default on). The agent gets it when that transaction commits,
+ * committed (SESSION_ISSUE_START_ON_CREATE, default on). The agent gets it when its transaction commits,
  * without waiting for the workflow to be started, picked up by a worker and placed: that wait was
  * most of a create's dispatch time, and all of it under load (issue 14).
  *
@@ -55,7 +55,24 @@ export async function issueStartWithSession(pool: Pool, deps: PlacementDeps, s: 
   }
 }
 
-/** The session's workflow could not be started: its agent abandons (and undoes) the start command. */
-export async function withdrawFirstStart(db: Pool, sessionId: string, reason: string): Promise<void> {
-  await withdrawCommand(db, firstStartKey(sessionId), `withdrawn: ${reason}`);
+/**
+ * The session's workflow could not be started: its agent abandons (and undoes) the start command;
+ * if the agent ran it already, a stop_session (the next generation) removes what it made. Nobody
+ * waits for that stop: the command log delivers it, and the agent's deadline bounds it.
+ */
+export async function withdrawFirstStart(db: Pool, sessionId: string, reason: string, stopTimeoutMs = 5 * 60_000): Promise<void> {
+  const key = firstStartKey(sessionId);
+  const out = await withdrawCommand(db, key, `withdrawn: ${reason}`);
+  if (out !== 'completed' && out !== 'failed') return;
+  const start = await db.query<{ agent_id: string }>('SELECT agent_id FROM agent_commands WHERE idempotency_key = $1', [key]);
+  if (!start.rows[0]) return;
+  await issueCommand(db, {
+    agentDbId: start.rows[0].agent_id,
+    sessionId,
+    type: 'stop_session',
+    data: {},
+    idempotencyKey: commandKey(sessionId, FIRST + 1, 'stop_session'),
+    generation: FIRST + 1,
+    expiresAt: Date.now() + stopTimeoutMs,
+  });
 }
