@@ -9,7 +9,6 @@ import {
   ensureCommand,
   getCommand,
   issueCommand,
-  moveUndelivered,
   nextGeneration,
   requeueCommand,
   withdrawCommand,
@@ -237,11 +236,20 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         await recordSessionState({ sessionId, state: interim, agentDbId: placed.agentDbId, error: null });
         return { ...placed, issued: false };
       }
+      // Issued before (by the gateway with the session, or an earlier attempt that committed): the
+      // session stays where the command went, and this start waits for it there until its deadline,
+      // also while that agent is away (as for any command: it may come back in time).
+      const issued = await pool.query<{ id: string; agent_id: string }>(
+        `SELECT a.id, a.agent_id FROM agent_commands c JOIN agents a ON a.id = c.agent_id
+          WHERE c.idempotency_key = $1 AND c.session_id = $2`,
+        [command.idempotencyKey, sessionId],
+      );
+      if (issued.rows[0]) return { agentDbId: issued.rows[0].id, agentId: issued.rows[0].agent_id, issued: true };
       const data = await loadStartData(sessionId); // a bad template fails now, before any agent acts
       return inTransaction(async (client) => {
         const placed = await placeIn(client, sessionId, platform, interim);
         if (Date.now() > command.deadline) return { ...placed, issued: false };
-        const { row, created } = await issueCommand(client, {
+        await issueCommand(client, {
           agentDbId: placed.agentDbId,
           sessionId,
           type: 'start_session',
@@ -250,9 +258,6 @@ export function createSessionActivities(deps: SessionActivityDeps) {
           generation: command.generation,
           expiresAt: command.deadline,
         });
-        // Issued before (by the gateway with the session, or an earlier attempt) to an agent that
-        // has since gone offline, so placement chose another: undelivered, it moves along.
-        if (!created && row.agent_id !== placed.agentDbId) await moveUndelivered(client, row.id, placed.agentDbId);
         return { ...placed, issued: true };
       });
     },

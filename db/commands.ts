@@ -121,19 +121,6 @@ export async function requeueCommand(db: Queryable, id: string, agentDbId: strin
   await notifyPending(db, agentDbId);
 }
 
-/**
- * A command not yet delivered follows its session to another agent (the one it was issued to went
- * offline before the session's workflow placed it; see activities/session-activities.ts).
- */
-export async function moveUndelivered(db: Queryable, id: string, agentDbId: string): Promise<void> {
-  const moved = await db.query(
-    `UPDATE agent_commands SET agent_id = $2, updated_at = NOW()
-      WHERE id = $1 AND agent_id <> $2 AND status = 'pending' AND withdrawn_at IS NULL`,
-    [id, agentDbId],
-  );
-  if (moved.rowCount) await notifyPending(db, agentDbId);
-}
-
 export async function notifyPending(db: Queryable, agentDbId: string): Promise<void> {
   await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_PENDING, agentDbId]);
 }
