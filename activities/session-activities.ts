@@ -9,6 +9,7 @@ import {
   ensureCommand,
   getCommand,
   issueCommand,
+  NewCommand,
   nextGeneration,
   requeueCommand,
   withdrawCommand,
@@ -201,6 +202,20 @@ export function createSessionActivities(deps: SessionActivityDeps) {
   }
   const lifetimeOf = createLifetimeActivities({ pool }).sessionLifetime;
 
+  /** The command a DispatchInput describes (a start carries what the agent needs to create the session). */
+  async function newCommand(input: DispatchInput): Promise<NewCommand> {
+    const data = input.commandType === 'start_session' ? await loadStartData(input.sessionId) : {};
+    return {
+      agentDbId: input.agentDbId,
+      sessionId: input.sessionId,
+      type: input.commandType,
+      data: data as unknown as Record<string, unknown>,
+      idempotencyKey: input.idempotencyKey,
+      generation: input.generation,
+      expiresAt: input.deadline,
+    };
+  }
+
 
   const inTransaction = <T>(fn: (client: PoolClient) => Promise<T>) => inTx(pool, fn as (tx: Queryable) => Promise<T>);
 
@@ -279,16 +294,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         row = (await pool.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [input.idempotencyKey])).rows[0];
       }
       if (!row) {
-        const data = input.commandType === 'start_session' ? await loadStartData(input.sessionId) : {};
-        const cmd = {
-          agentDbId: input.agentDbId,
-          sessionId: input.sessionId,
-          type: input.commandType,
-          data: data as unknown as Record<string, unknown>,
-          idempotencyKey: input.idempotencyKey,
-          generation: input.generation,
-          expiresAt: input.deadline,
-        };
+        const cmd = await newCommand(input);
         ({ row, created } = legacy ? await ensureCommand(pool, cmd) : await issueCommand(pool, cmd));
       }
       // The row just read or written is current: the first wait needs no second read (legacy: it re-read).
@@ -351,16 +357,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         row = (await pool.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [input.idempotencyKey])).rows[0];
         if (!row) return { command, done: false, issued: false };
       } else {
-        const data = input.commandType === 'start_session' ? await loadStartData(input.sessionId) : {};
-        ({ row } = await issueCommand(pool, {
-          agentDbId: input.agentDbId,
-          sessionId: input.sessionId,
-          type: input.commandType,
-          data: data as unknown as Record<string, unknown>,
-          idempotencyKey: input.idempotencyKey,
-          generation: input.generation,
-          expiresAt: input.deadline,
-        }));
+        ({ row } = await issueCommand(pool, await newCommand(input)));
       }
       const until = Date.now() + Math.min(quickWaitMs, Math.max(0, input.deadline - Date.now()));
       for (;;) {

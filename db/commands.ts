@@ -38,6 +38,18 @@ type Queryable = Pool | PoolClient;
 /** A transaction's client as db/quota.ts's inTransaction hands it out. */
 type QueryableTx = import('./quota').Queryable;
 
+/** A command to issue: for one session, to one agent, once per idempotency key. */
+export interface NewCommand {
+  agentDbId: string;
+  sessionId: string;
+  type: CommandType;
+  data: Record<string, unknown>;
+  idempotencyKey: string;
+  generation: number;
+  /** Epoch ms after which the command must neither be delivered nor started. */
+  expiresAt: number;
+}
+
 /**
  * ensureCommand in one statement: the INSERT and the gateway's NOTIFY together
  * (inside a transaction the notification goes out when it commits). Returns the existing command
@@ -45,15 +57,7 @@ type QueryableTx = import('./quota').Queryable;
  */
 export async function issueCommand(
   db: QueryableTx,
-  cmd: {
-    agentDbId: string;
-    sessionId: string;
-    type: CommandType;
-    data: Record<string, unknown>;
-    idempotencyKey: string;
-    generation: number;
-    expiresAt: number;
-  },
+  cmd: NewCommand,
 ): Promise<{ row: CommandRow; created: boolean }> {
   const inserted = await db.query<CommandRow>(
     `WITH ins AS (
@@ -75,16 +79,7 @@ export async function issueCommand(
  */
 export async function ensureCommand(
   db: Queryable,
-  cmd: {
-    agentDbId: string;
-    sessionId: string;
-    type: CommandType;
-    data: Record<string, unknown>;
-    idempotencyKey: string;
-    generation: number;
-    /** Epoch ms after which the command must neither be delivered nor started. */
-    expiresAt: number;
-  },
+  cmd: NewCommand,
 ): Promise<{ row: CommandRow; created: boolean }> {
   const inserted = await db.query<CommandRow>(
     `INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key, generation, expires_at)
