@@ -73,6 +73,10 @@ export function useSessionList(q: ListQuery): SessionList {
   rowsRef.current = rows;
   const qRef = useRef(q);
   qRef.current = q;
+  // Live updates that arrive while a reload is in flight: the page it returns may have been read
+  // before them (a session that went running just after the list was read), so they are applied
+  // again on top of it instead of being overwritten by the older page.
+  const duringReload = useRef<Map<string, Partial<Session> & { id: string }> | null>(null);
   const key = JSON.stringify(q);
 
   const fetchPage = useCallback(async (query: ListQuery, after: string | null, limit: number, signal: AbortSignal) => {
@@ -93,18 +97,28 @@ export function useSessionList(q: ListQuery): SessionList {
       abort.current = ctrl;
       const gen = ++generation.current;
       const query = qRef.current;
+      duringReload.current = new Map();
       setLoading(true);
       setError('');
       fetchPage(query, null, Math.min(1000, Math.max(PAGE_SIZE, keep)), ctrl.signal)
         .then((page) => {
           if (gen !== generation.current) return;
-          setRows(page.rows);
+          const seen = duringReload.current ?? new Map<string, Partial<Session> & { id: string }>();
+          duringReload.current = null;
+          setRows(
+            page.rows.map((r) => {
+              const e = seen.get(r.id);
+              // (An update older than the page's own row is not applied: the page is newer.)
+              return e && !(e.updated_at && r.updated_at && e.updated_at < r.updated_at) ? ({ ...r, ...e } as Session) : r;
+            }),
+          );
           setTotal(page.total ?? page.rows.length);
           setCursor(page.next);
           setNewCount(0);
         })
         .catch((err) => {
           if (isAbort(err) || gen !== generation.current) return;
+          duringReload.current = null;
           setError(errorMessage(err));
         })
         .finally(() => {
@@ -150,6 +164,7 @@ export function useSessionList(q: ListQuery): SessionList {
   }, [cursor, loadingMore, loading, fetchPage]);
 
   const upsert = useCallback((s: Partial<Session> & { id: string }) => {
+    duringReload.current?.set(s.id, { ...duringReload.current.get(s.id), ...s });
     const idx = rowsRef.current.findIndex((r) => r.id === s.id);
     if (idx >= 0) {
       setRows((prev) => {
