@@ -8,6 +8,7 @@ import {
   CommandRow,
   ensureCommand,
   getCommand,
+  getCommandByKey,
   issueCommand,
   NewCommand,
   nextGeneration,
@@ -291,7 +292,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       let row: CommandRow | undefined;
       let created = false;
       if (input.preIssued && !legacy) {
-        row = (await pool.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [input.idempotencyKey])).rows[0];
+        row = await getCommandByKey(pool, input.idempotencyKey);
       }
       if (!row) {
         const cmd = await newCommand(input);
@@ -354,7 +355,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
       let mark = waiter.mark();
       let row: CommandRow | undefined;
       if (input.preIssued) {
-        row = (await pool.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [input.idempotencyKey])).rows[0];
+        row = await getCommandByKey(pool, input.idempotencyKey);
         if (!row) return { command, done: false, issued: false };
       } else {
         ({ row } = await issueCommand(pool, await newCommand(input)));

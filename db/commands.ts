@@ -69,8 +69,7 @@ export async function issueCommand(
     [cmd.agentDbId, cmd.sessionId, cmd.type, cmd.data, cmd.idempotencyKey, cmd.generation, cmd.expiresAt, CHANNEL_COMMAND_PENDING, cmd.agentDbId],
   );
   if (inserted.rowCount) return { row: inserted.rows[0], created: true };
-  const existing = await db.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [cmd.idempotencyKey]);
-  return { row: existing.rows[0], created: false };
+  return { row: (await getCommandByKey(db, cmd.idempotencyKey))!, created: false };
 }
 
 /**
@@ -92,8 +91,13 @@ export async function ensureCommand(
     await notifyPending(db, cmd.agentDbId);
     return { row: inserted.rows[0], created: true };
   }
-  const existing = await db.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [cmd.idempotencyKey]);
-  return { row: existing.rows[0], created: false };
+  return { row: (await getCommandByKey(db, cmd.idempotencyKey))!, created: false };
+}
+
+/** The command issued under this idempotency key, if any. */
+export async function getCommandByKey(db: QueryableTx, idempotencyKey: string): Promise<CommandRow | undefined> {
+  const r = await db.query<CommandRow>('SELECT * FROM agent_commands WHERE idempotency_key = $1', [idempotencyKey]);
+  return r.rows[0];
 }
 
 export async function getCommand(db: Queryable, id: string): Promise<CommandRow | undefined> {

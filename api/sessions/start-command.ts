@@ -16,7 +16,7 @@
  * the reason.
  */
 import type { Pool } from 'pg';
-import { issueCommand, withdrawCommand } from '../../db/commands';
+import { getCommandByKey, issueCommand, withdrawCommand } from '../../db/commands';
 import { inTransaction } from '../../db/quota';
 import { loadStartData, placeSessionIn, type PlacementDeps } from '../../activities/placement';
 import { commandKey } from '../../workflows/session-api';
@@ -64,10 +64,10 @@ export async function withdrawFirstStart(db: Pool, sessionId: string, reason: st
   const key = firstStartKey(sessionId);
   const out = await withdrawCommand(db, key, `withdrawn: ${reason}`);
   if (out !== 'completed' && out !== 'failed') return;
-  const start = await db.query<{ agent_id: string }>('SELECT agent_id FROM agent_commands WHERE idempotency_key = $1', [key]);
-  if (!start.rows[0]) return;
+  const start = await getCommandByKey(db, key);
+  if (!start) return;
   await issueCommand(db, {
-    agentDbId: start.rows[0].agent_id,
+    agentDbId: start.agent_id,
     sessionId,
     type: 'stop_session',
     data: {},
