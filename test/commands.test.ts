@@ -100,6 +100,32 @@ describe('a stop always wins over a start', () => {
   });
 });
 
+describe('a start abandoned between its two steps is undone', () => {
+  // The agent creates the "container" at once and starts it 6 s later (as Docker's create, then start).
+  const stack = new Stack('stop-between-steps');
+  const AGENT = 'fake-twostep-1';
+  let admin: string;
+  beforeAll(async () => {
+    await stack.start();
+    await stack.startFakeAgent(AGENT, { FAKE_RUN_DELAY: '6s' });
+    admin = await stack.login();
+  });
+  afterAll(() => stack.stop());
+
+  test('DELETE after the container was created, before it runs: the agent removes what it created', async () => {
+    const created = await create(stack, admin);
+    expect(created.status).toBe(201);
+    const id = created.body.id;
+    await waitFor('container created on the agent', async () => events(stack, AGENT, id).some((e) => e.event === 'created'), 30_000, 20);
+    const del = await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, admin);
+    expect({ status: del.status, state: del.body.state }).toEqual({ status: 200, state: 'terminated' });
+    // The start stops itself before its second step (abandoned) and is then undone: removed, not left created.
+    await waitFor('the created container removed', async () => events(stack, AGENT, id).some((e) => e.event === 'removed'), 20_000);
+    expect(events(stack, AGENT, id).map((e) => e.event)).toEqual(['created', 'removed']);
+    expect(stack.agents.get(AGENT)!.output).toMatch(/abandoned command undone/);
+  });
+});
+
 describe('deadlines: an expired or withdrawn command never runs, also after the agent restarts', () => {
   const stack = new Stack('deadlines', { SESSION_START_TIMEOUT: '4s', AGENT_HEARTBEAT_TIMEOUT: '3s', AGENT_SWEEP_INTERVAL: '500ms' });
   const AGENT = 'fake-deadline-1';

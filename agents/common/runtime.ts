@@ -315,14 +315,17 @@ export class AgentRuntime {
     this.outcomes.delete(cmd.command_id);
     if (this.inflight.has(cmd.command_id)) return; // its result goes out when it finishes
     const abort = new AbortController();
-    const run = this.serialised(cmd.session_id, () => this.admitAndExecute(cmd, deadline, abort.signal));
+    const began = { value: false };
+    const run = this.serialised(cmd.session_id, () => this.admitAndExecute(cmd, deadline, abort.signal, began));
     this.inflight.set(cmd.command_id, { promise: run, abort, cmd });
     void run.then(async (outcome) => {
       this.inflight.delete(cmd.command_id);
-      if (abort.signal.aborted && outcome.ok) {
-        // Abandoned while it ran: undo what it did, then report it as abandoned.
+      if (abort.signal.aborted && began.value) {
+        // Abandoned while it ran: undo what it did, then report it as abandoned. Also when it
+        // stopped itself at the abandonment (a failure): it may have done part of its work (a
+        // container created but not started, a pod's objects without the pod).
         await this.serialised(cmd.session_id, () => this.undo(cmd));
-        outcome = { ok: false, error: 'abandoned by the control plane; undone', retryable: false };
+        if (outcome.ok) outcome = { ok: false, error: 'abandoned by the control plane; undone', retryable: false };
       }
       this.finish(cmd, outcome);
     });
@@ -332,7 +335,7 @@ export class AgentRuntime {
    * Runs the command when its turn comes, unless it may not run any more: expired (its deadline
    * passed while it waited), abandoned, or stale (the session already acted on a newer command).
    */
-  private async admitAndExecute(cmd: CommandMessage, deadline: number, signal: AbortSignal): Promise<Outcome> {
+  private async admitAndExecute(cmd: CommandMessage, deadline: number, signal: AbortSignal, began: { value: boolean }): Promise<Outcome> {
     const refuse = (reason: 'expired' | 'withdrawn' | 'stale', error: string): Outcome => {
       this.metrics.commandsRefused.inc({ type: cmd.command_type, reason });
       this.log.warn('command refused', { command: cmd.command_type, id: cmd.command_id, session: cmd.session_id, reason: error });
@@ -344,6 +347,7 @@ export class AgentRuntime {
     if (cmd.generation < newest)
       return refuse('stale', `stale: session ${cmd.session_id} already acted on command generation ${newest} (this is ${cmd.generation})`);
     this.journal.begin(cmd.session_id, cmd.generation);
+    began.value = true;
     return this.execute(cmd, { generation: cmd.generation, signal, deadline });
   }
 

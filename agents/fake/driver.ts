@@ -18,13 +18,19 @@ export interface FakeDriverOptions {
   startDelayMs: number;
   /** How long hibernate, wake and stop take (ms). */
   opDelayMs: number;
+  /**
+   * How long a created "container" waits before it runs (ms; 0: created running). Models the
+   * real drivers' two steps (create, then start): a start abandoned in between leaves a created,
+   * not running, container behind unless the agent undoes it.
+   */
+  runDelayMs?: number;
   /** Where the sessions are kept across restarts; absent: memory only. */
   stateFile?: string;
   /** JSON lines: {at, agent, session, generation, event: created|removed|hibernated|woken}. */
   eventsFile?: string;
 }
 
-type FakeState = 'running' | 'hibernated';
+type FakeState = 'created' | 'running' | 'hibernated';
 
 export class FakeDriver implements SessionDriver {
   readonly platform = 'docker' as const;
@@ -46,14 +52,29 @@ export class FakeDriver implements SessionDriver {
       if (mustNotProceed(ctx)) throw DriverError.abandoned('creating the container', ctx);
       const running = [...this.sessions.values()].filter((s) => s.state === 'running').length;
       if (running >= this.o.maxSessions) throw new DriverError(`agent ${this.o.agentId} is at capacity (${running}/${this.o.maxSessions} sessions)`, true);
-      this.sessions.set(sessionId, { state: 'running', generation: ctx?.generation ?? 0 });
+      const twoSteps = (this.o.runDelayMs ?? 0) > 0;
+      this.sessions.set(sessionId, { state: twoSteps ? 'created' : 'running', generation: ctx?.generation ?? 0 });
       this.event(sessionId, 'created', ctx);
       this.save();
+      if (twoSteps) return this.run(sessionId, ctx);
+    } else if (existing.state === 'created') {
+      return this.run(sessionId, ctx);
     } else if (existing.state !== 'running') {
       existing.state = 'running';
       this.event(sessionId, 'woken', ctx);
       this.save();
     }
+    return this.runningResult(sessionId);
+  }
+
+  /** The second step of a two-step start: the created "container" runs. */
+  private async run(sessionId: string, ctx?: CommandContext): Promise<CommandResult> {
+    await sleep(this.o.runDelayMs ?? 0);
+    if (mustNotProceed(ctx)) throw DriverError.abandoned('starting the container', ctx);
+    const s = this.sessions.get(sessionId);
+    if (!s) throw new DriverError(`session ${sessionId} was removed while it started`, false);
+    s.state = 'running';
+    this.save();
     return this.runningResult(sessionId);
   }
 
@@ -93,7 +114,7 @@ export class FakeDriver implements SessionDriver {
   }
 
   async list(): Promise<ReportedSession[]> {
-    return [...this.sessions].map(([id, s]) => ({ session_id: id, state: s.state }));
+    return [...this.sessions].map(([id, s]) => ({ session_id: id, state: s.state === 'created' ? 'starting' : s.state }));
   }
 
   async vncEndpoint(sessionId: string): Promise<VncEndpoint> {

@@ -1,6 +1,6 @@
 /**
  * A protocol-faithful agent without containers: `node dist/agents/fake/main.js` with the Docker
- * agent's environment plus FAKE_START_DELAY (default 20ms), FAKE_OP_DELAY (default 5ms),
+ * agent's environment plus FAKE_START_DELAY (default 20ms), FAKE_OP_DELAY (default 5ms), FAKE_RUN_DELAY (default 0: created running),
  * FAKE_STATE_FILE and FAKE_EVENTS_FILE (see agents/fake/driver.ts). For tests, chaos runs and
  * benchmarks only: it registers as a docker agent. ENABLE_HA works as in the Docker agent (the
  * same agents/common/ha-main.ts); replicas sharing FAKE_STATE_FILE share one "engine".
@@ -22,6 +22,7 @@ async function main() {
     maxSessions: config.capacity.max_sessions,
     startDelayMs: envDuration('FAKE_START_DELAY', '20ms'),
     opDelayMs: envDuration('FAKE_OP_DELAY', '5ms'),
+    runDelayMs: envDuration('FAKE_RUN_DELAY', '0ms'),
     stateFile: envOptional('FAKE_STATE_FILE'),
     eventsFile: envOptional('FAKE_EVENTS_FILE'),
   });
