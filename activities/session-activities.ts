@@ -13,6 +13,7 @@ import {
   NewCommand,
   nextGeneration,
   requeueCommand,
+  withdrawAndLocate,
   withdrawCommand,
   WithdrawResult,
 } from '../db/commands';
@@ -397,15 +398,9 @@ export function createSessionActivities(deps: SessionActivityDeps) {
      * before the withdrawal), which agent: the workflow's stop or cleanup then removes it there.
      */
     async abandonIssuedStart(input: WithdrawInput): Promise<{ issued: boolean; onAgent: { agentDbId: string; agentId: string } | null }> {
-      const out = await withdrawCommand(pool, input.idempotencyKey, input.reason);
+      const { outcome, ranOn } = await withdrawAndLocate(pool, input.idempotencyKey, input.reason);
       await releaseReservation(pool, input.idempotencyKey.split(':')[0]);
-      if (out === 'absent') return { issued: false, onAgent: null };
-      if (out === 'withdrawn') return { issued: true, onAgent: null };
-      const r = await pool.query<{ id: string; agent_id: string }>(
-        'SELECT a.id, a.agent_id FROM agent_commands c JOIN agents a ON a.id = c.agent_id WHERE c.idempotency_key = $1',
-        [input.idempotencyKey],
-      );
-      return { issued: true, onAgent: r.rows[0] ? { agentDbId: r.rows[0].id, agentId: r.rows[0].agent_id } : null };
+      return { issued: outcome !== 'absent', onAgent: ranOn && { agentDbId: ranOn.agentDbId, agentId: ranOn.agentId } };
     },
 
     /** Counts a session failure or a reconciliation repair (metrics; the workflow history has the details). */

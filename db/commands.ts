@@ -227,6 +227,25 @@ export async function withdrawCommand(db: Queryable, idempotencyKey: string, rea
 }
 
 /**
+ * Withdraws a command (withdrawCommand) and, when it had finished before the withdrawal (the
+ * agent may hold what it made or part of it), says on which agent: the caller removes it there.
+ */
+export async function withdrawAndLocate(
+  db: Queryable,
+  idempotencyKey: string,
+  reason: string,
+): Promise<{ outcome: WithdrawResult; ranOn: { agentDbId: string; agentId: string; generation: number } | null }> {
+  const outcome = await withdrawCommand(db, idempotencyKey, reason);
+  if (outcome !== 'completed' && outcome !== 'failed') return { outcome, ranOn: null };
+  const r = await db.query<{ id: string; agent_id: string; generation: number }>(
+    'SELECT a.id, a.agent_id, c.generation FROM agent_commands c JOIN agents a ON a.id = c.agent_id WHERE c.idempotency_key = $1',
+    [idempotencyKey],
+  );
+  const row = r.rows[0];
+  return { outcome, ranOn: row ? { agentDbId: row.id, agentId: row.agent_id, generation: row.generation } : null };
+}
+
+/**
  * Fails every unfinished command whose deadline passed more than graceMs ago (its workflow died
  * with it, or could not withdraw it), and tells the agents to abandon them.
  */

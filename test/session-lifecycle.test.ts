@@ -102,7 +102,8 @@ describe('session lifecycle on a real Docker agent', () => {
     // Each agent command ran once: on the fast path (quickCommand, a local activity) or as a
     // dispatchCommand activity; placement and state bookkeeping are local activities (markers).
     expect(commandsInHistory(history.events).map((c) => c.type)).toEqual(['start_session', 'hibernate_session', 'wake_session', 'stop_session']);
-    expect(activities.every((a) => a === 'dispatchCommand')).toBe(true);
+    // (No other activity: none is needed between commands; on a quick agent there may be none at all.)
+    expect(activities.filter((a) => a !== 'dispatchCommand')).toEqual([]);
     const localActivities = (history.events ?? []).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity');
     // placeAndIssue (placement, state and the start command in one), the wake's quota reservation, the stop's
     // 'terminating'; each command's outcome state is written by its dispatchCommand (issue 14).

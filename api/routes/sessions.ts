@@ -223,6 +223,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         pool,
         { heartbeatTimeoutMs: config.heartbeatTimeoutMs },
         { sessionId: id, platform: req.body.platform, deadline: startDeadline },
+        req.log,
       ));
     try {
       await startSessionWorkflow(
@@ -234,7 +235,10 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         id,
         `workflow not started: ${(err as Error).message}`,
       ]);
-      if (issued) await withdrawFirstStart(pool, id, 'the session workflow could not be started').catch(() => undefined);
+      if (issued)
+        await withdrawFirstStart(pool, id, 'the session workflow could not be started').catch((e: Error) =>
+          req.log.warn({ session: id, err: e.message }, 'cannot withdraw the start issued with a session whose workflow did not start; its deadline expires it'),
+        );
       throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
     }
     await pool.query('UPDATE sessions SET workflow_confirmed = true WHERE id = $1', [id]);

@@ -16,11 +16,16 @@
  * the reason.
  */
 import type { Pool } from 'pg';
-import { getCommandByKey, issueCommand, withdrawCommand } from '../../db/commands';
+import type { FastifyBaseLogger } from 'fastify';
+import { ApplicationFailure } from '@temporalio/common';
+import { issueCommand, withdrawAndLocate } from '../../db/commands';
 import { inTransaction } from '../../db/quota';
 import { loadStartData, placeSessionIn, type PlacementDeps } from '../../activities/placement';
-import { commandKey } from '../../workflows/session-api';
+import { commandKey, FailureType } from '../../workflows/session-api';
 import type { Platform } from '../../protocol/messages';
+
+/** Why a start may not be issued now, the workflow's to handle (activities/placement.ts). */
+const EXPECTED = new Set<string>([FailureType.NoAgentAvailable, FailureType.NoCapacity, FailureType.InvalidTemplate]);
 
 /** The generation of a new session's first command (the workflow's firstCommandSeq is then absent: 0). */
 const FIRST = 1;
@@ -33,7 +38,12 @@ export function firstStartKey(sessionId: string): string {
  * Right after the session's row is committed (its own transaction, so the owner's quota lock is
  * not held meanwhile): places the session and issues its start command. Returns whether it did.
  */
-export async function issueStartWithSession(pool: Pool, deps: PlacementDeps, s: { sessionId: string; platform: Platform; deadline: number }): Promise<boolean> {
+export async function issueStartWithSession(
+  pool: Pool,
+  deps: PlacementDeps,
+  s: { sessionId: string; platform: Platform; deadline: number },
+  log?: Pick<FastifyBaseLogger, 'warn'>,
+): Promise<boolean> {
   try {
     return await inTransaction(pool, async (tx) => {
       const data = await loadStartData(tx, s.sessionId);
@@ -49,8 +59,11 @@ export async function issueStartWithSession(pool: Pool, deps: PlacementDeps, s: 
       });
       return true;
     });
-  } catch {
-    // (No agent, no room, a bad template, the database busy: the workflow places it and says why.)
+  } catch (err) {
+    // No agent, no room, a bad template: the workflow places it and says why. Anything else (the
+    // database) is worth a line: the workflow still places it, but the fast path is failing.
+    const type = err instanceof ApplicationFailure ? err.type : undefined;
+    if (!type || !EXPECTED.has(type)) log?.warn({ session: s.sessionId, err: (err as Error).message }, 'start not issued with the session; its workflow places it');
     return false;
   }
 }
@@ -61,13 +74,10 @@ export async function issueStartWithSession(pool: Pool, deps: PlacementDeps, s: 
  * waits for that stop: the command log delivers it, and the agent's deadline bounds it.
  */
 export async function withdrawFirstStart(db: Pool, sessionId: string, reason: string, stopTimeoutMs = 5 * 60_000): Promise<void> {
-  const key = firstStartKey(sessionId);
-  const out = await withdrawCommand(db, key, `withdrawn: ${reason}`);
-  if (out !== 'completed' && out !== 'failed') return;
-  const start = await getCommandByKey(db, key);
-  if (!start) return;
+  const { ranOn } = await withdrawAndLocate(db, firstStartKey(sessionId), `withdrawn: ${reason}`);
+  if (!ranOn) return;
   await issueCommand(db, {
-    agentDbId: start.agent_id,
+    agentDbId: ranOn.agentDbId,
     sessionId,
     type: 'stop_session',
     data: {},
