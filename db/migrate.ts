@@ -130,6 +130,49 @@ function describePgError(err: unknown, sql: string): string {
   return text;
 }
 
+/**
+ * Before a file runs: locks the existing tables it names, each table before the tables it
+ * references (sessions before users and templates), in ACCESS EXCLUSIVE mode, the mode its ALTERs
+ * take anyway. v1 keeps writing while a blue-green migration applies these files to its database,
+ * and a v1 INSERT into sessions holds sessions, then takes a lock on users for its foreign key.
+ * A file that ALTERs users before sessions (002) took the two in the other order: a lock cycle,
+ * and PostgreSQL aborted one of them, sometimes v1's write. Taken here in the writers' order, the
+ * file waits for v1's open statement on sessions holding nothing v1 needs, and no cycle can form.
+ * Over-locking a table a file only mentions (in a comment or a function body) costs a short wait.
+ */
+export async function lockNamedTables(client: Client, sql: string): Promise<string[]> {
+  const text = sql.replace(/\/\*[\s\S]*?\*\//g, ' ').replace(/--[^\n]*/g, ' ');
+  const words = new Set(text.toLowerCase().match(/[a-z_][a-z0-9_$]*/g) ?? []);
+  const tables = (
+    await client.query<{ name: string }>(
+      `SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')`,
+    )
+  ).rows
+    .map((r) => r.name)
+    .filter((t) => words.has(t.toLowerCase()));
+  if (!tables.length) return [];
+  const edges = (
+    await client.query<{ child: string; parent: string }>(
+      `SELECT ch.relname AS child, pa.relname AS parent FROM pg_constraint k
+         JOIN pg_class ch ON ch.oid = k.conrelid JOIN pg_class pa ON pa.oid = k.confrelid
+         JOIN pg_namespace n ON n.oid = ch.relnamespace
+        WHERE k.contype = 'f' AND n.nspname = current_schema() AND k.conrelid <> k.confrelid`,
+    )
+  ).rows.filter((e) => tables.includes(e.child) && tables.includes(e.parent));
+  // Children first: a table is locked once every named table referencing it is (a cycle: by name).
+  const order: string[] = [];
+  const pending = new Set([...tables].sort());
+  while (pending.size) {
+    const ready = [...pending].filter((t) => !edges.some((e) => e.parent === t && pending.has(e.child)));
+    const next = ready[0] ?? [...pending][0];
+    pending.delete(next);
+    order.push(next);
+  }
+  for (const t of order) await client.query(`LOCK TABLE "${t.replace(/"/g, '""')}" IN ACCESS EXCLUSIVE MODE`);
+  return order;
+}
+
 async function ensureTrackingTable(client: Client): Promise<void> {
   await client.query(
     `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -200,6 +243,7 @@ export async function migrate(databaseUrl: string, opts: MigrateOptions = {}): P
       log(`applying ${m.file} (${m.version})`);
       try {
         await client.query('BEGIN');
+        await lockNamedTables(client, sql);
         await client.query(sql);
         await client.query('INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT (version) DO NOTHING', [m.version]);
         await client.query('COMMIT');

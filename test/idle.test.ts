@@ -143,9 +143,12 @@ describe('idle hibernation and maximum duration', () => {
     console.log(`typing stopped: hibernated ${(after / 1000).toFixed(1)} s later`);
     a.close();
     b.close();
-    // Each automatic hibernation is in v1's audit_log, by 'system'.
-    const audited = await stack.pool.query(`SELECT user_id, resource_id FROM audit_log WHERE action = 'session.idle_hibernate' ORDER BY id`);
-    expect(audited.rows).toEqual(
+    // Each automatic hibernation is in v1's audit_log, by 'system' (written by the workflow once
+    // the hibernation is done, so moments after the state shows it).
+    const auditedRows = async () =>
+      (await stack.pool.query(`SELECT user_id, resource_id FROM audit_log WHERE action = 'session.idle_hibernate' ORDER BY id`)).rows;
+    await waitFor('both idle hibernations audited', async () => (await auditedRows()).length >= 2, 15_000).catch(() => undefined);
+    expect(await auditedRows()).toEqual(
       expect.arrayContaining([
         { user_id: 'system', resource_id: watched },
         { user_id: 'system', resource_id: typed },
@@ -164,7 +167,10 @@ describe('idle hibernation and maximum duration', () => {
     expect(running.lifetime).toMatchObject({ alive_because: 'idle_disabled', hibernates_at: null });
     const t0 = Date.now();
     await stack.waitForState(alice, capped, 'terminated', 60_000);
-    expect((await stack.pool.query(`SELECT 1 FROM audit_log WHERE action = 'session.max_duration_stop' AND resource_id = $1`, [capped])).rowCount).toBe(1);
+    const stopAudits = async () =>
+      (await stack.pool.query(`SELECT 1 FROM audit_log WHERE action = 'session.max_duration_stop' AND resource_id = $1`, [capped])).rowCount;
+    await waitFor('the stop audited', async () => (await stopAudits())! > 0, 15_000).catch(() => undefined);
+    expect(await stopAudits()).toBe(1);
     console.log(`max_session_duration 10s: terminated ${((Date.now() - t0) / 1000).toFixed(1)} s after it was seen running`);
 
     await stack.waitForState(alice, patched, 'running', 120_000);

@@ -6,10 +6,14 @@
  * checksum over v1's own columns), and v1 keeps working: its session writes, done the v1 way
  * after the migration, are what v2 reads in sessions.state.
  */
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Client } from 'pg';
 import { manifestSpec } from '../activities/templates';
 import { listMigrations, migrate } from '../db/migrate';
 import { TEST_ENV } from './harness/env';
+import { waitFor } from './harness/stack';
 import { createV1Database } from './harness/v1-fixture';
 import { createV1_0_0Database, V1_0_0_CATALOG, V1TableState, v1TableStates, V1Writer } from './harness/v1-install';
 
@@ -170,6 +174,59 @@ describe.each(variants)('schema migrations on %s', (_label, make) => {
       await expect(writer.updateSessionState('no-such-session', 'running')).rejects.toThrow('session not found');
     } finally {
       await writer.close();
+    }
+  });
+});
+
+describe('v1 writes while the migrations apply (blue-green): no lock cycle with v1', () => {
+  test('each file, applied while a v1 transaction holds a session row and then writes a session: both finish', async () => {
+    const fx = await createV1Database(TEST_ENV.pgAdminUrl, { name: `v1mig_live_${suffix}`, statusColumn: true, sessions: 10, seed: 7, now: NOW });
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ss-mig-live-'));
+    const writer = await V1Writer.connect(fx.url, { mode: 'legacy' });
+    const watcher = new Client({ connectionString: fx.url });
+    await watcher.connect();
+    try {
+      const held = fx.sessions[0];
+      for (const [i, m] of listMigrations().entries()) {
+        // One more file each round: migrate() applies just this one.
+        copyFileSync(m.path, path.join(dir, m.file));
+        // v1 (one of its open transactions) holds a sessions row lock ...
+        await writer.client.query('BEGIN');
+        await writer.client.query('UPDATE sessions SET updated_at = updated_at WHERE id = $1', [held.id]);
+        let settled = false;
+        const run = migrate(fx.url, { dir }).then(
+          () => 'ok',
+          (err: Error) => err.message,
+        );
+        void run.finally(() => (settled = true));
+        // ... while the file runs, until it waits for that transaction (or is done: it does not touch sessions) ...
+        await waitFor(
+          `${m.file} waiting for v1 or done`,
+          async () =>
+            settled ||
+            (await watcher.query(`SELECT 1 FROM pg_stat_activity WHERE application_name = 'streamspace-migrate' AND wait_event_type = 'Lock'`)).rowCount! > 0,
+          30_000,
+          20,
+        );
+        // ... then writes a session the way v1 does, and commits.
+        let v1 = 'ok';
+        try {
+          await writer.createSession({ id: `v1-live-${i}`, userId: held.user, templateName: held.template, state: 'running' }, NOW);
+          await writer.client.query('COMMIT');
+        } catch (err) {
+          v1 = (err as Error).message;
+          await writer.client.query('ROLLBACK').catch(() => undefined);
+        }
+        expect({ file: m.file, v1, migration: await run }).toEqual({ file: m.file, v1: 'ok', migration: 'ok' });
+      }
+      const rows = await query(fx.url, `SELECT count(*)::int AS n FROM sessions WHERE id LIKE 'v1-live-%'`);
+      expect(rows[0].n).toBe(listMigrations().length);
+    } finally {
+      await writer.client.query('ROLLBACK').catch(() => undefined);
+      await writer.close();
+      await watcher.end();
+      rmSync(dir, { recursive: true, force: true });
+      await fx.drop();
     }
   });
 });
