@@ -400,7 +400,7 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     async abandonIssuedStart(input: WithdrawInput): Promise<{ issued: boolean; onAgent: { agentDbId: string; agentId: string } | null }> {
       const { outcome, ranOn } = await withdrawAndLocate(pool, input.idempotencyKey, input.reason);
       await releaseReservation(pool, input.idempotencyKey.split(':')[0]);
-      return { issued: outcome !== 'absent', onAgent: ranOn && { agentDbId: ranOn.agentDbId, agentId: ranOn.agentId } };
+      return { issued: outcome !== 'absent', onAgent: ranOn };
     },
 
     /** Counts a session failure or a reconciliation repair (metrics; the workflow history has the details). */

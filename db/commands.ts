@@ -234,15 +234,15 @@ export async function withdrawAndLocate(
   db: Queryable,
   idempotencyKey: string,
   reason: string,
-): Promise<{ outcome: WithdrawResult; ranOn: { agentDbId: string; agentId: string; generation: number } | null }> {
+): Promise<{ outcome: WithdrawResult; ranOn: { agentDbId: string; agentId: string } | null }> {
   const outcome = await withdrawCommand(db, idempotencyKey, reason);
   if (outcome !== 'completed' && outcome !== 'failed') return { outcome, ranOn: null };
-  const r = await db.query<{ id: string; agent_id: string; generation: number }>(
-    'SELECT a.id, a.agent_id, c.generation FROM agent_commands c JOIN agents a ON a.id = c.agent_id WHERE c.idempotency_key = $1',
+  const r = await db.query<{ id: string; agent_id: string }>(
+    'SELECT a.id, a.agent_id FROM agent_commands c JOIN agents a ON a.id = c.agent_id WHERE c.idempotency_key = $1',
     [idempotencyKey],
   );
   const row = r.rows[0];
-  return { outcome, ranOn: row ? { agentDbId: row.id, agentId: row.agent_id, generation: row.generation } : null };
+  return { outcome, ranOn: row ? { agentDbId: row.id, agentId: row.agent_id } : null };
 }
 
 /**
