@@ -314,9 +314,15 @@ describe('capacity is reserved atomically', () => {
     // At the driver: exactly 5 created, never a capacity refusal.
     expect(events(stack, AGENT).filter((e) => e.event === 'created')).toHaveLength(5);
     expect(stack.agents.get(AGENT)!.output).not.toMatch(/at capacity/);
+    // (Counted by the workflow just after it writes the state: wait for the last count to land.)
+    const counted = /^streamspace_session_failures_total\{platform="docker",reason="no_capacity"\} 45$/m;
+    const started = /^streamspace_session_start_seconds_count\{platform="docker"\} 5$/m;
+    await waitFor('45 failures and 5 starts counted', async () => ((m) => counted.test(m) && started.test(m))(await workerMetrics(stack)), 15_000).catch(
+      () => undefined,
+    );
     const m = await workerMetrics(stack);
-    expect(m).toMatch(/^streamspace_session_failures_total\{platform="docker",reason="no_capacity"\} 45$/m);
-    expect(m).toMatch(/^streamspace_session_start_seconds_count\{platform="docker"\} 5$/m);
+    expect(m).toMatch(counted);
+    expect(m).toMatch(started);
   });
 });
 
