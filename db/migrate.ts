@@ -132,15 +132,15 @@ function describePgError(err: unknown, sql: string): string {
 
 /**
  * Before a file runs: locks the existing tables it names, each table before the tables it
- * references (sessions before users and templates), in ACCESS EXCLUSIVE mode, the mode its ALTERs
- * take anyway. v1 keeps writing while a blue-green migration applies these files to its database,
- * and a v1 INSERT into sessions holds sessions, then takes a lock on users for its foreign key.
- * A file that ALTERs users before sessions (002) took the two in the other order: a lock cycle,
+ * references (sessions before agents), in ACCESS EXCLUSIVE mode, the mode its ALTERs take anyway.
+ * v1 keeps writing while a blue-green migration applies these files to its database, and a v1
+ * INSERT into sessions holds sessions, then locks agents (sessions.agent_id, added by 001). A file
+ * that ALTERs agents before sessions (002) took the two in the other order: a lock cycle,
  * and PostgreSQL aborted one of them, sometimes v1's write. Taken here in the writers' order, the
  * file waits for v1's open statement on sessions holding nothing v1 needs, and no cycle can form.
  * Over-locking a table a file only mentions (in a comment or a function body) costs a short wait.
  */
-export async function lockNamedTables(client: Client, sql: string): Promise<string[]> {
+async function lockNamedTables(client: Client, sql: string): Promise<void> {
   const text = sql.replace(/\/\*[\s\S]*?\*\//g, ' ').replace(/--[^\n]*/g, ' ');
   const words = new Set(text.toLowerCase().match(/[a-z_][a-z0-9_$]*/g) ?? []);
   const tables = (
@@ -151,7 +151,7 @@ export async function lockNamedTables(client: Client, sql: string): Promise<stri
   ).rows
     .map((r) => r.name)
     .filter((t) => words.has(t.toLowerCase()));
-  if (!tables.length) return [];
+  if (!tables.length) return;
   const edges = (
     await client.query<{ child: string; parent: string }>(
       `SELECT ch.relname AS child, pa.relname AS parent FROM pg_constraint k
@@ -170,7 +170,6 @@ export async function lockNamedTables(client: Client, sql: string): Promise<stri
     order.push(next);
   }
   for (const t of order) await client.query(`LOCK TABLE "${t.replace(/"/g, '""')}" IN ACCESS EXCLUSIVE MODE`);
-  return order;
 }
 
 async function ensureTrackingTable(client: Client): Promise<void> {
