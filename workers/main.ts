@@ -8,7 +8,7 @@ import { temporalConnectionOptions } from '../config/temporal';
 import { createLogger, type Logger } from '../config/log';
 import { createPool } from '../db/pool';
 import { ensureSearchAttributes } from './search-attributes';
-import { createSessionWorker, defaultMaxCachedWorkflows } from './worker';
+import { createSessionWorker } from './worker';
 import { createWorkerMetrics, freePort, startWorkerMetricsServer, type WorkerMetricsServer } from './metrics';
 import { runMain } from '../config/process';
 
@@ -37,8 +37,8 @@ async function main() {
   await ensureSearchAttributes(clientConnection, namespace);
   const temporal = new Client({ connection: clientConnection, namespace });
   const connection = await NativeConnection.connect(temporalOptions);
-  // The sticky cache (README "Capacity"): WORKER_MAX_CACHED_WORKFLOWS, else sized from the heap.
-  const maxCachedWorkflows = envOptional('WORKER_MAX_CACHED_WORKFLOWS') !== undefined ? envInt('WORKER_MAX_CACHED_WORKFLOWS', 0) : defaultMaxCachedWorkflows();
+  // The sticky cache (README "Capacity"): WORKER_MAX_CACHED_WORKFLOWS, else the SDK's default from the heap.
+  const maxCachedWorkflows = envOptional('WORKER_MAX_CACHED_WORKFLOWS') !== undefined ? envInt('WORKER_MAX_CACHED_WORKFLOWS', 0) : undefined;
   const { worker, close } = await createSessionWorker({
     connection,
     namespace,
@@ -60,7 +60,7 @@ async function main() {
       historyLimit: envInt('SESSION_HISTORY_LIMIT', 2000),
     },
   });
-  log.info('Worker started', { address, namespace, taskQueue: taskQueue(), metrics: metricsServer.url, maxCachedWorkflows });
+  log.info('Worker started', { address, namespace, taskQueue: taskQueue(), metrics: metricsServer.url, maxCachedWorkflows: worker.options.maxCachedWorkflows });
   const stop = () => worker.shutdown();
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

@@ -1,7 +1,6 @@
 /** Builds a Temporal worker for the session task queue with its activities' dependencies. */
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { existsSync } from 'node:fs';
-import v8 from 'node:v8';
 import type { Pool } from 'pg';
 import { CommandWaiter } from '../activities/command-waiter';
 import { createMigrationActivities } from '../activities/migration/activities';
@@ -32,22 +31,8 @@ export interface SessionWorkerOptions {
   metrics?: WorkerMetrics;
   /** How long a command's local fast path waits for the agent (COMMAND_QUICK_WAIT; see quickCommand). */
   quickWaitMs?: number;
-  /** Workflows kept in the sticky cache (default: defaultMaxCachedWorkflows(), from the heap size). */
+  /** Workflows kept in the sticky cache (default: the SDK's, from the heap size; README "Capacity"). */
   maxCachedWorkflows?: number;
-}
-
-/** Measured cost of one cached session workflow (RSS, issue 14: about 0.3 MB), with a margin of 2. */
-const CACHED_WORKFLOW_MB = 0.6;
-
-/**
- * The sticky cache's default size: as many workflows as the heap holds at CACHED_WORKFLOW_MB each,
- * after 400 MB for everything else (about 6,200 with this machine's 4 GB default heap; 2,700 with
- * a 2 GB heap). The SDK's own default assumes about 1.7 MB per workflow (about 2,300 here): at
- * 5,000 open sessions most operations then replayed a history, and a hibernate cost the worker
- * 30 ms of CPU against 18 ms with them all cached (README "Capacity").
- */
-export function defaultMaxCachedWorkflows(heapLimitBytes = v8.getHeapStatistics().heap_size_limit): number {
-  return Math.max(100, Math.floor((heapLimitBytes / 2 ** 20 - 400) / CACHED_WORKFLOW_MB));
 }
 
 export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
@@ -76,8 +61,10 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
     ...(existsSync(WORKFLOW_BUNDLE_PATH) ? { workflowBundle: { codePath: WORKFLOW_BUNDLE_PATH } } : { workflowsPath: WORKFLOWS_PATH }),
     maxConcurrentActivityTaskExecutions: 500,
     // The sticky cache holds this many workflows in memory; an evicted one is replayed from its
-    // history on its next task. Sized in README "Capacity" (WORKER_MAX_CACHED_WORKFLOWS).
-    maxCachedWorkflows: opts.maxCachedWorkflows ?? defaultMaxCachedWorkflows(),
+    // history on its next task. Sized in README "Capacity" (WORKER_MAX_CACHED_WORKFLOWS). The SDK's
+    // default (about 1.7 MB of heap per workflow) is kept on purpose: a cache of 0.6 MB per
+    // workflow filled half the heap and doubled the worker's CPU per hibernate at 10,000 sessions.
+    ...(opts.maxCachedWorkflows !== undefined ? { maxCachedWorkflows: opts.maxCachedWorkflows } : {}),
     shutdownGraceTime: '5s',
   });
   return { worker, close: () => listener.close() };
