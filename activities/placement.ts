@@ -9,7 +9,7 @@ import type { Platform, StartSessionData } from '../protocol/messages';
 import { FailureType, SessionState } from '../workflows/session-api';
 import { placementWhenFull } from '../config/env';
 import { InvalidTemplateError, manifestSpec, templateToSpec } from './templates';
-import { formatCpu, formatMemory, Queryable, sessionResources } from '../db/quota';
+import { formatCpu, formatMemory, Queryable, Resources, sessionResources } from '../db/quota';
 
 export interface Placement {
   agentDbId: string;
@@ -23,6 +23,8 @@ export interface PlacementDeps {
   whenFull?: 'queue' | 'fail';
   /** The session is new (on no agent yet): skip the look at its current placement. */
   unplaced?: boolean;
+  /** The session's CPU and memory when the caller knows them (a new session: its template's): not read again. */
+  need?: Resources;
 }
 
 /** Agents locked and counted per placement in a large fleet (see placeSessionIn). */
@@ -30,16 +32,19 @@ const PLACEMENT_SAMPLE = 4;
 /** Up to this many online agents a placement considers them all. */
 const PLACEMENT_FULL_SCAN = 8;
 
+/** A session's row and its template's manifest, as startData reads them. */
+export interface StartSource {
+  username: string | null;
+  user_id: string;
+  template_name: string;
+  persistent_home: boolean | null;
+  home_volume: string | null;
+  manifest: unknown;
+}
+
 /** What the agent needs to create the session: its user, template spec and home volume. */
 export async function loadStartData(db: Queryable, sessionId: string): Promise<StartSessionData> {
-  const r = await db.query<{
-    username: string | null;
-    user_id: string;
-    template_name: string;
-    persistent_home: boolean | null;
-    home_volume: string | null;
-    manifest: unknown;
-  }>(
+  const r = await db.query<StartSource & Record<string, unknown>>(
     `SELECT u.username, s.user_id, s.template_name, s.persistent_home, s.platform_metadata->>'home_volume' AS home_volume, t.manifest
        FROM sessions s
        LEFT JOIN users u ON u.id::text = s.user_id
@@ -49,6 +54,11 @@ export async function loadStartData(db: Queryable, sessionId: string): Promise<S
   );
   const row = r.rows[0];
   if (!row) throw ApplicationFailure.nonRetryable(`session ${sessionId} does not exist`, FailureType.InvalidTemplate);
+  return startData(row);
+}
+
+/** The start command's payload from what loadStartData reads (or the gateway already holds for a new session). */
+export function startData(row: StartSource): StartSessionData {
   if (!row.manifest) throw ApplicationFailure.nonRetryable(`template "${row.template_name}" does not exist`, FailureType.InvalidTemplate);
   try {
     return {
@@ -109,11 +119,7 @@ export async function placeSessionIn(
     return { agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id };
   }
   // What this session needs (its own row: no lock needed, read before the agents are locked).
-  const mine = await client.query<{ cpu: string | null; memory: string | null; manifest: unknown }>(
-    `SELECT s.cpu, s.memory, t.manifest FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name WHERE s.id = $1`,
-    [sessionId],
-  );
-  const need = mine.rows[0] ? sessionResources(mine.rows[0]) : { cpu: 0, memory: 0 };
+  const need = deps.need ?? (await resourcesOf(client, sessionId));
   // A large fleet: a few random online agents are locked and counted first (the power of d
   // choices keeps the load even), so a placement costs the same with 1,000 agents and 10,000
   // sessions as with 3 (it used to lock every agent and read every session); all of them only
@@ -164,17 +170,23 @@ export async function placeSessionIn(
     // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
     // MAX_MEMORY GiB as the agent reported them): a session's resources are its own cpu/memory,
     // else its template's defaultResources.
-    const used = await client.query<{ agent_id: string; cpu: string | null; memory: string | null; manifest: unknown }>(
-      `SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, t.manifest
-         FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name
-        WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2`,
+    // Counted in the database, one row per agent and kind of session (its cpu, memory and
+    // template), not one per session: an agent with hundreds of sessions costs what one with ten
+    // does, and each template's manifest is read once, not once per session.
+    const used = await client.query<{ agent_id: string; n: number; cpu: string | null; memory: string | null; manifest: unknown }>(
+      `SELECT g.agent_id, g.n, g.cpu, g.memory, t.manifest
+         FROM (SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, s.template_name, count(*)::int AS n
+                 FROM sessions s
+                WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2
+                GROUP BY s.agent_id, s.cpu, s.memory, s.template_name) g
+         LEFT JOIN template_catalog t ON t.name = g.template_name`,
       [candidates.rows.map((c) => c.id), sessionId],
     );
     const usedBy = new Map<string, { n: number; cpu: number; memory: number }>();
     for (const u of used.rows) {
       const acc = usedBy.get(u.agent_id) ?? { n: 0, cpu: 0, memory: 0 };
       const res = sessionResources(u);
-      usedBy.set(u.agent_id, { n: acc.n + 1, cpu: acc.cpu + res.cpu, memory: acc.memory + res.memory });
+      usedBy.set(u.agent_id, { n: acc.n + u.n, cpu: acc.cpu + res.cpu * u.n, memory: acc.memory + res.memory * u.n });
     }
     const fits = (c: { id: string; max_cpu: number | null; max_memory: number | null }, u: { cpu: number; memory: number }) =>
       (c.max_cpu === null || u.cpu + need.cpu <= Math.round(c.max_cpu * 1000)) &&
@@ -185,4 +197,13 @@ export async function placeSessionIn(
     await assign(chosen.id);
     return { placed: { agentDbId: chosen.id, agentId: chosen.agent_id } as Placement, count: candidates.rowCount ?? 0, withUse };
   }
+}
+
+/** A session's CPU and memory: its own columns, else its template's (db/quota.ts sessionResources). */
+async function resourcesOf(db: Queryable, sessionId: string): Promise<Resources> {
+  const mine = await db.query<{ cpu: string | null; memory: string | null; manifest: unknown }>(
+    `SELECT s.cpu, s.memory, t.manifest FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name WHERE s.id = $1`,
+    [sessionId],
+  );
+  return mine.rows[0] ? sessionResources(mine.rows[0]) : { cpu: 0, memory: 0 };
 }

@@ -113,19 +113,24 @@ export async function userLimits(db: Queryable, userId: string): Promise<UserLim
 
 /** Sessions of the user that hold (or are about to hold) resources, other than `except`. */
 export async function userUsage(db: Queryable, userId: string, except: string | null): Promise<{ sessions: number } & Resources> {
-  const r = await db.query<{ cpu: string | null; memory: string | null; manifest: unknown }>(
-    `SELECT s.cpu, s.memory, t.manifest
-       FROM sessions s LEFT JOIN template_catalog t ON t.name = s.template_name
-      WHERE s.user_id = $1 AND s.id IS DISTINCT FROM $2
-        AND (s.state IN ('pending', 'running')
-             OR EXISTS (SELECT 1 FROM quota_reservations q WHERE q.session_id = s.id AND q.expires_at > NOW()))`,
+  // One row per kind of session (cpu, memory, template), each template's manifest read once.
+  const r = await db.query<{ n: number; cpu: string | null; memory: string | null; manifest: unknown }>(
+    `SELECT g.n, g.cpu, g.memory, t.manifest
+       FROM (SELECT s.cpu, s.memory, s.template_name, count(*)::int AS n
+               FROM sessions s
+              WHERE s.user_id = $1 AND s.id IS DISTINCT FROM $2
+                AND (s.state IN ('pending', 'running')
+                     OR EXISTS (SELECT 1 FROM quota_reservations q WHERE q.session_id = s.id AND q.expires_at > NOW()))
+              GROUP BY s.cpu, s.memory, s.template_name) g
+       LEFT JOIN template_catalog t ON t.name = g.template_name`,
     [userId, except],
   );
-  const out = { sessions: r.rows.length, cpu: 0, memory: 0 };
+  const out = { sessions: 0, cpu: 0, memory: 0 };
   for (const row of r.rows) {
     const res = sessionResources(row);
-    out.cpu += res.cpu;
-    out.memory += res.memory;
+    out.sessions += row.n;
+    out.cpu += res.cpu * row.n;
+    out.memory += res.memory * row.n;
   }
   return out;
 }
@@ -228,7 +233,10 @@ export async function checkLicense(tx: Queryable, what: 'sessions' | 'users'): P
   await tx.query(`SELECT pg_advisory_xact_lock(hashtext('streamspace.license'), hashtext($1))`, [what]);
   const used = what === 'sessions' ? await licensedSessions(tx) : await licensedUsers(tx);
   if (used + 1 > max)
-    throw new LimitError(`license limit: ${max} ${what} (${lic.tier} tier); ${used} in use — ${what === 'sessions' ? 'stop or remove a session' : 'disable or remove a user'}, or activate a license with more`, 'license');
+    throw new LimitError(
+      `license limit: ${max} ${what} (${lic.tier} tier); ${used} in use — ${what === 'sessions' ? 'stop or remove a session' : 'disable or remove a user'}, or activate a license with more`,
+      'license',
+    );
 }
 
 /** Runs fn in a transaction on a pooled client. */
