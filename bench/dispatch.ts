@@ -51,11 +51,16 @@ async function dbState(stack: Stack, id: string, state: string, timeoutMs = 30_0
   }
 }
 
+/** Wall-clock (epoch ms) of each create's POST and of its command's arrival, for dbTimeline. */
+const walls = new Map<string, { post: number; arrived: number }>();
+
 /** One create, timed to the command's arrival at the agent; returns [session id, ms]. */
 async function timedDispatch(stack: Stack, agent: FakeAgent, token: string): Promise<[string, number]> {
+  const wall0 = performance.timeOrigin + performance.now();
   const t0 = now();
   const id = await createSession(stack, token);
   const arrived = await agent.commandArrival(id);
+  walls.set(id, { post: wall0, arrived: wall0 + ms(t0, arrived) });
   await dbState(stack, id, 'running');
   return [id, ms(t0, arrived)];
 }
@@ -66,8 +71,9 @@ async function timedDispatch(stack: Stack, agent: FakeAgent, token: string): Pro
  * by the agent → session row says running (workflow again).
  */
 async function dbTimeline(stack: Stack, ids: string[]): Promise<string> {
-  const r = await stack.pool.query<Record<'to_command' | 'to_sent' | 'to_completed' | 'to_running', number>>(
-    `SELECT EXTRACT(EPOCH FROM c.created_at - s.created_at) * 1000 AS to_command,
+  const r = await stack.pool.query<Record<'to_command' | 'to_sent' | 'to_completed' | 'to_running' | 'created' | 'sent', number> & { id: string }>(
+    `SELECT s.id, EXTRACT(EPOCH FROM s.created_at) * 1000 AS created, EXTRACT(EPOCH FROM c.sent_at) * 1000 AS sent,
+            EXTRACT(EPOCH FROM c.created_at - s.created_at) * 1000 AS to_command,
             EXTRACT(EPOCH FROM c.sent_at - c.created_at) * 1000 AS to_sent,
             EXTRACT(EPOCH FROM c.completed_at - c.sent_at) * 1000 AS to_completed,
             EXTRACT(EPOCH FROM s.updated_at - c.completed_at) * 1000 AS to_running
@@ -76,7 +82,12 @@ async function dbTimeline(stack: Stack, ids: string[]): Promise<string> {
     [ids],
   );
   const p50 = (k: keyof (typeof r.rows)[number]) => fmtMs(summarize(r.rows.map((row) => Number(row[k]))).p50);
-  return `p50 session row → command row ${p50('to_command')}, → sent ${p50('to_sent')}, → completed ${p50('to_completed')}, → session running ${p50('to_running')} (n=${r.rowCount})`;
+  // The same machine's clock on both sides: POST sent → the session row's transaction began, and
+  // sent (claimed by the gateway) → the agent read the frame.
+  const known = r.rows.filter((row) => walls.has(row.id));
+  const wall = (f: (w: { post: number; arrived: number }, row: (typeof r.rows)[number]) => number) =>
+    fmtMs(summarize(known.map((row) => f(walls.get(row.id)!, row))).p50);
+  return `p50 POST → session row ${wall((w, row) => Number(row.created) - w.post)}, session row → command row ${p50('to_command')}, → sent ${p50('to_sent')}, → completed ${p50('to_completed')}, → session running ${p50('to_running')}; sent → agent has it ${wall((w, row) => w.arrived - Number(row.sent))} (n=${r.rowCount})`;
 }
 
 /** Temporal's clock: from workflow start to the dispatchCommand activity starting. */
@@ -321,6 +332,7 @@ export async function dispatchBench(): Promise<Metric[]> {
             `[${v.name}] dispatch, ${CREATORS} concurrent: ${fmtSummary(summarize(v.concurrent))}, p99 ${fmtMs(p99(v.concurrent))}  (${rate.toFixed(1)} sessions/s to running)`,
           );
           const n = v.concurrent.length;
+          log(NAME, `[${v.name}]   database:  ${await dbTimeline(v.stack, v.concurrent.length ? v.ids.slice(-v.concurrent.length) : [])}`);
           log(
             NAME,
             `[${v.name}]   per session created (to running): gateway+worker CPU ${((v.concurrentCpu / n) * 1000).toFixed(1)} ms, ${(v.concurrentCommits / n).toFixed(1)} SQL transactions (incl. the bench's own polling)`,

@@ -54,19 +54,29 @@ export interface NewCommand {
  * ensureCommand in one statement: the INSERT and the gateway's NOTIFY together
  * (inside a transaction the notification goes out when it commits). Returns the existing command
  * instead when the idempotency key is taken (nothing notified: it was issued before).
+ * `notify: false` when the caller delivers it itself once committed (its pod holds the agent's
+ * socket); the sweep and the agent's next registration still find it if that delivery is lost.
  */
-export async function issueCommand(
-  db: QueryableTx,
-  cmd: NewCommand,
-): Promise<{ row: CommandRow; created: boolean }> {
+export async function issueCommand(db: QueryableTx, cmd: NewCommand, opts: { notify?: boolean } = {}): Promise<{ row: CommandRow; created: boolean }> {
   const inserted = await db.query<CommandRow>(
     `WITH ins AS (
        INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key, generation, expires_at)
        VALUES ($1, $2, $3, $4, 'pending', $5, $6, to_timestamp($7::double precision / 1000))
        ON CONFLICT (idempotency_key) DO NOTHING
        RETURNING *)
-     SELECT ins.* FROM ins, LATERAL (SELECT pg_notify($8, $9)) AS notified`,
-    [cmd.agentDbId, cmd.sessionId, cmd.type, cmd.data, cmd.idempotencyKey, cmd.generation, cmd.expiresAt, CHANNEL_COMMAND_PENDING, cmd.agentDbId],
+     SELECT ins.* FROM ins, LATERAL (SELECT CASE WHEN $10::boolean THEN pg_notify($8, $9) END) AS notified`,
+    [
+      cmd.agentDbId,
+      cmd.sessionId,
+      cmd.type,
+      cmd.data,
+      cmd.idempotencyKey,
+      cmd.generation,
+      cmd.expiresAt,
+      CHANNEL_COMMAND_PENDING,
+      cmd.agentDbId,
+      opts.notify !== false,
+    ],
   );
   if (inserted.rowCount) return { row: inserted.rows[0], created: true };
   return { row: (await getCommandByKey(db, cmd.idempotencyKey))!, created: false };
@@ -76,10 +86,7 @@ export async function issueCommand(
  * Creates the command unless one with this idempotency key exists, and returns it. A retried
  * activity therefore finds its earlier command instead of issuing a second one.
  */
-export async function ensureCommand(
-  db: Queryable,
-  cmd: NewCommand,
-): Promise<{ row: CommandRow; created: boolean }> {
+export async function ensureCommand(db: Queryable, cmd: NewCommand): Promise<{ row: CommandRow; created: boolean }> {
   const inserted = await db.query<CommandRow>(
     `INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key, generation, expires_at)
      VALUES ($1, $2, $3, $4, 'pending', $5, $6, to_timestamp($7::double precision / 1000))

@@ -326,6 +326,41 @@ describe('capacity is reserved atomically', () => {
   });
 });
 
+describe("the pod holding the agent socket sends a new session's start itself", () => {
+  // No sweep to fall back on: only the gateway's own delivery after the commit can bring the start.
+  const stack = new Stack('direct-start', { AGENT_SWEEP_INTERVAL: '1h' });
+  const AGENT = 'fake-direct-1';
+  let admin: string;
+  beforeAll(async () => {
+    await stack.start();
+    await stack.startFakeAgent(AGENT);
+    admin = await stack.login();
+  });
+  afterAll(() => stack.stop());
+
+  test('create → running with no NOTIFY for the agent and no sweep', async () => {
+    const agentDbId = (await stack.pool.query<{ id: string }>('SELECT id FROM agents WHERE agent_id = $1', [AGENT])).rows[0].id;
+    const listener = await stack.pool.connect();
+    const notified: string[] = [];
+    listener.on('notification', (n) => notified.push(n.payload ?? ''));
+    await listener.query('LISTEN streamspace_command_pending');
+    try {
+      const c = await create(stack, admin);
+      expect(c.status).toBe(201);
+      await waitFor(
+        'running',
+        async () => (await stack.pool.query('SELECT 1 FROM sessions WHERE id = $1 AND state = $2', [c.body.id, 'running'])).rowCount,
+        30_000,
+      );
+      expect(notified.filter((p) => p === agentDbId)).toEqual([]);
+      expect(events(stack, AGENT, c.body.id as string).map((e) => e.event)).toEqual(['created']);
+    } finally {
+      await listener.query('UNLISTEN *');
+      listener.release();
+    }
+  });
+});
+
 describe('HTTP never hangs on an agent; create is orphan-proof', () => {
   const stack = new Stack('http-202', { SESSION_REAPER_INTERVAL: '500ms', SESSION_REAPER_GRACE: '1s' });
   const AGENT = 'fake-http-1';

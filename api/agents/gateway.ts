@@ -390,6 +390,16 @@ export class AgentGateway {
   /** Set by the VNC tunnel to learn that an agent could not open a stream. */
   streamErrorHandler: ((streamId: string, error: string) => void) | null = null;
 
+  /** Whether this pod holds the agent's control socket. */
+  holds(agentDbId: string): boolean {
+    return this.o.hub.local(agentDbId) !== undefined;
+  }
+
+  /** Sends the agent its queued commands now, if this pod holds its socket (a command just committed without a NOTIFY). */
+  deliverQueued(agentDbId: string): void {
+    if (this.holds(agentDbId)) this.flush(agentDbId, false);
+  }
+
   /** Sends the agent its queued commands; one flush per agent at a time, re-run if asked again. */
   private flush(agentDbId: string, redeliver: boolean): void {
     const prev = this.flushing.get(agentDbId) ?? Promise.resolve();

@@ -19,8 +19,18 @@ import { USERNAME_PATTERN } from './users';
 import { ListParams, listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow } from '../sessions/view';
 import { ErrorSchema, SessionSchema } from '../schemas';
 import { nextGeneration } from '../../db/commands';
-import { issueStartWithSession, withdrawFirstStart } from '../sessions/start-command';
-import { checkLicense, checkUserQuota, inTransaction, LimitError, lockUserQuota, Queryable, sessionResources, templateResources } from '../../db/quota';
+import { issueStartWithSession, startDataOrUndefined, withdrawFirstStart } from '../sessions/start-command';
+import {
+  checkLicense,
+  checkUserQuota,
+  inTransaction,
+  LimitError,
+  lockUserQuota,
+  Queryable,
+  Resources,
+  sessionResources,
+  templateResources,
+} from '../../db/quota';
 
 /** Per-session lifetime (v1's columns and formats); absent: the template's, else 30m / 8h. */
 const LifetimeFields = {
@@ -139,8 +149,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
    * (db/quota.ts: licenses, user_quotas), else runs `write` in the same transaction. Wakes are
    * admitted by the session workflow (activities/quota.ts), with the same rules.
    */
-  async function admit(userId: string, template: string, sessionId: string | null, write: (tx: Queryable) => Promise<unknown>): Promise<void> {
-    const need = sessionResources({ ...(await templateResources(app.deps.pool, template)) });
+  async function admit(userId: string, need: Resources, sessionId: string | null, write: (tx: Queryable) => Promise<unknown>): Promise<void> {
     try {
       await inTransaction(app.deps.pool, async (tx) => {
         await checkLicense(tx, 'sessions');
@@ -198,7 +207,9 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     // between, the session reaper (api/sessions/reaper.ts) starts it.
     // Licence and quota are checked and the row written in one transaction (see admit()).
     const startDeadline = Date.now() + config.sessionStartTimeoutMs;
-    await admit(ownerId, req.body.template, null, (tx) =>
+    // The template's resources from the manifest read above (db/quota.ts templateResources reads the same).
+    const need = sessionResources({ manifest: tpl.rows[0].manifest });
+    await admit(ownerId, need, null, (tx) =>
       tx.query(
         `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed,
                              idle_timeout, max_session_duration)
@@ -217,13 +228,28 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       ),
     );
     // The agent gets the start command now, when one can take it (api/sessions/start-command.ts).
+    // Its payload and resources come from what this request read already (the template, the owner).
     const issued =
       config.issueStartOnCreate &&
       (await issueStartWithSession(
         pool,
         { heartbeatTimeoutMs: config.heartbeatTimeoutMs },
-        { sessionId: id, platform: req.body.platform, deadline: startDeadline },
+        {
+          sessionId: id,
+          platform: req.body.platform,
+          deadline: startDeadline,
+          need,
+          start: startDataOrUndefined({
+            username: owner,
+            user_id: ownerId,
+            template_name: req.body.template,
+            persistent_home: req.body.persistent_home ?? true,
+            home_volume: null,
+            manifest: tpl.rows[0].manifest,
+          }),
+        },
         req.log,
+        app.deps.agentGateway,
       ));
     try {
       await startSessionWorkflow(
@@ -237,7 +263,10 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       ]);
       if (issued)
         await withdrawFirstStart(pool, id, 'the session workflow could not be started').catch((e: Error) =>
-          req.log.warn({ session: id, err: e.message }, 'cannot withdraw the start issued with a session whose workflow did not start; its deadline expires it'),
+          req.log.warn(
+            { session: id, err: e.message },
+            'cannot withdraw the start issued with a session whose workflow did not start; its deadline expires it',
+          ),
         );
       throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
     }
@@ -359,7 +388,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     if (!row.platform || (row.platform !== 'docker' && row.platform !== 'kubernetes'))
       throw new HttpError(409, `cannot retry: the session has no platform v2 manages (${row.platform ?? 'none'})`);
     let claimed = { rowCount: 0 as number | null };
-    await admit(row.user_id, row.template_name, id, async (tx) => {
+    await admit(row.user_id, sessionResources({ ...(await templateResources(pool, row.template_name)) }), id, async (tx) => {
       claimed = await tx.query(
         `UPDATE sessions SET state = 'pending', error_message = NULL, agent_id = NULL, workflow_confirmed = false, updated_at = NOW()
           WHERE id = $1 AND state = 'failed'`,

@@ -19,10 +19,10 @@ import type { Pool } from 'pg';
 import type { FastifyBaseLogger } from 'fastify';
 import { ApplicationFailure } from '@temporalio/common';
 import { issueCommand, withdrawAndLocate } from '../../db/commands';
-import { inTransaction } from '../../db/quota';
-import { loadStartData, placeSessionIn, type PlacementDeps } from '../../activities/placement';
+import { inTransaction, type Resources } from '../../db/quota';
+import { loadStartData, placeSessionIn, startData, type PlacementDeps, type StartSource } from '../../activities/placement';
 import { commandKey, FailureType } from '../../workflows/session-api';
-import type { Platform } from '../../protocol/messages';
+import type { Platform, StartSessionData } from '../../protocol/messages';
 
 /** Why a start may not be issued now, the workflow's to handle (activities/placement.ts). */
 const EXPECTED = new Set<string>([FailureType.NoAgentAvailable, FailureType.NoCapacity, FailureType.InvalidTemplate]);
@@ -35,37 +35,68 @@ export function firstStartKey(sessionId: string): string {
 }
 
 /**
+ * The start command's payload from what the request holds; undefined when the template is
+ * unusable (issueStartWithSession then reads it, gives up, and the workflow fails it with the reason).
+ */
+export function startDataOrUndefined(row: StartSource): StartSessionData | undefined {
+  try {
+    return startData(row);
+  } catch {
+    return undefined;
+  }
+}
+
+/** This pod's own delivery to agents whose socket it holds (api/agents/gateway.ts). */
+export interface LocalDelivery {
+  holds(agentDbId: string): boolean;
+  deliverQueued(agentDbId: string): void;
+}
+
+/**
  * Right after the session's row is committed (its own transaction, so the owner's quota lock is
  * not held meanwhile): places the session and issues its start command. Returns whether it did.
+ * `start` and `need`: the command's payload and the session's resources, when the caller holds
+ * them already (a new session: from its template), so they are not read again. When this pod
+ * holds the agent's socket (`local`), it sends the command as soon as the transaction commits,
+ * instead of waiting for its own NOTIFY to come back.
  */
 export async function issueStartWithSession(
   pool: Pool,
   deps: PlacementDeps,
-  s: { sessionId: string; platform: Platform; deadline: number },
+  s: { sessionId: string; platform: Platform; deadline: number; start?: StartSessionData; need?: Resources },
   log?: Pick<FastifyBaseLogger, 'warn'>,
+  local?: LocalDelivery,
 ): Promise<boolean> {
+  let direct: string | null = null;
   try {
-    return await inTransaction(pool, async (tx) => {
-      const data = await loadStartData(tx, s.sessionId);
-      const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true }, s.sessionId, s.platform, 'pending');
-      await issueCommand(tx, {
-        agentDbId: placed.agentDbId,
-        sessionId: s.sessionId,
-        type: 'start_session',
-        data: data as unknown as Record<string, unknown>,
-        idempotencyKey: firstStartKey(s.sessionId),
-        generation: FIRST,
-        expiresAt: s.deadline,
-      });
-      return true;
+    await inTransaction(pool, async (tx) => {
+      const data = s.start ?? (await loadStartData(tx, s.sessionId));
+      const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true, need: s.need }, s.sessionId, s.platform, 'pending');
+      direct = local?.holds(placed.agentDbId) ? placed.agentDbId : null;
+      await issueCommand(
+        tx,
+        {
+          agentDbId: placed.agentDbId,
+          sessionId: s.sessionId,
+          type: 'start_session',
+          data: data as unknown as Record<string, unknown>,
+          idempotencyKey: firstStartKey(s.sessionId),
+          generation: FIRST,
+          expiresAt: s.deadline,
+        },
+        { notify: direct === null },
+      );
     });
   } catch (err) {
     // No agent, no room, a bad template: the workflow places it and says why. Anything else (the
     // database) is worth a line: the workflow still places it, but the fast path is failing.
     const type = err instanceof ApplicationFailure ? err.type : undefined;
-    if (!type || !EXPECTED.has(type)) log?.warn({ session: s.sessionId, err: (err as Error).message }, 'start not issued with the session; its workflow places it');
+    if (!type || !EXPECTED.has(type))
+      log?.warn({ session: s.sessionId, err: (err as Error).message }, 'start not issued with the session; its workflow places it');
     return false;
   }
+  if (direct !== null) local!.deliverQueued(direct);
+  return true;
 }
 
 /**
