@@ -27,4 +27,5 @@ COPY --from=build --chown=node:node /app/dist ./dist
 COPY --from=build --chown=node:node /app/migrations ./migrations
 USER node
 EXPOSE 8080 8081
-CMD ["node", "dist/api/main.js"]
+# The gateway with a 64 MB young generation (the VNC relay's buffers; README "Capacity").
+CMD ["node", "--max-semi-space-size=64", "dist/api/main.js"]

@@ -41,7 +41,8 @@ wait_log() { # wait_log FILE REGEX SECONDS
   done
 }
 
-node dist/api/main.js >"$LOGS/api.log" 2>&1 &
+# A 64 MB young generation for the VNC relay's short-lived buffers (README "Capacity", relay).
+node --max-semi-space-size=64 dist/api/main.js >"$LOGS/api.log" 2>&1 &
 pids+=($!)
 wait_log "$LOGS/api.log" 'Server started' 60
 node dist/workers/main.js >"$LOGS/worker.log" 2>&1 &

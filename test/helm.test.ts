@@ -206,7 +206,7 @@ describe('helm chart deploy/helm/streamspace', () => {
     );
 
     const gw = container(objs, 'streamspace-gateway');
-    expect(gw.command).toEqual(['node', 'dist/api/main.js']);
+    expect(gw.command).toEqual(['node', '--max-semi-space-size=64', 'dist/api/main.js']);
     expect(envOf(gw)).toMatchObject({
       HOST: '0.0.0.0',
       AGENT_HUB_BACKEND: 'memory',
