@@ -388,7 +388,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     if (!row.platform || (row.platform !== 'docker' && row.platform !== 'kubernetes'))
       throw new HttpError(409, `cannot retry: the session has no platform v2 manages (${row.platform ?? 'none'})`);
     let claimed = { rowCount: 0 as number | null };
-    await admit(row.user_id, sessionResources({ ...(await templateResources(pool, row.template_name)) }), id, async (tx) => {
+    await admit(row.user_id, sessionResources(await templateResources(pool, row.template_name)), id, async (tx) => {
       claimed = await tx.query(
         `UPDATE sessions SET state = 'pending', error_message = NULL, agent_id = NULL, workflow_confirmed = false, updated_at = NOW()
           WHERE id = $1 AND state = 'failed'`,
