@@ -54,7 +54,8 @@ export async function startSessionWorkflow(s: SessionWorkflowSettings, t: Sessio
       workflowId: sessionWorkflowId(t.sessionId),
       taskQueue: s.taskQueue,
       args: [input],
-      memo: { sessionId: t.sessionId, user: t.user, template: t.template, platform: t.platform, state, ...(t.carried ? { imported: true } : {}) },
+      // The state is the StreamSpaceState search attribute (the workflow keeps it current there).
+      memo: { sessionId: t.sessionId, user: t.user, template: t.template, platform: t.platform, ...(t.carried ? { imported: true } : {}) },
       typedSearchAttributes: [
         { key: SA.sessionId, value: t.sessionId },
         { key: SA.user, value: t.user },

@@ -63,6 +63,37 @@ async function countInState(stack: Stack, state: string): Promise<number> {
 }
 
 /** Reads the list and single sessions at a steady pace while a phase runs, from its own process (bench/prober.ts). */
+/**
+ * The database's share of an operation, from pg_stat_statements (loaded by scripts/services.sh):
+ * reset at a phase's start, then its heaviest statements (this database only) per operation.
+ * Null when the extension is not loaded (another PostgreSQL): the phase line says so.
+ */
+const statements = {
+  async reset(stack: Stack): Promise<boolean> {
+    try {
+      await stack.pool.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+      await stack.pool.query('SELECT pg_stat_statements_reset()');
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  async top(stack: Stack, n: number, k = 6): Promise<string> {
+    const r = await stack.pool.query<{ calls: string; ms: number; query: string; rows: string }>(
+      `SELECT s.calls, s.total_exec_time AS ms, s.rows, regexp_replace(s.query, '\\s+', ' ', 'g') AS query
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+        WHERE d.datname = current_database() AND s.query NOT ILIKE '%pg_stat_statements%'
+        ORDER BY s.total_exec_time DESC`,
+    );
+    const calls = r.rows.reduce((a, x) => a + Number(x.calls), 0);
+    const total = r.rows.reduce((a, x) => a + x.ms, 0);
+    const lines = r.rows
+      .slice(0, k)
+      .map((x) => `    ${(Number(x.calls) / n).toFixed(2)} calls/op, ${(x.ms / n).toFixed(3)} ms/op: ${x.query.slice(0, 140)}`);
+    return [`  statements: ${(calls / n).toFixed(1)} per op, ${(total / n).toFixed(2)} ms execution per op (${r.rows.length} distinct); heaviest:`, ...lines].join('\n');
+  },
+};
+
 function prober(stack: Stack, admin: string) {
   const child = fork(path.join(__dirname, 'prober.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const result = new Promise<{ list: number[]; deep: number[]; get: number[] }>((resolve, reject) => {
@@ -131,6 +162,7 @@ export async function scaleBench(): Promise<Metric[]> {
     const runPhase = async (op: Op): Promise<PhaseResult> => {
       const n = op === 'create' ? SESSIONS : ids.length + sample.length;
       const before = op === 'create' ? await countInState(stack, 'running') : 0;
+      const counting = await statements.reset(stack);
       const probe = prober(stack, admin);
       for (const g of Object.values(groups)) g.start();
       const calls: number[] = [];
@@ -181,6 +213,7 @@ export async function scaleBench(): Promise<Metric[]> {
             .map(([k, v]) => `${k} ${v.toFixed(0)}`)
             .join(', ')}${failures.length ? `; ${failures.length} failures, first: ${failures[0]}` : ''}`,
       );
+      log(NAME, counting ? await statements.top(stack, r.n) : '  statements: pg_stat_statements is not loaded in this PostgreSQL');
       return r;
     };
 

@@ -114,6 +114,9 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 shared_buffers = 128MB
+# Per-statement counts and times (npm run bench -- --scale prints the heaviest per operation).
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.max = 2000
 dynamic_shared_memory_type = mmap
 logging_collector = off
 EOF

@@ -220,12 +220,14 @@ describe('the compose topology as processes, from deploy/compose/streamspace.env
         throw new Error(`${service} failed: ${e.message}\n${e.stdout ?? ''}${e.stderr ?? ''}`);
       }
     };
-    /** A long-running service: `node dist/<script>` as in its compose command. */
+    /** A long-running service: `node [--flag ...] dist/<script>` as in its compose command, flags included. */
     const start = (service: string): Proc => {
-      const cmd = [doc.services[service].command ?? []].flat();
+      const cmd: string[] = [doc.services[service].command ?? []].flat();
       expect(cmd[0]).toBe('node');
-      expect(cmd[1]).toMatch(/^dist\//);
-      const proc = new Proc(service, cmd[1].slice('dist/'.length), envFor(service), logDir).start();
+      const script = cmd.findIndex((a, i) => i > 0 && !a.startsWith('-'));
+      expect(cmd.slice(script + 1)).toEqual([]);
+      expect(cmd[script]).toMatch(/^dist\//);
+      const proc = new Proc(service, cmd[script].slice('dist/'.length), envFor(service), logDir, cmd.slice(1, script)).start();
       procs.push(proc);
       return proc;
     };

@@ -170,6 +170,10 @@ describe('stuck starts have a way out', () => {
     const failed = await stack.waitForState(admin, created.body.id, 'failed', 60_000);
     expect(failed.error).toMatch(/start timed out after 4s/);
     expect(failed.error).toMatch(/no docker agent is online|placing session/);
+    // The Temporal UI shows the failure too: the state as a search attribute, the reason in the memo.
+    const desc = await stack.temporal.workflow.getHandle(sessionWorkflowId(created.body.id)).describe();
+    expect(desc.searchAttributes).toMatchObject({ StreamSpaceState: ['failed'] });
+    expect(desc.memo).toMatchObject({ sessionId: created.body.id, error: expect.stringMatching(/start timed out after 4s/) });
   });
 
   test('a pending start can be cancelled by stopping the session', async () => {

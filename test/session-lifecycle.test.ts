@@ -6,6 +6,7 @@
 import { rfbGreeting } from '../agents/docker/driver';
 import { sessionWorkflowId } from '../workflows/session-api';
 import { commandsInHistory } from './harness/history';
+import { replayOnBuiltCode } from './harness/replay';
 import { Stack } from './harness/stack';
 
 jest.setTimeout(240_000);
@@ -111,5 +112,16 @@ describe('session lifecycle on a real Docker agent', () => {
     const updates = (history.events ?? []).map((e) => e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name).filter(Boolean);
     expect(updates).toEqual(['hibernate', 'wake', 'stop']);
     expect(desc.memo).toMatchObject({ sessionId: id, user: 'alice', platform: 'docker' });
+    // Fewer events and visibility writes per operation (issue 14): one patch marker for all of the
+    // workflow's patches, and the state and agent only as search attributes, not again in the memo.
+    const patches = (history.events ?? []).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch');
+    expect(patches).toHaveLength(1);
+    // (The memo is the one the gateway started the workflow with; the workflow writes it only for an error.)
+    const memoWrites = (history.events ?? []).filter((e) => e.workflowPropertiesModifiedEventAttributes);
+    expect(memoWrites).toHaveLength(0);
+    expect(desc.memo).not.toHaveProperty('state');
+    expect(desc.searchAttributes).toMatchObject({ StreamSpaceState: ['terminated'], StreamSpaceAgent: ['docker-lifecycle-1'] });
+    // And the history this code recorded replays on it (test/workflow-replay.test.ts: earlier code's).
+    await replayOnBuiltCode(history, sessionWorkflowId(id));
   });
 });

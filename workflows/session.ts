@@ -107,7 +107,19 @@ const quick = proxyLocalActivities<SessionActivities>({
 // How long hibernate/wake/stop may take before the Update fails with a reason.
 const COMMAND_TIMEOUT_MS = 5 * 60_000;
 
+/**
+ * Every patch below, at once. A patch (patched(id)) keeps a history that earlier code recorded
+ * replaying as it ran; the first time a workflow meets one it records a marker and upserts the
+ * TemporalChangeVersion search attribute (two events and a visibility write). A session started by
+ * this code has all of them, so it records this one instead of six; a history without it (started
+ * by earlier code) still asks for each patch by its own id. Add a new patch here AND by its own id.
+ */
+const ALL_PATCHES = 'session-patches-2026-11';
+
 export async function sessionWorkflow(input: SessionWorkflowInput): Promise<SessionStatus> {
+  // First, before any other command (a replay of an earlier history sees it missing here).
+  const current = patched(ALL_PATCHES);
+  const has = (patch: string): boolean => current || patched(patch);
   const carried: CarriedState = input.carried ?? { state: 'pending', agentDbId: null, agentId: null, commandSeq: input.firstCommandSeq ?? 0, runs: 0 };
   let state: SessionState = carried.state;
   let agentDbId = carried.agentDbId;
@@ -118,6 +130,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   let transition: Transition = null;
   let progress: string | null = null;
   let lastError: string | null = null;
+  // The error the memo shows (setState).
+  let memoError: string | null = null;
   // A fresh session's start runs first: an Update arriving with it (even in the first
   // activation) waits for the start to finish or be cancelled.
   let busy = !input.carried;
@@ -186,7 +200,13 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     state = next;
     lifetimeDirty = true;
     upsertSearchAttributes([{ key: SA.state, value: next }]);
-    upsertMemo({ state: next, agent: agentId, error: extra.error ?? null });
+    // The state and the agent are search attributes (the Temporal UI shows and filters them); the
+    // memo adds the error, written when it changes. (Histories without ALL_PATCHES wrote the memo
+    // on every change, with state and agent: one more event and visibility write each.)
+    const error = extra.error ?? null;
+    if (!current) upsertMemo({ state: next, agent: agentId, error });
+    else if (error !== memoError) upsertMemo({ error });
+    memoError = error;
     if (extra.recorded) return;
     await db.recordSessionState({
       sessionId: input.sessionId,
@@ -231,7 +251,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     // Since 'quick-command': the command is issued, and its outcome awaited for a moment, in this
     // workflow task (local activity quickCommand); only a command the agent has not finished by
     // then takes the activity (dispatchCommand), which finds it issued and waits for it.
-    const quickly = patched('quick-command');
+    const quickly = has('quick-command');
     try {
       return await CancellationScope.withTimeout(Math.max(1, deadline - Date.now()), async () => {
         if (quickly) {
@@ -269,7 +289,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     // ends; dispatchCommand then only waits for the outcome. Before: placeSession, then
     // recordSessionState, then the command issued by dispatchCommand after the workflow task.
     let pre: { seq: number; issued: boolean } | undefined;
-    if (patched('start-issues-command')) {
+    if (has('start-issues-command')) {
       const seq = ++commandSeq;
       const idempotencyKey = commandKey(input.sessionId, seq, 'start_session');
       try {
@@ -287,7 +307,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         // issued the command; withdraw it (the agent abandons and undoes it). Idempotent.
         if (isCancellation(err)) {
           const reason = stopRequested ? WITHDRAWN_BY_STOP : 'withdrawn: the start timed out while placing the session';
-          if (patched('cancelled-start-finds-agent')) {
+          if (has('cancelled-start-finds-agent')) {
             // The agent may have run it already (it completed or failed before the withdrawal):
             // then the stop or cleanup that follows removes what it made there.
             const issued = await CancellationScope.nonCancellable(() => db.abandonIssuedStart({ idempotencyKey, reason }));
@@ -309,7 +329,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     }
     try {
       // Since 'command-records-state' the dispatch activity writes running and reads the limits for the timers.
-      const then = patched('command-records-state') ? { state: 'running' as const, lifetime: true } : undefined;
+      const then = has('command-records-state') ? { state: 'running' as const, lifetime: true } : undefined;
       const result = await runCommand('start_session', label, deadline, pre, then);
       onAgent = true;
       if (result.recorded) lifetimeRead = result.recorded.lifetime;
@@ -328,7 +348,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     await setState('terminating');
     try {
       if (agentDbId && onAgent) {
-        const then = patched('command-records-state') && !lastError ? { state: 'terminated' as const } : undefined;
+        const then = has('command-records-state') && !lastError ? { state: 'terminated' as const } : undefined;
         recorded = !!(await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS, undefined, then)).recorded;
       }
     } catch (err) {
@@ -351,7 +371,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   async function hibernateNow() {
     transition = 'hibernating';
     // Since 'command-records-state' the dispatch activity writes the new state (no local activity after it).
-    const then = patched('command-records-state') ? { state: 'hibernated' as const } : undefined;
+    const then = has('command-records-state') ? { state: 'hibernated' as const } : undefined;
     const result = await runCommand('hibernate_session', 'hibernating', Date.now() + COMMAND_TIMEOUT_MS, undefined, then);
     await setState('hibernated', { recorded: !!result.recorded });
   }
@@ -473,7 +493,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         if (state !== 'hibernated') throw invalid('wake', state);
         // Quota (activities/quota.ts): refused if waking would exceed the owner's user_quotas;
         // otherwise the session's share is reserved until the wake's outcome is recorded.
-        if (patched('quota-on-wake')) {
+        if (has('quota-on-wake')) {
           try {
             await db.reserveForWake({ sessionId: input.sessionId });
           } catch (err) {
@@ -503,7 +523,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         }
         try {
           // Since 'command-records-state' the dispatch activity writes running and reads the limits for the timers.
-          const then = patched('command-records-state') ? { state: 'running' as const, lifetime: true } : undefined;
+          const then = has('command-records-state') ? { state: 'running' as const, lifetime: true } : undefined;
           const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS, undefined, then));
           if (result.recorded) lifetimeRead = result.recorded.lifetime;
           await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null }, recorded: !!result.recorded });
@@ -525,7 +545,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   });
 
   if (!input.carried) {
-    upsertMemo({ sessionId: input.sessionId, user: input.user, template: input.template, platform: input.platform, state });
+    // (The gateway starts the workflow with this memo already: histories without ALL_PATCHES wrote it again.)
+    if (!current) upsertMemo({ sessionId: input.sessionId, user: input.user, template: input.template, platform: input.platform, state });
     try {
       await stoppable(() => start(), input.startTimeoutMs);
     } catch (err) {
@@ -537,7 +558,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         // The stop came before the start ran (its first activation): the gateway may have issued
         // the start with the session. Withdraw it; if the agent acted on it already, the stop
         // below removes what it made (its generation follows the start's).
-        if (!agentDbId && commandSeq === (input.firstCommandSeq ?? 0) && patched('stop-withdraws-issued-start')) {
+        if (!agentDbId && commandSeq === (input.firstCommandSeq ?? 0) && has('stop-withdraws-issued-start')) {
           const idempotencyKey = commandKey(input.sessionId, commandSeq + 1, 'start_session');
           const issued = await CancellationScope.nonCancellable(() => db.abandonIssuedStart({ idempotencyKey, reason: WITHDRAWN_BY_STOP }));
           if (issued.issued) commandSeq++;
@@ -579,7 +600,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   const done = () => state === 'terminated' || (state === 'failed' && !stopRequested);
   const historyFull = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > maxEvents;
   // Histories recorded before the timers existed replay without them.
-  const timed = patched('session-lifetime-timers');
+  const timed = has('session-lifetime-timers');
   for (;;) {
     if (timed && lifetimeDirty && !busy && !done()) await exclusive(planTimers);
     // (Read through a function: TypeScript cannot see the handlers and activities change them.)

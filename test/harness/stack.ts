@@ -64,6 +64,8 @@ export class Proc {
     readonly script: string,
     readonly env: NodeJS.ProcessEnv,
     readonly logDir: string,
+    /** Node flags this process is started with (as its manifest's command gives them). */
+    readonly nodeFlags: string[] = [],
   ) {}
 
   start(): this {
@@ -71,7 +73,7 @@ export class Proc {
     out.write(`--- start ${new Date().toISOString()}\n`);
     // STACK_NODE_ARGS: extra node flags for every process of the stack (e.g. --cpu-prof, to profile a bench).
     const nodeArgs = (process.env.STACK_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const child = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'dist', this.script)], {
+    const child = spawn(process.execPath, [...this.nodeFlags, ...nodeArgs, path.join(ROOT, 'dist', this.script)], {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

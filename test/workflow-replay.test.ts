@@ -1,0 +1,33 @@
+/**
+ * Sessions already running keep running across an upgrade: histories recorded by earlier code
+ * (test/fixtures/histories: whole sessions, create → hibernate → wake → stop, one on a fake agent
+ * that answers at once, one on the real Docker agent) replay on this code without a determinism
+ * violation. The session-lifecycle test replays a history this code records.
+ */
+import { historyFixtures, replayOnBuiltCode } from './harness/replay';
+
+jest.setTimeout(120_000);
+
+const json = (p: { data?: Uint8Array | null } | null | undefined): any => (p?.data ? JSON.parse(Buffer.from(p.data).toString()) : undefined);
+
+describe('session histories recorded by earlier code replay on this code', () => {
+  const fixtures = historyFixtures();
+
+  test('the fixtures are there, and were recorded patch by patch (before session-patches-2026-11)', () => {
+    expect(fixtures.length).toBeGreaterThanOrEqual(2);
+    for (const f of fixtures) {
+      const patches = (f.history.events ?? [])
+        .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
+        .map((e) => json(e.markerRecordedEventAttributes!.details!['patch-data'].payloads![0]).id);
+      // So their replay takes the path a session started before the single patch marker takes.
+      expect(patches).toEqual(expect.arrayContaining(['start-issues-command', 'command-records-state', 'quick-command', 'quota-on-wake']));
+      expect(patches).not.toContain('session-patches-2026-11');
+    }
+  });
+
+  test.each(historyFixtures().map((f) => [f.name, f.history] as const))('%s replays', async (name, history) => {
+    const started = history.events![0].workflowExecutionStartedEventAttributes!;
+    expect(started.workflowType!.name).toBe('sessionWorkflow');
+    await replayOnBuiltCode(history, `fixture/${name}`);
+  });
+});
