@@ -62,11 +62,10 @@ async function countInState(stack: Stack, state: string): Promise<number> {
   return Number((await stack.pool.query<{ n: string }>('SELECT count(*) AS n FROM sessions WHERE state = $1', [state])).rows[0].n);
 }
 
-/** Reads the list and single sessions at a steady pace while a phase runs, from its own process (bench/prober.ts). */
 /**
  * The database's share of an operation, from pg_stat_statements (loaded by scripts/services.sh):
  * reset at a phase's start, then its heaviest statements (this database only) per operation.
- * Null when the extension is not loaded (another PostgreSQL): the phase line says so.
+ * reset() is false when the extension is not loaded (another PostgreSQL): the phase line says so.
  */
 const statements = {
   async reset(stack: Stack): Promise<boolean> {
@@ -79,8 +78,8 @@ const statements = {
     }
   },
   async top(stack: Stack, n: number, k = 6): Promise<string> {
-    const r = await stack.pool.query<{ calls: string; ms: number; query: string; rows: string }>(
-      `SELECT s.calls, s.total_exec_time AS ms, s.rows, regexp_replace(s.query, '\\s+', ' ', 'g') AS query
+    const r = await stack.pool.query<{ calls: string; ms: number; query: string }>(
+      `SELECT s.calls, s.total_exec_time AS ms, regexp_replace(s.query, '\\s+', ' ', 'g') AS query
          FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
         WHERE d.datname = current_database() AND s.query NOT ILIKE '%pg_stat_statements%'
         ORDER BY s.total_exec_time DESC`,
@@ -94,6 +93,7 @@ const statements = {
   },
 };
 
+/** Reads the list and single sessions at a steady pace while a phase runs, from its own process (bench/prober.ts). */
 function prober(stack: Stack, admin: string) {
   const child = fork(path.join(__dirname, 'prober.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const result = new Promise<{ list: number[]; deep: number[]; get: number[] }>((resolve, reject) => {
