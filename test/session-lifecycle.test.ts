@@ -120,6 +120,13 @@ describe('session lifecycle on a real Docker agent', () => {
     const memoWrites = (history.events ?? []).filter((e) => e.workflowPropertiesModifiedEventAttributes);
     expect(memoWrites).toHaveLength(0);
     expect(desc.memo).not.toHaveProperty('state');
+    // The agent is upserted with a state change, never in an upsert event of its own.
+    const upserts = (history.events ?? []).flatMap((e) => {
+      const fields = e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields;
+      return fields ? [Object.keys(fields).sort()] : [];
+    });
+    expect(upserts).toContainEqual(['StreamSpaceAgent', 'StreamSpaceState']);
+    expect(upserts.filter((keys) => keys.includes('StreamSpaceAgent') && !keys.includes('StreamSpaceState'))).toEqual([]);
     expect(desc.searchAttributes).toMatchObject({ StreamSpaceState: ['terminated'], StreamSpaceAgent: ['docker-lifecycle-1'] });
     // And the history this code recorded replays on it (test/workflow-replay.test.ts: earlier code's).
     await replayOnBuiltCode(history, sessionWorkflowId(id));

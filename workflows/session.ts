@@ -130,8 +130,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   let transition: Transition = null;
   let progress: string | null = null;
   let lastError: string | null = null;
-  // The error the memo shows (setState).
+  // The error the memo shows, and the agent the StreamSpaceAgent search attribute shows (setState;
+  // a continued run inherits its predecessor's search attributes).
   let memoError: string | null = null;
+  let agentShown: string | null = carried.agentId;
   // A fresh session's start runs first: an Update arriving with it (even in the first
   // activation) waits for the start to finish or be cancelled.
   let busy = !input.carried;
@@ -199,7 +201,11 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     else if (next !== 'running') runningSince = null;
     state = next;
     lifetimeDirty = true;
-    upsertSearchAttributes([{ key: SA.state, value: next }]);
+    // The agent goes with the state when it changed (one upsert event, not two; histories without
+    // ALL_PATCHES upserted it on its own right after placement).
+    const showAgent = current && agentId !== null && agentId !== agentShown;
+    upsertSearchAttributes([{ key: SA.state, value: next }, ...(showAgent ? [{ key: SA.agent, value: agentId! }] : [])]);
+    if (showAgent) agentShown = agentId;
     // The state and the agent are search attributes (the Temporal UI shows and filters them); the
     // memo adds the error, written when it changes. (Histories without ALL_PATCHES wrote the memo
     // on every change, with state and agent: one more event and visibility write each.)
@@ -319,7 +325,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         }
         throw err;
       }
-      upsertSearchAttributes([{ key: SA.agent, value: agentId }]);
+      if (!current) upsertSearchAttributes([{ key: SA.agent, value: agentId }]);
     } else {
       const placed = await placement.placeSession({ sessionId: input.sessionId, platform: input.platform });
       agentDbId = placed.agentDbId;
