@@ -25,7 +25,7 @@ describe('session histories recorded by earlier code replay on this code', () =>
     }
   });
 
-  test.each(historyFixtures().map((f) => [f.name, f.history] as const))('%s replays', async (name, history) => {
+  test.each(fixtures.map((f) => [f.name, f.history] as const))('%s replays', async (name, history) => {
     const started = history.events![0].workflowExecutionStartedEventAttributes!;
     expect(started.workflowType!.name).toBe('sessionWorkflow');
     await replayOnBuiltCode(history, `fixture/${name}`);
