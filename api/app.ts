@@ -113,4 +113,3 @@ const hopsOf =
   (_address: string, hop: number): boolean =>
     hop < n;
 
-export { HttpError, httpReason } from './errors';

@@ -79,6 +79,9 @@ export const TemplateSchema = Type.Object({
   resources: N(Type.Object({ cpu: N(Type.String()), memory: N(Type.String()) })),
 });
 
+/** A new user's name (POST /users) and the list filter ?user= (v1's existing names may not follow it). */
+export const USERNAME_PATTERN = '^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$';
+
 export const QuotaSchema = Type.Object({ max_sessions: Type.Integer(), max_cpu: Type.String(), max_memory: Type.String() });
 
 export const UserSchema = Type.Object({

@@ -1,7 +1,7 @@
 /** Authenticates user requests (Bearer JWT) and exposes guards for routes. */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { HttpError } from '../app';
+import { HttpError } from '../errors';
 import { tokenRevoked } from './accounts';
 import { bearer, RequestUser, Role, TokenError } from './tokens';
 

@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import { parseDuration } from '../../config/env';
-import { HttpError } from '../app';
+import { HttpError } from '../errors';
 import { AGENT_ID_PATTERN, AgentTokenConflict, AgentTokenRecord, listAgentTokens, mintAgentToken, revokeAgentToken } from '../auth/agent-credentials';
 import { TokenError } from '../auth/tokens';
 import { loadAgents } from '../agents/view';

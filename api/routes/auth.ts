@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
-import { HttpError } from '../app';
+import { HttpError } from '../errors';
 import { revocationInstant, verifyPasswordConstantTime, waitForTokenValidity } from '../auth/accounts';
 import { LoginThrottle } from '../auth/login-throttle';
 import { hashPassword, Role } from '../auth/tokens';

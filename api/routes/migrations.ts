@@ -22,7 +22,7 @@ import {
 } from '../../workflows/migration-api';
 import { SA } from '../../workflows/search-attributes';
 import { MigrationRunSchema } from '../schemas';
-import { HttpError } from '../app';
+import { HttpError } from '../errors';
 import { MigrationInputError, migrationOptions, MigrationRequest, MigrationRequestSchema, RUN_ID_PATTERN } from '../migrations/options';
 
 const RunParams = Type.Object({ runId: Type.String({ pattern: RUN_ID_PATTERN }) }, { additionalProperties: false });

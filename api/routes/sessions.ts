@@ -14,10 +14,9 @@ import { FailureType, hibernateUpdate, lifetimeChangedSignal, sessionWorkflowId,
 import { formatLifetime, parseLifetime } from '../../config/env';
 import { startSessionWorkflow } from '../../activities/session-adoption';
 import { ensureUser } from '../../db/users';
-import { HttpError } from '../app';
-import { USERNAME_PATTERN } from './users';
+import { HttpError } from '../errors';
 import { ListParams, listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow } from '../sessions/view';
-import { ErrorSchema, SessionSchema } from '../schemas';
+import { ErrorSchema, SessionSchema, USERNAME_PATTERN } from '../schemas';
 import { nextGeneration } from '../../db/commands';
 import { issueStartWithSession, startDataOrUndefined, withdrawFirstStart } from '../sessions/start-command';
 import {

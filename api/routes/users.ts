@@ -1,15 +1,13 @@
 import { Type } from '@sinclair/typebox';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { HttpError } from '../app';
+import { HttpError } from '../errors';
 import { revocationInstant } from '../auth/accounts';
 import { hashPassword } from '../auth/tokens';
 import { ensureUser } from '../../db/users';
 import { checkLicense, inTransaction, LimitError } from '../../db/quota';
 import { sessionWorkflowId, stopUpdate } from '../../workflows/session-api';
-import { QuotaSchema, UserSchema } from '../schemas';
-
-export const USERNAME_PATTERN = '^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$';
+import { QuotaSchema, UserSchema, USERNAME_PATTERN } from '../schemas';
 
 const CreateUser = Type.Object(
   {

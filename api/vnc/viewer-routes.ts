@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { HttpError } from '../app';
+import { HttpError } from '../errors';
 
 const BUNDLE = path.resolve(__dirname, '..', '..', 'public', 'viewer.js');
 
