@@ -5,7 +5,7 @@
  */
 import { rfbGreeting } from '../agents/docker/driver';
 import { sessionWorkflowId } from '../workflows/session-api';
-import { commandsInHistory } from './harness/history';
+import { commandsInHistory, patchesInHistory } from './harness/history';
 import { replayOnBuiltCode } from './harness/replay';
 import { Stack } from './harness/stack';
 
@@ -114,8 +114,7 @@ describe('session lifecycle on a real Docker agent', () => {
     expect(desc.memo).toMatchObject({ sessionId: id, user: 'alice', platform: 'docker' });
     // Fewer events and visibility writes per operation (issue 14): one patch marker for all of the
     // workflow's patches, and the state and agent only as search attributes, not again in the memo.
-    const patches = (history.events ?? []).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch');
-    expect(patches).toHaveLength(1);
+    expect(patchesInHistory(history.events)).toHaveLength(1);
     // (The memo is the one the gateway started the workflow with; the workflow writes it only for an error.)
     const memoWrites = (history.events ?? []).filter((e) => e.workflowPropertiesModifiedEventAttributes);
     expect(memoWrites).toHaveLength(0);

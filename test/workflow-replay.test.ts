@@ -4,11 +4,10 @@
  * that answers at once, one on the real Docker agent) replay on this code without a determinism
  * violation. The session-lifecycle test replays a history this code records.
  */
+import { patchesInHistory } from './harness/history';
 import { historyFixtures, replayOnBuiltCode } from './harness/replay';
 
 jest.setTimeout(120_000);
-
-const json = (p: { data?: Uint8Array | null } | null | undefined): any => (p?.data ? JSON.parse(Buffer.from(p.data).toString()) : undefined);
 
 describe('session histories recorded by earlier code replay on this code', () => {
   const fixtures = historyFixtures();
@@ -16,9 +15,7 @@ describe('session histories recorded by earlier code replay on this code', () =>
   test('the fixtures are there, and were recorded patch by patch (before session-patches-2026-11)', () => {
     expect(fixtures.length).toBeGreaterThanOrEqual(2);
     for (const f of fixtures) {
-      const patches = (f.history.events ?? [])
-        .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
-        .map((e) => json(e.markerRecordedEventAttributes!.details!['patch-data'].payloads![0]).id);
+      const patches = patchesInHistory(f.history.events);
       // So their replay takes the path a session started before the single patch marker takes.
       expect(patches).toEqual(expect.arrayContaining(['start-issues-command', 'command-records-state', 'quick-command', 'quota-on-wake']));
       expect(patches).not.toContain('session-patches-2026-11');

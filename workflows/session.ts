@@ -111,8 +111,10 @@ const COMMAND_TIMEOUT_MS = 5 * 60_000;
  * Every patch below, at once. A patch (patched(id)) keeps a history that earlier code recorded
  * replaying as it ran; the first time a workflow meets one it records a marker and upserts the
  * TemporalChangeVersion search attribute (two events and a visibility write). A session started by
- * this code has all of them, so it records this one instead of six; a history without it (started
- * by earlier code) still asks for each patch by its own id. Add a new patch here AND by its own id.
+ * this code has all of them, so it records this one instead of one per patch it meets (five in a
+ * plain create → hibernate → wake → stop); a history without it (started by earlier code) still
+ * asks for each patch by its own id (has()). A patch added after this one must call patched(id)
+ * itself, not has(): histories recorded with ALL_PATCHES were made without it.
  */
 const ALL_PATCHES = 'session-patches-2026-11';
 

@@ -34,3 +34,10 @@ export function commandsInHistory(events: HistoryEvent[] | null | undefined): Hi
   }
   return out;
 }
+
+/** The patch ids a history's patch markers name (workflow code's patched(id)), in order. */
+export function patchesInHistory(events: HistoryEvent[] | null | undefined): string[] {
+  return (events ?? [])
+    .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
+    .map((e) => json(e.markerRecordedEventAttributes!.details!['patch-data'].payloads![0]).id);
+}
