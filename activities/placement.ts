@@ -29,6 +29,8 @@ export interface PlacementDeps {
 
 /** Agents locked and counted per placement in a large fleet (see placeSessionIn). */
 const PLACEMENT_SAMPLE = 4;
+/** Samples drawn when every agent of the previous one was held by another placement. */
+const PLACEMENT_DRAWS = 3;
 /** Up to this many online agents a placement considers them all. */
 const PLACEMENT_FULL_SCAN = 8;
 
@@ -125,16 +127,23 @@ export async function placeSessionIn(
   // sessions as with 3 (it used to lock every agent and read every session); all of them only
   // when none of the sample has room. A small fleet (≤ PLACEMENT_FULL_SCAN agents) is always
   // placed on its least used agent.
-  const sample = await client.query<{ id: string; total: string }>(
-    `SELECT a.id, count(*) OVER () AS total FROM agents a WHERE a.platform = $1 AND ${fresh} ORDER BY random() LIMIT ${PLACEMENT_SAMPLE}`,
-    [platform, deps.heartbeatTimeoutMs],
-  );
+  const sampleSql = `SELECT a.id, count(*) OVER () AS total FROM agents a WHERE a.platform = $1 AND ${fresh} ORDER BY random() LIMIT ${PLACEMENT_SAMPLE}`;
+  const sample = await client.query<{ id: string; total: string }>(sampleSql, [platform, deps.heartbeatTimeoutMs]);
   if (Number(sample.rows[0]?.total ?? 0) > PLACEMENT_FULL_SCAN) {
-    // The sample's locks are let go before all agents are locked in id order (no deadlock).
-    await client.query('SAVEPOINT placement_sample');
-    const r = await placeAmong(sample.rows.map((x) => x.id));
-    if (r.placed) return r.placed;
-    await client.query('ROLLBACK TO SAVEPOINT placement_sample');
+    // The sampled agents another placement holds are skipped, not waited for (SKIP LOCKED): with
+    // a hundred creators at once, waiting on each other's samples was most of a placement's time.
+    // A sample whose agents are all held is drawn again; one that is locked but has no room
+    // sends the placement to the full scan. The sample's locks are let go before all agents are
+    // locked in id order (no deadlock).
+    let ids = sample.rows.map((x) => x.id);
+    for (let draw = 1; ; draw++) {
+      await client.query('SAVEPOINT placement_sample');
+      const r = await placeAmong(ids, true);
+      if (r.placed) return r.placed;
+      await client.query('ROLLBACK TO SAVEPOINT placement_sample');
+      if (r.count > 0 || draw >= PLACEMENT_DRAWS) break;
+      ids = (await client.query<{ id: string }>(sampleSql, [platform, deps.heartbeatTimeoutMs])).rows.map((x) => x.id);
+    }
   }
   const all = await placeAmong(null);
   if (all.placed) return all.placed;
@@ -153,8 +162,11 @@ export async function placeSessionIn(
   // Retryable: the workflow keeps trying until an agent has room or the start times out.
   throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
 
-  /** Places on the least used of `ids` (null: every online agent of the platform) that has room. */
-  async function placeAmong(ids: string[] | null) {
+  /**
+   * Places on the least used of `ids` (null: every online agent of the platform) that has room;
+   * with `skipLocked`, among those of them no other placement holds.
+   */
+  async function placeAmong(ids: string[] | null, skipLocked = false) {
     // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
     // statement sees every placement committed while this one waited for the locks, so
     // concurrent placements cannot overfill an agent.
@@ -164,7 +176,7 @@ export async function placeSessionIn(
          FROM agents a
         WHERE a.platform = $1 AND ${fresh} AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
         ORDER BY a.id
-          FOR NO KEY UPDATE OF a`,
+          FOR NO KEY UPDATE OF a${skipLocked ? ' SKIP LOCKED' : ''}`,
       [platform, deps.heartbeatTimeoutMs, ids],
     );
     // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
