@@ -54,31 +54,31 @@ export interface NewCommand {
  * ensureCommand in one statement: the INSERT and the gateway's NOTIFY together
  * (inside a transaction the notification goes out when it commits). Returns the existing command
  * instead when the idempotency key is taken (nothing notified: it was issued before).
- * `notify: false` when the caller delivers it itself once committed (its pod holds the agent's
- * socket); the sweep and the agent's next registration still find it if that delivery is lost.
+ * `sendNow` when the caller's pod holds the agent's socket and sends the command itself once
+ * committed: it is written as sent (as claimForDelivery would mark it) and without a NOTIFY, and
+ * comes back as `sent`, the frame's row (only when created: an existing command is not sent again). If that send does not happen, the caller puts it
+ * back to pending (requeueCommand); if the socket dies after it, the agent's next registration
+ * delivers it again (sent commands are redelivered then), as with any claimed command.
  */
-export async function issueCommand(db: QueryableTx, cmd: NewCommand, opts: { notify?: boolean } = {}): Promise<{ row: CommandRow; created: boolean }> {
-  const inserted = await db.query<CommandRow>(
+export async function issueCommand(
+  db: QueryableTx,
+  cmd: NewCommand,
+  opts: { sendNow?: boolean } = {},
+): Promise<{ row: CommandRow; created: boolean; sent?: ClaimedCommand }> {
+  const sendNow = opts.sendNow === true;
+  const inserted = await db.query<ClaimedCommand>(
     `WITH ins AS (
-       INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, idempotency_key, generation, expires_at)
-       VALUES ($1, $2, $3, $4, 'pending', $5, $6, to_timestamp($7::double precision / 1000))
+       INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, sent_at, idempotency_key, generation, expires_at)
+       VALUES ($1, $2, $3, $4, CASE WHEN $10::boolean THEN 'sent' ELSE 'pending' END, CASE WHEN $10::boolean THEN clock_timestamp() END,
+               $5, $6, to_timestamp($7::double precision / 1000))
        ON CONFLICT (idempotency_key) DO NOTHING
        RETURNING *)
-     SELECT ins.* FROM ins, LATERAL (SELECT CASE WHEN $10::boolean THEN pg_notify($8, $9) END) AS notified`,
-    [
-      cmd.agentDbId,
-      cmd.sessionId,
-      cmd.type,
-      cmd.data,
-      cmd.idempotencyKey,
-      cmd.generation,
-      cmd.expiresAt,
-      CHANNEL_COMMAND_PENDING,
-      cmd.agentDbId,
-      opts.notify !== false,
-    ],
+     SELECT ins.*, false AS redelivery,
+            COALESCE(GREATEST(0, (EXTRACT(EPOCH FROM (ins.expires_at - clock_timestamp())) * 1000)::bigint), 600000)::int AS expires_in_ms
+       FROM ins, LATERAL (SELECT CASE WHEN NOT $10::boolean THEN pg_notify($8, $9) END) AS notified`,
+    [cmd.agentDbId, cmd.sessionId, cmd.type, cmd.data, cmd.idempotencyKey, cmd.generation, cmd.expiresAt, CHANNEL_COMMAND_PENDING, cmd.agentDbId, sendNow],
   );
-  if (inserted.rowCount) return { row: inserted.rows[0], created: true };
+  if (inserted.rowCount) return { row: inserted.rows[0], created: true, ...(sendNow ? { sent: inserted.rows[0] } : {}) };
   return { row: (await getCommandByKey(db, cmd.idempotencyKey))!, created: false };
 }
 

@@ -13,6 +13,7 @@ import {
   CHANNEL_COMMAND_WITHDRAWN,
   claimForDelivery,
   ClaimedCommand,
+  requeueCommand,
   expireOverdue,
   markAcked,
   markFinished,
@@ -395,9 +396,17 @@ export class AgentGateway {
     return this.o.hub.local(agentDbId) !== undefined;
   }
 
-  /** Sends the agent its queued commands now, if this pod holds its socket (a command just committed without a NOTIFY). */
-  deliverQueued(agentDbId: string): void {
-    if (this.holds(agentDbId)) this.flush(agentDbId, false);
+  /**
+   * Sends a command this pod committed as already sent (issueCommand's sendNow: it held the
+   * agent's socket then). If the socket is gone or will not take the frame, the command goes back
+   * to pending with a NOTIFY, and whichever pod holds the agent now delivers it.
+   */
+  sendIssued(row: ClaimedCommand): void {
+    const conn = this.o.hub.local(row.agent_id);
+    if (conn && this.deliver(conn, row)) return;
+    requeueCommand(this.o.pool, row.id, row.agent_id, false).catch((err: Error) =>
+      this.o.log.warn('command not sent; the sweep delivers it', { command: row.id, error: err.message }),
+    );
   }
 
   /** Sends the agent its queued commands; one flush per agent at a time, re-run if asked again. */
@@ -417,7 +426,8 @@ export class AgentGateway {
     this.flushing.set(agentDbId, next);
   }
 
-  private deliver(conn: AgentConnection, row: ClaimedCommand): void {
+  /** Whether the socket took the frame. */
+  private deliver(conn: AgentConnection, row: ClaimedCommand): boolean {
     const ok = conn.send({
       type: 'command',
       command_id: row.id,
@@ -428,9 +438,10 @@ export class AgentGateway {
       ...(row.expires_at ? { expires_at_ms: row.expires_at.getTime() } : {}),
       data: row.command_data ?? {},
     });
-    if (!ok) return;
+    if (!ok) return false;
     this.o.metrics.commandsSent.inc({ type: row.command_type });
     if (row.redelivery) this.o.metrics.commandRedeliveries?.inc({ type: row.command_type });
+    return true;
   }
 
   /**

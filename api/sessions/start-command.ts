@@ -18,7 +18,7 @@
 import type { Pool } from 'pg';
 import type { FastifyBaseLogger } from 'fastify';
 import { ApplicationFailure } from '@temporalio/common';
-import { issueCommand, withdrawAndLocate } from '../../db/commands';
+import { issueCommand, withdrawAndLocate, type ClaimedCommand } from '../../db/commands';
 import { inTransaction, type Resources } from '../../db/quota';
 import { loadStartData, placeSessionIn, startData, type PlacementDeps, type StartSource } from '../../activities/placement';
 import { commandKey, FailureType } from '../../workflows/session-api';
@@ -49,7 +49,8 @@ export function startDataOrUndefined(row: StartSource): StartSessionData | undef
 /** This pod's own delivery to agents whose socket it holds (api/agents/gateway.ts). */
 export interface LocalDelivery {
   holds(agentDbId: string): boolean;
-  deliverQueued(agentDbId: string): void;
+  /** Sends a command issued as sent (issueCommand's sendNow); puts it back to pending if it cannot. */
+  sendIssued(row: ClaimedCommand): void;
 }
 
 /**
@@ -57,8 +58,8 @@ export interface LocalDelivery {
  * not held meanwhile): places the session and issues its start command. Returns whether it did.
  * `start` and `need`: the command's payload and the session's resources, when the caller holds
  * them already (a new session: from its template), so they are not read again. When this pod
- * holds the agent's socket (`local`), it sends the command as soon as the transaction commits,
- * instead of waiting for its own NOTIFY to come back.
+ * holds the agent's socket (`local`), the command is written as sent and this pod sends the row
+ * it inserted as soon as the transaction commits: no NOTIFY to come back, no claim to read it again.
  */
 export async function issueStartWithSession(
   pool: Pool,
@@ -67,13 +68,12 @@ export async function issueStartWithSession(
   log?: Pick<FastifyBaseLogger, 'warn'>,
   local?: LocalDelivery,
 ): Promise<boolean> {
-  let direct: string | null = null;
+  let direct: ClaimedCommand | undefined;
   try {
     await inTransaction(pool, async (tx) => {
       const data = s.start ?? (await loadStartData(tx, s.sessionId));
       const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true, need: s.need }, s.sessionId, s.platform, 'pending');
-      direct = local?.holds(placed.agentDbId) ? placed.agentDbId : null;
-      await issueCommand(
+      const issued = await issueCommand(
         tx,
         {
           agentDbId: placed.agentDbId,
@@ -84,8 +84,9 @@ export async function issueStartWithSession(
           generation: FIRST,
           expiresAt: s.deadline,
         },
-        { notify: direct === null },
+        { sendNow: local?.holds(placed.agentDbId) === true },
       );
+      direct = issued.sent;
     });
   } catch (err) {
     // No agent, no room, a bad template: the workflow places it and says why. Anything else (the
@@ -95,7 +96,7 @@ export async function issueStartWithSession(
       log?.warn({ session: s.sessionId, err: (err as Error).message }, 'start not issued with the session; its workflow places it');
     return false;
   }
-  if (direct !== null) local!.deliverQueued(direct);
+  if (direct) local!.sendIssued(direct);
   return true;
 }
 
