@@ -2,7 +2,8 @@
  * Command dispatch: from POST /api/v1/sessions being sent to the agent holding the start_session
  * command frame (API → Temporal workflow → placement → command log → NOTIFY → gateway → socket).
  * The agent is a FakeAgent on the real protocol that completes everything at once, so the
- * create → running figure here is pure control-plane overhead. Then lifecycle throughput:
+ * create → running figure here is pure control-plane overhead. The 10 concurrent creators are 10
+ * users (one person's creates queue on their quota lock, by design). Then lifecycle throughput:
  * hibernate/wake calls from 20 concurrent clients on running sessions, and stops.
  *
  * Before and after in one run (issue 14): two stacks side by side, one whose worker runs the
@@ -185,6 +186,8 @@ interface Variant {
   stack: Stack;
   agent: FakeAgent;
   token: string;
+  /** One user per concurrent creator (as in the scale bench): ten people creating at once, not one person ten times. */
+  creators: string[];
   ids: string[];
   sequential: number[];
   seqIds: string[];
@@ -206,11 +209,19 @@ async function variant(name: Variant['name'], stack: Stack): Promise<Variant> {
   const agent = new FakeAgent(agentId, `ws://127.0.0.1:${stack.agentPort}`, stack.agentToken(agentId));
   await agent.connect();
   const token = await stack.login();
+  const creators: string[] = [];
+  for (let i = 0; i < CREATORS; i++) {
+    const username = `dispatch-creator-${i}`;
+    const c = await stack.call('POST', '/api/v1/users', { username, password: 'dispatch-password-1' }, token);
+    if (c.status !== 201 && c.status !== 200) throw new Error(`create user ${username}: ${c.status} ${JSON.stringify(c.body)}`);
+    creators.push(await stack.login(username, 'dispatch-password-1'));
+  }
   return {
     name,
     stack,
     agent,
     token,
+    creators,
     ids: [],
     sequential: [],
     seqIds: [],
@@ -312,9 +323,9 @@ export async function dispatchBench(): Promise<Metric[]> {
             await mapLimit(
               Array.from({ length: CREATORS }, (_, i) => i),
               CREATORS,
-              async () => {
+              async (c) => {
                 for (let i = 0; i < PER_CREATOR; i++) {
-                  const [id, t] = await timedDispatch(v.stack, v.agent, v.token);
+                  const [id, t] = await timedDispatch(v.stack, v.agent, v.creators[c]);
                   v.ids.push(id);
                   v.concurrent.push(t);
                 }
