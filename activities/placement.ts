@@ -25,12 +25,6 @@ export interface PlacementDeps {
   unplaced?: boolean;
   /** The session's CPU and memory when the caller knows them (a new session: its template's): not read again. */
   need?: Resources;
-  /**
-   * Runs in the transaction once the session is placed (issuing its start command: see
-   * api/sessions/start-command.ts); with it, a new session on a small fleet is placed before its
-   * agent is locked (see placeSessionIn). Runs again if that placement is undone.
-   */
-  onPlaced?: (placed: Placement) => Promise<void>;
 }
 
 /** Agents locked and counted per placement in a large fleet (see placeSessionIn). */
@@ -122,13 +116,9 @@ export async function placeSessionIn(
       WHERE s.id = $1 AND a.platform = $3 AND ${fresh}`,
         [sessionId, deps.heartbeatTimeoutMs, platform],
       );
-  const done = async (placed: Placement) => {
-    await deps.onPlaced?.(placed);
-    return placed;
-  };
   if (current.rows[0]) {
     if (interim !== undefined) await assign(current.rows[0].id);
-    return done({ agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id });
+    return { agentDbId: current.rows[0].id, agentId: current.rows[0].agent_id };
   }
   // What this session needs (its own row: no lock needed, read before the agents are locked).
   const need = deps.need ?? (await resourcesOf(client, sessionId));
@@ -148,31 +138,15 @@ export async function placeSessionIn(
     let ids = sample.rows.map((x) => x.id);
     for (let draw = 1; ; draw++) {
       await client.query('SAVEPOINT placement_sample');
-      const r = await placeAmong(ids, 'skip');
-      if (r.placed) return done(r.placed);
+      const r = await placeAmong(ids, true);
+      if (r.placed) return r.placed;
       await client.query('ROLLBACK TO SAVEPOINT placement_sample');
       if (r.count > 0 || draw >= PLACEMENT_DRAWS) break;
       ids = (await client.query<{ id: string }>(sampleSql, [platform, deps.heartbeatTimeoutMs])).rows.map((x) => x.id);
     }
-  } else if (deps.unplaced && deps.onPlaced && sample.rows.length > 0) {
-    // A new session on a small fleet, where every placement wants the same few agents: it is
-    // placed on an unlocked count and its command issued (onPlaced) first; only then is the
-    // chosen agent locked and counted again, in a new statement that sees every placement
-    // committed meanwhile. Each placement still counts under the lock and commits before
-    // letting go of it, so none can overfill an agent, but the lock is held for that count and
-    // the commit, not the whole placement. Should the agent have filled meanwhile, all of it
-    // is undone and the session placed under the locks, below.
-    await client.query('SAVEPOINT placement_first');
-    const first = await placeAmong(null, 'none');
-    if (first.placed) {
-      await deps.onPlaced(first.placed);
-      const still = await placeAmong([first.placed.agentDbId], 'wait', false);
-      if (still.placed) return first.placed;
-    }
-    await client.query('ROLLBACK TO SAVEPOINT placement_first');
   }
-  const all = await placeAmong(null, 'wait');
-  if (all.placed) return done(all.placed);
+  const all = await placeAmong(null);
+  if (all.placed) return all.placed;
   const { count, withUse } = all;
   const bySessions = withUse.filter((c) => c.use.n < c.max);
   const resources =
@@ -189,12 +163,10 @@ export async function placeSessionIn(
   throw ApplicationFailure.retryable(`cannot place session: ${why}`, FailureType.NoAgentAvailable);
 
   /**
-   * Places on the least used of `ids` (null: every online agent of the platform) that has room.
-   * `lock`: the candidates are locked first, waiting for other placements ('wait') or skipping the
-   * agents they hold ('skip'), or read unlocked ('none': a first choice, checked under the lock
-   * after). Without `assignIt`, only says which agent it would be.
+   * Places on the least used of `ids` (null: every online agent of the platform) that has room;
+   * with `skipLocked`, among those of them no other placement holds.
    */
-  async function placeAmong(ids: string[] | null, lock: 'wait' | 'skip' | 'none', assignIt = true) {
+  async function placeAmong(ids: string[] | null, skipLocked = false) {
     // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
     // statement sees every placement committed while this one waited for the locks, so
     // concurrent placements cannot overfill an agent.
@@ -203,7 +175,8 @@ export async function placeSessionIn(
               (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
          FROM agents a
         WHERE a.platform = $1 AND ${fresh} AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
-        ORDER BY a.id${lock === 'none' ? '' : ` FOR NO KEY UPDATE OF a${lock === 'skip' ? ' SKIP LOCKED' : ''}`}`,
+        ORDER BY a.id
+          FOR NO KEY UPDATE OF a${skipLocked ? ' SKIP LOCKED' : ''}`,
       [platform, deps.heartbeatTimeoutMs, ids],
     );
     // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
@@ -233,7 +206,7 @@ export async function placeSessionIn(
     const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
     const chosen = withUse.filter((c) => c.use.n < c.max && fits(c, c.use)).sort((a, b) => a.use.n / a.max - b.use.n / b.max)[0];
     if (!chosen) return { placed: null, count: candidates.rowCount ?? 0, withUse };
-    if (assignIt) await assign(chosen.id);
+    await assign(chosen.id);
     return { placed: { agentDbId: chosen.id, agentId: chosen.agent_id } as Placement, count: candidates.rowCount ?? 0, withUse };
   }
 }

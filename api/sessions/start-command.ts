@@ -20,7 +20,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { ApplicationFailure } from '@temporalio/common';
 import { issueCommand, withdrawAndLocate, type ClaimedCommand } from '../../db/commands';
 import { inTransaction, type Resources } from '../../db/quota';
-import { loadStartData, placeSessionIn, startData, type Placement, type PlacementDeps, type StartSource } from '../../activities/placement';
+import { loadStartData, placeSessionIn, startData, type PlacementDeps, type StartSource } from '../../activities/placement';
 import { commandKey, FailureType } from '../../workflows/session-api';
 import type { Platform, StartSessionData } from '../../protocol/messages';
 
@@ -72,25 +72,21 @@ export async function issueStartWithSession(
   try {
     await inTransaction(pool, async (tx) => {
       const data = s.start ?? (await loadStartData(tx, s.sessionId));
-      // The command is issued as soon as the session is placed: on a small fleet, before the
-      // agent is locked to count it again (activities/placement.ts).
-      const onPlaced = async (placed: Placement) => {
-        const issued = await issueCommand(
-          tx,
-          {
-            agentDbId: placed.agentDbId,
-            sessionId: s.sessionId,
-            type: 'start_session',
-            data: data as unknown as Record<string, unknown>,
-            idempotencyKey: firstStartKey(s.sessionId),
-            generation: FIRST,
-            expiresAt: s.deadline,
-          },
-          { sendNow: local?.holds(placed.agentDbId) === true },
-        );
-        direct = issued.sent;
-      };
-      await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true, need: s.need, onPlaced }, s.sessionId, s.platform, 'pending');
+      const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true, need: s.need }, s.sessionId, s.platform, 'pending');
+      const issued = await issueCommand(
+        tx,
+        {
+          agentDbId: placed.agentDbId,
+          sessionId: s.sessionId,
+          type: 'start_session',
+          data: data as unknown as Record<string, unknown>,
+          idempotencyKey: firstStartKey(s.sessionId),
+          generation: FIRST,
+          expiresAt: s.deadline,
+        },
+        { sendNow: local?.holds(placed.agentDbId) === true },
+      );
+      direct = issued.sent;
     });
   } catch (err) {
     // No agent, no room, a bad template: the workflow places it and says why. Anything else (the
