@@ -2,6 +2,7 @@
  * Issue 2, end to end through the HTTP API on real Temporal, PostgreSQL and dockerd:
  * login → create a Docker session → running (real container, VNC answers RFB 003.008) → write a
  * file in the home volume → hibernate (stopped, volume kept) → wake (file still there) → stop.
+ * Checked red: with WORKER_STACK_TRACES=true, the __stack_trace query answers.
  */
 import { rfbGreeting } from '../agents/docker/driver';
 import { sessionWorkflowId } from '../workflows/session-api';
@@ -47,6 +48,11 @@ describe('session lifecycle on a real Docker agent', () => {
 
     const running = await stack.waitForState(alice, id, 'running');
     expect(running.agent_id).toBe('docker-lifecycle-1');
+    // The worker runs workflows without the SDK's per-promise stack traces (a quarter of its CPU:
+    // workers/workflow-stack-traces.ts); the Temporal UI's "Stack Trace" query says so.
+    await expect(stack.temporal.workflow.getHandle(sessionWorkflowId(id)).query('__stack_trace')).rejects.toThrow(
+      /stack traces are not enabled on this worker/,
+    );
 
     const [container] = await stack.containers(id);
     expect(container).toBeDefined();

@@ -3,7 +3,7 @@ import { NativeConnection, Runtime } from '@temporalio/worker';
 import type { Logger as TemporalLogger, LogLevel as TemporalLogLevel, LogMetadata } from '@temporalio/common';
 import { Client, Connection } from '@temporalio/client';
 import os from 'node:os';
-import { databaseUrl, devMode, envDuration, envInt, envOptional, requireSecrets, taskQueue, temporalNamespace, WORKER_SECRETS } from '../config/env';
+import { databaseUrl, devMode, envBool, envDuration, envInt, envOptional, requireSecrets, taskQueue, temporalNamespace, WORKER_SECRETS } from '../config/env';
 import { temporalConnectionOptions } from '../config/temporal';
 import { createLogger, type Logger } from '../config/log';
 import { createPool } from '../db/pool';
@@ -38,6 +38,8 @@ async function main() {
   const temporal = new Client({ connection: clientConnection, namespace });
   const connection = await NativeConnection.connect(temporalOptions);
   // The sticky cache (README "Capacity"): WORKER_MAX_CACHED_WORKFLOWS, else the SDK's default from the heap.
+  // WORKER_STACK_TRACES: the SDK's per-promise stack traces (the Temporal UI's "Stack Trace" tab); off: workers/workflow-stack-traces.ts.
+  const stackTraces = envBool('WORKER_STACK_TRACES', false);
   const maxCachedWorkflows = envOptional('WORKER_MAX_CACHED_WORKFLOWS') !== undefined ? envInt('WORKER_MAX_CACHED_WORKFLOWS', 0) : undefined;
   const { worker, close } = await createSessionWorker({
     connection,
@@ -52,6 +54,7 @@ async function main() {
     identity: `worker-${os.hostname()}-${process.pid}`,
     redisUrl: envOptional('REDIS_URL'),
     maxCachedWorkflows,
+    stackTraces,
     adoption: {
       pool,
       temporal,
@@ -60,7 +63,7 @@ async function main() {
       historyLimit: envInt('SESSION_HISTORY_LIMIT', 2000),
     },
   });
-  log.info('Worker started', { address, namespace, taskQueue: taskQueue(), metrics: metricsServer.url, maxCachedWorkflows: worker.options.maxCachedWorkflows });
+  log.info('Worker started', { address, namespace, taskQueue: taskQueue(), metrics: metricsServer.url, maxCachedWorkflows: worker.options.maxCachedWorkflows, stackTraces });
   const stop = () => worker.shutdown();
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

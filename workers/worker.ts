@@ -13,6 +13,7 @@ import { PgListener } from '../db/listener';
 import type { Logger } from '../config/log';
 import { WORKFLOW_BUNDLE_PATH, WORKFLOWS_PATH } from './bundle';
 import type { WorkerMetrics } from './metrics';
+import { withoutWorkflowStackTraces } from './workflow-stack-traces';
 
 export interface SessionWorkerOptions {
   connection: NativeConnection;
@@ -33,6 +34,8 @@ export interface SessionWorkerOptions {
   quickWaitMs?: number;
   /** Workflows kept in the sticky cache (default: the SDK's, from the heap size; README "Capacity"). */
   maxCachedWorkflows?: number;
+  /** The SDK's per-promise stack traces for the `__stack_trace` query (WORKER_STACK_TRACES; see workflow-stack-traces.ts). */
+  stackTraces?: boolean;
 }
 
 export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
@@ -52,6 +55,7 @@ export async function createSessionWorker(opts: SessionWorkerOptions): Promise<{
     ...createLifetimeActivities({ pool: opts.pool }),
     ...createMigrationActivities({ redisUrl: opts.redisUrl, adoption: opts.adoption }),
   };
+  if (!opts.stackTraces) withoutWorkflowStackTraces();
   const worker = await Worker.create({
     connection: opts.connection,
     namespace: opts.namespace,

@@ -1,0 +1,20 @@
+/**
+ * Preloaded (--require) into the Temporal SDK's workflow threads only (workers/workflow-stack-traces.ts):
+ * the SDK's own call for a V8 promise hook (from its workflow/vm-shared.js) fails there, so it runs
+ * workflows without capturing a stack trace per promise. It says so once per thread:
+ * "v8.promiseHooks.createHook is not available; stack trace collection will be disabled."
+ * Every other caller is served as usual (Node's async_hooks, behind AsyncLocalStorage, asks the
+ * same function for its hooks).
+ */
+import v8 from 'node:v8';
+import { isMainThread } from 'node:worker_threads';
+
+const SDK_CALLER = /[\\/]@temporalio[\\/]worker[\\/]lib[\\/]workflow[\\/]vm-shared\.js:/;
+
+if (!isMainThread) {
+  const createHook = v8.promiseHooks.createHook;
+  v8.promiseHooks.createHook = function (this: unknown, ...args: Parameters<typeof createHook>) {
+    if (SDK_CALLER.test(new Error().stack ?? '')) throw new Error('workflow stack traces are off (WORKER_STACK_TRACES)');
+    return createHook.apply(this, args);
+  };
+}
