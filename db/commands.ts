@@ -56,9 +56,10 @@ export interface NewCommand {
  * instead when the idempotency key is taken (nothing notified: it was issued before).
  * `sendNow` when the caller's pod holds the agent's socket and sends the command itself once
  * committed: it is written as sent (as claimForDelivery would mark it) and without a NOTIFY, and
- * comes back as `sent`, the frame's row (only when created: an existing command is not sent again). If that send does not happen, the caller puts it
- * back to pending (requeueCommand); if the socket dies after it, the agent's next registration
- * delivers it again (sent commands are redelivered then), as with any claimed command.
+ * comes back as `sent`, the frame's row (only when created: an existing command is not sent
+ * again). If that send does not happen, the caller puts it back to pending (requeueCommand); if
+ * the socket dies after it, the agent's next registration delivers it again (sent commands are
+ * redelivered then), as with any claimed command.
  */
 export async function issueCommand(
   db: QueryableTx,

@@ -405,7 +405,8 @@ export class AgentGateway {
     const conn = this.o.hub.local(row.agent_id);
     if (conn && this.deliver(conn, row)) return;
     requeueCommand(this.o.pool, row.id, row.agent_id, false).catch((err: Error) =>
-      this.o.log.warn('command not sent; the sweep delivers it', { command: row.id, error: err.message }),
+      // Left as sent: the agent gets it when it next registers (sent commands are redelivered then), else its deadline ends it.
+      this.o.log.warn('command not sent and not put back to pending', { command: row.id, error: err.message }),
     );
   }
 
