@@ -9,12 +9,17 @@
 import v8 from 'node:v8';
 import { isMainThread } from 'node:worker_threads';
 
-const SDK_CALLER = /[\\/]@temporalio[\\/]worker[\\/]lib[\\/]workflow[\\/]vm-shared\.js:/;
+/** The SDK's GlobalHandlers.setPromiseHook, as the frame that calls createHook. */
+const SDK_CALLER = /\bsetPromiseHook \(.*[\\/]@temporalio[\\/]worker[\\/]lib[\\/]workflow[\\/]vm-shared\.js:/;
 
 if (!isMainThread) {
   const createHook = v8.promiseHooks.createHook;
   v8.promiseHooks.createHook = function (this: unknown, ...args: Parameters<typeof createHook>) {
-    if (SDK_CALLER.test(new Error().stack ?? '')) throw new Error('workflow stack traces are off (WORKER_STACK_TRACES)');
+    // Only the direct caller counts: Node's async_hooks also calls createHook, and it may do so
+    // while a workflow (run from vm-shared.js) first enters an AsyncLocalStorage, which the
+    // SDK's cancellation scopes use. Refusing that call broke those scopes.
+    const caller = (new Error().stack ?? '').split('\n')[2] ?? '';
+    if (SDK_CALLER.test(caller)) throw new Error('workflow stack traces are off (WORKER_STACK_TRACES)');
     return createHook.apply(this, args);
   };
 }
