@@ -7,15 +7,18 @@
  * broken client fails its next query and is discarded on release.
  */
 import { Pool, PoolConfig } from 'pg';
-import { databaseUrl, envInt } from '../config/env';
+import { databaseUrl, envBool, envInt } from '../config/env';
 import { createLogger, Logger } from '../config/log';
+import { prepareStatements } from './prepared';
 
 export interface CreatePoolOptions extends Omit<PoolConfig, 'connectionString'> {
   logger?: Logger;
+  /** Parameterised statements as named prepared statements (db/prepared.ts); default DB_PREPARED_STATEMENTS (true). */
+  prepared?: boolean;
 }
 
 export function createPool(url?: string, opts: CreatePoolOptions = {}): Pool {
-  const { logger, ...config } = opts;
+  const { logger, prepared, ...config } = opts;
   const log = logger ?? createLogger('db');
   const max = config.max ?? envInt('DB_POOL_MAX', 20);
   if (max < 1) throw new Error(`DB_POOL_MAX: must be at least 1 (got ${max})`);
@@ -25,7 +28,9 @@ export function createPool(url?: string, opts: CreatePoolOptions = {}): Pool {
     ...config,
     max,
   });
+  const prepare = prepared ?? envBool('DB_PREPARED_STATEMENTS', true);
   pool.on('connect', (client) => {
+    if (prepare) prepareStatements(client);
     client.on('error', (err) => log.warn('PostgreSQL connection lost (the pool replaces it)', { error: err.message }));
   });
   // Idle clients' errors are re-emitted on the pool; logged once above.
