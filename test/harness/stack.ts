@@ -22,6 +22,12 @@ export const ROOT = (() => {
   while (!existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
   return dir;
 })();
+/**
+ * The gateway's Node flags as it ships (Dockerfile CMD, docker-compose.yml, Helm, scripts/dev.sh;
+ * helm.test checks the chart's): a young generation large enough for the VNC relay's buffers.
+ */
+export const GATEWAY_NODE_FLAGS = ['--max-semi-space-size=64'];
+
 const JWT_SECRET = 'test-secret-' + randomBytes(8).toString('hex');
 const AGENT_SECRET = 'agent-secret-' + randomBytes(8).toString('hex');
 
@@ -211,6 +217,7 @@ export class Stack {
       'api/main.js',
       { ...this.commonEnv, PORT: String(this.apiPort), AGENT_WS_PORT: String(this.agentPort), HOST: '127.0.0.1' },
       this.logDir,
+      GATEWAY_NODE_FLAGS,
     ).start();
     await this.api.waitForLog(/Server started/);
     if (opts.worker !== false) await this.startWorker();
@@ -348,6 +355,7 @@ export class Stack {
         ...env,
       },
       this.logDir,
+      GATEWAY_NODE_FLAGS,
     ).start();
     this.extraProcs.push(proc);
     await proc.waitForLog(/Server started/);
