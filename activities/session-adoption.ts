@@ -18,6 +18,12 @@ export interface SessionWorkflowSettings {
   taskQueue: string;
   startTimeoutMs: number;
   historyLimit: number;
+  /**
+   * The workflow keeps the session's state in the StreamSpaceState search attribute (an upsert,
+   * so a Temporal history event and a visibility write, per operation). Off by default
+   * (SESSION_STATE_SEARCH_ATTRIBUTE): the state is the session row's, and the workflow's status query.
+   */
+  stateSearchAttribute?: boolean;
 }
 
 export interface AdoptionDeps extends SessionWorkflowSettings {
@@ -34,6 +40,8 @@ export interface SessionToStart {
   carried?: CarriedState;
   /** A retried session: the commands it already had (see SessionWorkflowInput.firstCommandSeq). */
   firstCommandSeq?: number;
+  /** The agent (agent_id) the gateway placed a new session on as it created it (SessionWorkflowInput.placedOn). */
+  placedOn?: string;
 }
 
 /** Starts `session/<id>`; `false` when it is already running (nothing done). */
@@ -48,19 +56,22 @@ export async function startSessionWorkflow(s: SessionWorkflowSettings, t: Sessio
     maxHistoryEvents: s.historyLimit,
     ...(t.carried ? { carried: t.carried } : {}),
     ...(t.firstCommandSeq ? { firstCommandSeq: t.firstCommandSeq } : {}),
+    ...(s.stateSearchAttribute ? {} : { stateSearchAttribute: false }),
+    ...(t.placedOn ? { placedOn: t.placedOn } : {}),
   };
   try {
     await s.temporal.workflow.start(SESSION_WORKFLOW_TYPE, {
       workflowId: sessionWorkflowId(t.sessionId),
       taskQueue: s.taskQueue,
       args: [input],
-      // The state is the StreamSpaceState search attribute (the workflow keeps it current there).
+      // With stateSearchAttribute, the state is the StreamSpaceState search attribute (the workflow keeps it current there).
       memo: { sessionId: t.sessionId, user: t.user, template: t.template, platform: t.platform, ...(t.carried ? { imported: true } : {}) },
       typedSearchAttributes: [
         { key: SA.sessionId, value: t.sessionId },
         { key: SA.user, value: t.user },
         { key: SA.platform, value: t.platform },
-        { key: SA.state, value: state },
+        ...(s.stateSearchAttribute ? [{ key: SA.state, value: state }] : []),
+        ...(t.placedOn ? [{ key: SA.agent, value: t.placedOn }] : []),
       ],
     });
     return true;

@@ -1,6 +1,8 @@
 /** Gateway settings, read once from the environment (names as in the spec where it has them). */
 import os from 'node:os';
+import type { Client as TemporalClient } from '@temporalio/client';
 import { Client as PgClient } from 'pg';
+import type { SessionWorkflowSettings } from '../activities/session-adoption';
 import {
   databaseUrl,
   devMode,
@@ -58,6 +60,8 @@ export interface GatewayConfig {
   readPoolMax: number;
   /** Session workflows continue as new past this many history events. */
   sessionHistoryLimit: number;
+  /** New session workflows keep their state in the StreamSpaceState search attribute (SESSION_STATE_SEARCH_ATTRIBUTE). */
+  sessionStateSearchAttribute: boolean;
   hubBackend: 'memory' | 'redis';
   redisUrl: string | undefined;
   podId: string;
@@ -114,6 +118,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     issueStartOnCreate: envBool('SESSION_ISSUE_START_ON_CREATE', true, env),
     readPoolMax: envInt('DB_READ_POOL_MAX', 5, env),
     sessionHistoryLimit: envInt('SESSION_HISTORY_LIMIT', 2000, env),
+    sessionStateSearchAttribute: envBool('SESSION_STATE_SEARCH_ATTRIBUTE', false, env),
     hubBackend,
     redisUrl,
     podId: envString('POD_ID', `${os.hostname()}-${process.pid}`, env),
@@ -169,4 +174,15 @@ export async function checkAdminBootstrap(config: GatewayConfig): Promise<void> 
         ? `ADMIN_PASSWORD must be at least ${MIN_ADMIN_PASSWORD_LENGTH} characters long`
         : null;
   if (problem) refuseToStart('api', problem);
+}
+
+/** How this gateway starts session workflows (activities/session-adoption.ts). */
+export function sessionWorkflowSettings(config: GatewayConfig, temporal: TemporalClient): SessionWorkflowSettings {
+  return {
+    temporal,
+    taskQueue: config.taskQueue,
+    startTimeoutMs: config.sessionStartTimeoutMs,
+    historyLimit: config.sessionHistoryLimit,
+    stateSearchAttribute: config.sessionStateSearchAttribute,
+  };
 }

@@ -23,7 +23,7 @@ import { LiveEvents } from './events/live';
 import { InputTracker } from './sessions/input-tracker';
 import { hashPassword } from './auth/tokens';
 import { TokenService } from './auth/tokens';
-import type { GatewayConfig } from './config';
+import { sessionWorkflowSettings, type GatewayConfig } from './config';
 import { createMetrics } from './metrics';
 import { createPodHandoff, VNC_POD_HOP_PATH } from './vnc/pod-hop';
 import { VIEWER_SOCKET_PATH, VncTunnel } from './vnc/tunnel';
@@ -71,7 +71,7 @@ export async function startGateway(config: GatewayConfig, log: Logger = createLo
   const reaper = new SessionReaper({
     pool,
     log,
-    workflows: { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
+    workflows: sessionWorkflowSettings(config, temporal),
     graceMs: config.sessionReaperGraceMs,
     intervalMs: config.sessionReaperIntervalMs,
   });

@@ -58,6 +58,19 @@ async function call<T = any>(stack: Stack, method: string, url: string, token: s
   return [r, ms(t)];
 }
 
+/**
+ * The gateway's event loop over a phase, from its own /metrics: prom-client's delay percentiles
+ * cover the time since the previous scrape (it resets its histogram on each), and GC time is a
+ * running total. Where API tails come from when the machine is busy: the process waiting for a
+ * core, or its own loop blocked (long tasks, garbage collection).
+ */
+async function gatewayLoop(stack: Stack): Promise<{ p50: number; p99: number; max: number; gc: number }> {
+  const text = await (await fetch(`${stack.url}/metrics`)).text();
+  const sum = (re: RegExp) => [...text.matchAll(re)].reduce((a, m) => a + Number(m[1]), 0);
+  const lagMs = (name: string) => 1000 * sum(new RegExp(`^streamspace_gateway_nodejs_eventloop_lag_${name}_seconds (\\S+)$`, 'gm'));
+  return { p50: lagMs('p50'), p99: lagMs('p99'), max: lagMs('max'), gc: 1000 * sum(/^streamspace_gateway_nodejs_gc_duration_seconds_sum\{[^}]*\} (\S+)$/gm) };
+}
+
 async function countInState(stack: Stack, state: string): Promise<number> {
   return Number((await stack.pool.query<{ n: string }>('SELECT count(*) AS n FROM sessions WHERE state = $1', [state])).rows[0].n);
 }
@@ -86,10 +99,11 @@ const statements = {
     );
     const calls = r.rows.reduce((a, x) => a + Number(x.calls), 0);
     const total = r.rows.reduce((a, x) => a + x.ms, 0);
-    const lines = r.rows
-      .slice(0, k)
-      .map((x) => `    ${(Number(x.calls) / n).toFixed(2)} calls/op, ${(x.ms / n).toFixed(3)} ms/op: ${x.query.slice(0, 140)}`);
-    return [`  statements: ${(calls / n).toFixed(1)} per op, ${(total / n).toFixed(2)} ms execution per op (${r.rows.length} distinct); heaviest:`, ...lines].join('\n');
+    const lines = r.rows.slice(0, k).map((x) => `    ${(Number(x.calls) / n).toFixed(2)} calls/op, ${(x.ms / n).toFixed(3)} ms/op: ${x.query.slice(0, 140)}`);
+    return [
+      `  statements: ${(calls / n).toFixed(1)} per op, ${(total / n).toFixed(2)} ms execution per op (${r.rows.length} distinct); heaviest:`,
+      ...lines,
+    ].join('\n');
   },
 };
 
@@ -163,6 +177,7 @@ export async function scaleBench(): Promise<Metric[]> {
       const n = op === 'create' ? SESSIONS : ids.length + sample.length;
       const before = op === 'create' ? await countInState(stack, 'running') : 0;
       const counting = await statements.reset(stack);
+      const loopBefore = await gatewayLoop(stack);
       const probe = prober(stack, admin);
       for (const g of Object.values(groups)) g.start();
       const calls: number[] = [];
@@ -194,6 +209,7 @@ export async function scaleBench(): Promise<Metric[]> {
       while ((have = await countInState(stack, TARGET[op])) < want && Date.now() < deadline) await sleep(100);
       const seconds = ms(t0) / 1000;
       const probed = await probe.done();
+      const loop = await gatewayLoop(stack);
       const cpu: Record<string, number> = {};
       const rss: Record<string, number> = {};
       for (const [k, g] of Object.entries(groups)) {
@@ -212,6 +228,10 @@ export async function scaleBench(): Promise<Metric[]> {
             .join(', ')} (total ${total.toFixed(1)} = ${((1000 * total) / r.n).toFixed(1)} ms/op); RSS MB: ${Object.entries(rss)
             .map(([k, v]) => `${k} ${v.toFixed(0)}`)
             .join(', ')}${failures.length ? `; ${failures.length} failures, first: ${failures[0]}` : ''}`,
+      );
+      log(
+        NAME,
+        `  gateway event loop: delay p50 ${loop.p50.toFixed(1)} ms, p99 ${loop.p99.toFixed(1)} ms, max ${loop.max.toFixed(0)} ms; garbage collection ${(loop.gc - loopBefore.gc).toFixed(0)} ms in ${seconds.toFixed(1)} s`,
       );
       log(NAME, counting ? await statements.top(stack, r.n) : '  statements: pg_stat_statements is not loaded in this PostgreSQL');
       return r;

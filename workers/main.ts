@@ -61,9 +61,17 @@ async function main() {
       taskQueue: taskQueue(),
       startTimeoutMs: envDuration('SESSION_START_TIMEOUT', '5m'),
       historyLimit: envInt('SESSION_HISTORY_LIMIT', 2000),
+      stateSearchAttribute: envBool('SESSION_STATE_SEARCH_ATTRIBUTE', false),
     },
   });
-  log.info('Worker started', { address, namespace, taskQueue: taskQueue(), metrics: metricsServer.url, maxCachedWorkflows: worker.options.maxCachedWorkflows, stackTraces });
+  log.info('Worker started', {
+    address,
+    namespace,
+    taskQueue: taskQueue(),
+    metrics: metricsServer.url,
+    maxCachedWorkflows: worker.options.maxCachedWorkflows,
+    stackTraces,
+  });
   const stop = () => worker.shutdown();
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

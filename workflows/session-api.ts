@@ -34,6 +34,17 @@ export interface SessionWorkflowInput {
    * on from there, so idempotency keys and generations never repeat an earlier run's. Absent: 0.
    */
   firstCommandSeq?: number;
+  /**
+   * false: the state is not kept in the StreamSpaceState search attribute (one upsert event and
+   * visibility write fewer per operation). Absent: it is (histories recorded before this existed).
+   */
+  stateSearchAttribute?: boolean;
+  /**
+   * The agent (agent_id) the gateway placed the new session on, and started this workflow with as
+   * its StreamSpaceAgent search attribute: the workflow upserts the attribute only if its own
+   * placement says otherwise. Absent: not placed yet.
+   */
+  placedOn?: string;
 }
 
 export interface CarriedState {

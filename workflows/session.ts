@@ -135,7 +135,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   // The error the memo shows, and the agent the StreamSpaceAgent search attribute shows (setState;
   // a continued run inherits its predecessor's search attributes).
   let memoError: string | null = null;
-  let agentShown: string | null = carried.agentId;
+  // (A new session the gateway placed started with its agent shown: input.placedOn.)
+  let agentShown: string | null = input.carried ? carried.agentId : (input.placedOn ?? null);
   // A fresh session's start runs first: an Update arriving with it (even in the first
   // activation) waits for the start to finish or be cancelled.
   let busy = !input.carried;
@@ -206,10 +207,14 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     // The agent goes with the state when it changed (one upsert event, not two; histories without
     // ALL_PATCHES upserted it on its own right after placement).
     const showAgent = current && agentId !== null && agentId !== agentShown;
-    upsertSearchAttributes([{ key: SA.state, value: next }, ...(showAgent ? [{ key: SA.agent, value: agentId! }] : [])]);
+    const upserts = [
+      ...(input.stateSearchAttribute !== false ? [{ key: SA.state, value: next }] : []),
+      ...(showAgent ? [{ key: SA.agent, value: agentId! }] : []),
+    ];
+    if (upserts.length) upsertSearchAttributes(upserts);
     if (showAgent) agentShown = agentId;
-    // The state and the agent are search attributes (the Temporal UI shows and filters them); the
-    // memo adds the error, written when it changes. (Histories without ALL_PATCHES wrote the memo
+    // The agent (and, with input.stateSearchAttribute, the state) are search attributes (the
+    // Temporal UI shows and filters them); the memo adds the error, written when it changes. (Histories without ALL_PATCHES wrote the memo
     // on every change, with state and agent: one more event and visibility write each.)
     const error = extra.error ?? null;
     if (!current) upsertMemo({ state: next, agent: agentId, error });

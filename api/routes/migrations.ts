@@ -24,6 +24,7 @@ import { SA } from '../../workflows/search-attributes';
 import { MigrationRunSchema } from '../schemas';
 import { HttpError } from '../errors';
 import { MigrationInputError, migrationOptions, MigrationRequest, MigrationRequestSchema, RUN_ID_PATTERN } from '../migrations/options';
+import { sessionWorkflowSettings } from '../config';
 
 const RunParams = Type.Object({ runId: Type.String({ pattern: RUN_ID_PATTERN }) }, { additionalProperties: false });
 
@@ -236,10 +237,7 @@ export async function migrationRoutes(app: FastifyInstance): Promise<void> {
         }
       }
       const imported = results.filter((r) => r.status === 'imported').map((r) => r.id!);
-      const adoption = await adoptSessions(
-        { pool, temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
-        imported,
-      );
+      const adoption = await adoptSessions({ pool, ...sessionWorkflowSettings(config, temporal) }, imported);
       for (const f of adoption.failures) {
         const r = results.find((x) => x.id === f.id);
         if (r) Object.assign(r, { status: 'failed', reason: f.reason });

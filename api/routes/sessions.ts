@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { FailureType, hibernateUpdate, lifetimeChangedSignal, sessionWorkflowId, stopUpdate, wakeUpdate } from '../../workflows/session-api';
 import { formatLifetime, parseLifetime } from '../../config/env';
+import { sessionWorkflowSettings } from '../config';
 import { startSessionWorkflow } from '../../activities/session-adoption';
 import { ensureUser } from '../../db/users';
 import { HttpError } from '../errors';
@@ -228,7 +229,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     );
     // The agent gets the start command now, when one can take it (api/sessions/start-command.ts).
     // Its payload and resources come from what this request read already (the template, the owner).
-    const issued =
+    const placedOn =
       config.issueStartOnCreate &&
       (await issueStartWithSession(
         pool,
@@ -251,16 +252,19 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         app.deps.agentGateway,
       ));
     try {
-      await startSessionWorkflow(
-        { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
-        { sessionId: id, user: owner, template: req.body.template, platform: req.body.platform },
-      );
+      await startSessionWorkflow(sessionWorkflowSettings(config, temporal), {
+        sessionId: id,
+        user: owner,
+        template: req.body.template,
+        platform: req.body.platform,
+        placedOn: placedOn || undefined,
+      });
     } catch (err) {
       await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
         id,
         `workflow not started: ${(err as Error).message}`,
       ]);
-      if (issued)
+      if (placedOn)
         await withdrawFirstStart(pool, id, 'the session workflow could not be started').catch((e: Error) =>
           req.log.warn(
             { session: id, err: e.message },
@@ -396,16 +400,13 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     });
     if (!claimed.rowCount) throw new HttpError(409, 'cannot retry: the session changed meanwhile');
     try {
-      const started = await startSessionWorkflow(
-        { temporal, taskQueue: config.taskQueue, startTimeoutMs: config.sessionStartTimeoutMs, historyLimit: config.sessionHistoryLimit },
-        {
-          sessionId: id,
-          user: row.username ?? row.user_id,
-          template: row.template_name,
-          platform: row.platform,
-          firstCommandSeq: (await nextGeneration(pool, id)) - 1,
-        },
-      );
+      const started = await startSessionWorkflow(sessionWorkflowSettings(config, temporal), {
+        sessionId: id,
+        user: row.username ?? row.user_id,
+        template: row.template_name,
+        platform: row.platform,
+        firstCommandSeq: (await nextGeneration(pool, id)) - 1,
+      });
       if (!started) throw new HttpError(409, 'cannot retry yet: the failed run is still cleaning up; try again in a few seconds');
     } catch (err) {
       await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [

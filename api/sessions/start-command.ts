@@ -55,7 +55,8 @@ export interface LocalDelivery {
 
 /**
  * Right after the session's row is committed (its own transaction, so the owner's quota lock is
- * not held meanwhile): places the session and issues its start command. Returns whether it did.
+ * not held meanwhile): places the session and issues its start command. Returns the agent it
+ * placed it on (its agent_id), or null when it did not.
  * `start` and `need`: the command's payload and the session's resources, when the caller holds
  * them already (a new session: from its template), so they are not read again. When this pod
  * holds the agent's socket (`local`), the command is written as sent and this pod sends the row
@@ -67,10 +68,11 @@ export async function issueStartWithSession(
   s: { sessionId: string; platform: Platform; deadline: number; start?: StartSessionData; need?: Resources },
   log?: Pick<FastifyBaseLogger, 'warn'>,
   local?: LocalDelivery,
-): Promise<boolean> {
+): Promise<string | null> {
   let direct: ClaimedCommand | undefined;
+  let agentId: string;
   try {
-    await inTransaction(pool, async (tx) => {
+    agentId = await inTransaction(pool, async (tx) => {
       const data = s.start ?? (await loadStartData(tx, s.sessionId));
       const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true, need: s.need }, s.sessionId, s.platform, 'pending');
       const issued = await issueCommand(
@@ -87,6 +89,7 @@ export async function issueStartWithSession(
         { sendNow: local?.holds(placed.agentDbId) === true },
       );
       direct = issued.sent;
+      return placed.agentId;
     });
   } catch (err) {
     // No agent, no room, a bad template: the workflow places it and says why. Anything else (the
@@ -94,10 +97,10 @@ export async function issueStartWithSession(
     const type = err instanceof ApplicationFailure ? err.type : undefined;
     if (!type || !EXPECTED.has(type))
       log?.warn({ session: s.sessionId, err: (err as Error).message }, 'start not issued with the session; its workflow places it');
-    return false;
+    return null;
   }
   if (direct) local!.sendIssued(direct);
-  return true;
+  return agentId;
 }
 
 /**
