@@ -2,7 +2,9 @@
  * Issue 2, end to end through the HTTP API on real Temporal, PostgreSQL and dockerd:
  * login → create a Docker session → running (real container, VNC answers RFB 003.008) → write a
  * file in the home volume → hibernate (stopped, volume kept) → wake (file still there) → stop.
- * Checked red: with WORKER_STACK_TRACES=true, the __stack_trace query answers.
+ * Checked red: with WORKER_STACK_TRACES=true, the __stack_trace query answers; with the workflow
+ * threads given the process's execArgv plus a --require (the first stack-trace switch), the worker
+ * started with V8 flags dies at start.
  */
 import { rfbGreeting } from '../agents/docker/driver';
 import { sessionWorkflowId } from '../workflows/session-api';
@@ -138,5 +140,23 @@ describe('session lifecycle on a real Docker agent', () => {
     expect(desc.searchAttributes).not.toHaveProperty('StreamSpaceState');
     // And the history this code recorded replays on it (test/workflow-replay.test.ts: earlier code's).
     await replayOnBuiltCode(history, sessionWorkflowId(id));
+  });
+
+  test('a worker started with V8 flags on its command line runs sessions, without stack traces', async () => {
+    // README "Capacity": a larger sticky cache needs a larger heap (--max-old-space-size). Node
+    // refuses a worker thread whose execArgv holds V8 flags, so the workflow threads must not be
+    // given the process's flags back with anything added (the first stack-trace switch did that,
+    // and such a worker died at start). The only worker here is the one with the flags.
+    await stack.worker.kill('SIGTERM');
+    await stack.startExtraWorker('worker-flags', {}, ['--max-old-space-size=2048', '--max-semi-space-size=16']);
+    const created = await stack.call('POST', '/api/v1/sessions', { template: 'terminal', platform: 'docker' }, alice);
+    expect(created.status).toBe(201);
+    const id: string = created.body.id;
+    expect((await stack.waitForState(alice, id, 'running', 90_000)).state).toBe('running');
+    await expect(stack.temporal.workflow.getHandle(sessionWorkflowId(id)).query('__stack_trace')).rejects.toThrow(
+      /stack traces are not enabled on this worker/,
+    );
+    const stopped = await stack.call('DELETE', `/api/v1/sessions/${id}?wait=60`, undefined, alice);
+    expect(stopped.body.state).toBe('terminated');
   });
 });

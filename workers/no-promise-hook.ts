@@ -1,5 +1,5 @@
 /**
- * Preloaded (--require) into the Temporal SDK's workflow threads only (workers/workflow-stack-traces.ts):
+ * Loaded first in the Temporal SDK's workflow threads only (workers/workflow-thread.ts, started by workers/workflow-stack-traces.ts):
  * the SDK's own call for a V8 promise hook (from its workflow/vm-shared.js) fails there, so it runs
  * workflows without capturing a stack trace per promise. It says so once per thread:
  * "v8.promiseHooks.createHook is not available; stack trace collection will be disabled."

@@ -6,8 +6,9 @@
  * a workflow creates, whether anyone asks or not. On the dispatch bench that was 40 % of the
  * workflow thread's CPU and a quarter of the worker's, more again when an evicted workflow is
  * replayed. The SDK has no option for it; it does without stack traces where V8's promise hooks
- * are unavailable (Bun, old Node). So the worker starts the SDK's workflow threads with a preload
- * (workers/no-promise-hook.ts) that makes them unavailable to it there, and nowhere else.
+ * are unavailable (Bun, old Node). So the worker starts the SDK's workflow threads on
+ * workers/workflow-thread.ts, which makes them unavailable to it there (workers/no-promise-hook.ts)
+ * before it loads the SDK's thread script, and nowhere else.
  *
  * What an operator gives up: that tab answers "Workflow stack traces are not enabled on this
  * worker". What a session workflow is doing is in its `status` query, memo and search attributes
@@ -15,7 +16,8 @@
  */
 import workerThreads from 'node:worker_threads';
 
-const PRELOAD = require.resolve('./no-promise-hook');
+/** Runs the SDK's thread script after workers/no-promise-hook.ts. */
+const THREAD = require.resolve('./workflow-thread');
 /** The SDK's workflow thread script (@temporalio/worker/lib/workflow/workflow-worker-thread.js). */
 const SDK_THREAD = /[\\/]@temporalio[\\/]worker[\\/]lib[\\/]workflow[\\/]workflow-worker-thread\.js$/;
 
@@ -31,8 +33,10 @@ export function withoutWorkflowStackTraces(): void {
   const Original = workerThreads.Worker;
   class WorkflowThread extends Original {
     constructor(filename: string | URL, options?: workerThreads.WorkerOptions) {
-      const sdk = SDK_THREAD.test(filename instanceof URL ? filename.pathname : filename);
-      super(filename, sdk ? { ...options, execArgv: [...(options?.execArgv ?? process.execArgv), '--require', PRELOAD] } : options);
+      const path = filename instanceof URL ? filename.pathname : filename;
+      if (!SDK_THREAD.test(path)) super(filename, options);
+      // The thread's execArgv stays as the SDK gives it (by default the process's).
+      else super(THREAD, { ...options, argv: [...(options?.argv ?? []), path] });
     }
   }
   (workerThreads as { Worker: typeof Original }).Worker = WorkflowThread;

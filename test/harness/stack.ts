@@ -362,9 +362,9 @@ export class Stack {
     return { name, proc, port, agentPort, podId, url: `http://127.0.0.1:${port}`, agentUrl: `ws://127.0.0.1:${agentPort}` };
   }
 
-  /** Starts another worker process on the stack's task queue (metrics on a free port). */
-  async startExtraWorker(name = 'worker-2', env: NodeJS.ProcessEnv = {}): Promise<Proc> {
-    const proc = new Proc(name, 'workers/main.js', { ...this.commonEnv, WORKER_METRICS_PORT: '0', ...env }, this.logDir).start();
+  /** Starts another worker process on the stack's task queue (metrics on a free port), with `nodeFlags` on its command line. */
+  async startExtraWorker(name = 'worker-2', env: NodeJS.ProcessEnv = {}, nodeFlags: string[] = []): Promise<Proc> {
+    const proc = new Proc(name, 'workers/main.js', { ...this.commonEnv, WORKER_METRICS_PORT: '0', ...env }, this.logDir, nodeFlags).start();
     this.extraProcs.push(proc);
     await proc.waitForLog(/Worker started/);
     return proc;
