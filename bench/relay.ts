@@ -32,6 +32,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { streamSocketOptions } from '../agents/common/tunnel';
 import { relayTunnel } from '../api/vnc/tunnel';
 import { relayTcpWebSocket } from '../protocol/relay';
+import { GATEWAY_NODE_FLAGS } from '../test/harness/stack';
 import { log, Metric, ms, now, sleep } from './common';
 import { cpuSeconds } from './procstat';
 
@@ -44,12 +45,6 @@ const TICK_MS = 40;
 const FLEET_WARMUP_MS = 3000;
 const FLEET_MS = Number(process.env.RELAY_FLEET_MS ?? 8000);
 const HIGH_WATER = 1 << 20;
-/**
- * As the gateway is started (the image's CMD, docker-compose.yml, Helm, deploy/kubernetes, scripts/dev.sh):
- * a 64 MB young generation, so the relay's short-lived buffers die young instead of being promoted
- * and marked by a mark-compact every few hundred ms (2026-11-28: 500 viewers' p99 about 24 → 10 ms).
- */
-const GATEWAY_NODE_ARGS = ['--max-semi-space-size=64'];
 
 // ------------------------------------------------------------------ child processes (relays)
 
@@ -216,7 +211,7 @@ class Child {
     this.proc = fork(__filename, ['child', role], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       // Our gateway hop runs with the gateway's own V8 flags; the bare relays with Node's defaults.
-      execArgv: [...(role === 'gateway' ? GATEWAY_NODE_ARGS : []), ...(process.env.RELAY_CHILD_ARGS?.split(' ').filter(Boolean) ?? [])],
+      execArgv: [...(role === 'gateway' ? GATEWAY_NODE_FLAGS : []), ...(process.env.RELAY_CHILD_ARGS?.split(' ').filter(Boolean) ?? [])],
     });
     this.proc.on('message', (m: ChildMsg) => {
       this.waiters = this.waiters.filter((w) => !w(m));

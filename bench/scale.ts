@@ -99,11 +99,10 @@ const statements = {
     );
     const calls = r.rows.reduce((a, x) => a + Number(x.calls), 0);
     const total = r.rows.reduce((a, x) => a + x.ms, 0);
-    const lines = r.rows.slice(0, k).map((x) => `    ${(Number(x.calls) / n).toFixed(2)} calls/op, ${(x.ms / n).toFixed(3)} ms/op: ${x.query.slice(0, 140)}`);
-    return [
-      `  statements: ${(calls / n).toFixed(1)} per op, ${(total / n).toFixed(2)} ms execution per op (${r.rows.length} distinct); heaviest:`,
-      ...lines,
-    ].join('\n');
+    const lines = r.rows
+      .slice(0, k)
+      .map((x) => `    ${(Number(x.calls) / n).toFixed(2)} calls/op, ${(x.ms / n).toFixed(3)} ms/op: ${x.query.slice(0, 140)}`);
+    return [`  statements: ${(calls / n).toFixed(1)} per op, ${(total / n).toFixed(2)} ms execution per op (${r.rows.length} distinct); heaviest:`, ...lines].join('\n');
   },
 };
 

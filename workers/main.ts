@@ -64,14 +64,7 @@ async function main() {
       stateSearchAttribute: envBool('SESSION_STATE_SEARCH_ATTRIBUTE', false),
     },
   });
-  log.info('Worker started', {
-    address,
-    namespace,
-    taskQueue: taskQueue(),
-    metrics: metricsServer.url,
-    maxCachedWorkflows: worker.options.maxCachedWorkflows,
-    stackTraces,
-  });
+  log.info('Worker started', { address, namespace, taskQueue: taskQueue(), metrics: metricsServer.url, maxCachedWorkflows: worker.options.maxCachedWorkflows, stackTraces });
   const stop = () => worker.shutdown();
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

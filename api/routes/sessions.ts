@@ -229,35 +229,35 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     );
     // The agent gets the start command now, when one can take it (api/sessions/start-command.ts).
     // Its payload and resources come from what this request read already (the template, the owner).
-    const placedOn =
-      config.issueStartOnCreate &&
-      (await issueStartWithSession(
-        pool,
-        { heartbeatTimeoutMs: config.heartbeatTimeoutMs },
-        {
-          sessionId: id,
-          platform: req.body.platform,
-          deadline: startDeadline,
-          need,
-          start: startDataOrUndefined({
-            username: owner,
-            user_id: ownerId,
-            template_name: req.body.template,
-            persistent_home: req.body.persistent_home ?? true,
-            home_volume: null,
-            manifest: tpl.rows[0].manifest,
-          }),
-        },
-        req.log,
-        app.deps.agentGateway,
-      ));
+    const placedOn = !config.issueStartOnCreate
+      ? null
+      : await issueStartWithSession(
+          pool,
+          { heartbeatTimeoutMs: config.heartbeatTimeoutMs },
+          {
+            sessionId: id,
+            platform: req.body.platform,
+            deadline: startDeadline,
+            need,
+            start: startDataOrUndefined({
+              username: owner,
+              user_id: ownerId,
+              template_name: req.body.template,
+              persistent_home: req.body.persistent_home ?? true,
+              home_volume: null,
+              manifest: tpl.rows[0].manifest,
+            }),
+          },
+          req.log,
+          app.deps.agentGateway,
+        );
     try {
       await startSessionWorkflow(sessionWorkflowSettings(config, temporal), {
         sessionId: id,
         user: owner,
         template: req.body.template,
         platform: req.body.platform,
-        placedOn: placedOn || undefined,
+        placedOn: placedOn ?? undefined,
       });
     } catch (err) {
       await pool.query(`UPDATE sessions SET state = 'failed', error_message = $2, workflow_confirmed = NULL WHERE id = $1 AND state = 'pending'`, [
