@@ -77,7 +77,8 @@ async function countInState(stack: Stack, state: string): Promise<number> {
 
 /**
  * The database's share of an operation, from pg_stat_statements (loaded by scripts/services.sh):
- * reset at a phase's start, then its heaviest statements (this database only) per operation.
+ * reset at a phase's start, then its heaviest statements (this database only) per operation
+ * (SCALE_STATEMENTS of them, default 6).
  * reset() is false when the extension is not loaded (another PostgreSQL): the phase line says so.
  */
 const statements = {
@@ -90,7 +91,7 @@ const statements = {
       return false;
     }
   },
-  async top(stack: Stack, n: number, k = 6): Promise<string> {
+  async top(stack: Stack, n: number, k = env('SCALE_STATEMENTS', 6)): Promise<string> {
     const r = await stack.pool.query<{ calls: string; ms: number; query: string }>(
       `SELECT s.calls, s.total_exec_time AS ms, regexp_replace(s.query, '\\s+', ' ', 'g') AS query
          FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid

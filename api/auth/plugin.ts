@@ -4,6 +4,7 @@ import fp from 'fastify-plugin';
 import { HttpError } from '../errors';
 import { tokenRevoked } from './accounts';
 import { bearer, RequestUser, Role, TokenError } from './tokens';
+import { createUserLookup } from './user-lookup';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -17,6 +18,8 @@ declare module 'fastify' {
 
 export const authPlugin = fp(async (app: FastifyInstance) => {
   app.decorateRequest('user', null);
+  // Concurrent requests' checks share a query (api/auth/user-lookup.ts); nothing is cached.
+  const users = createUserLookup(app.deps.readPool);
   app.decorate('authenticate', async (req: FastifyRequest) => {
     const token = bearer(req.headers.authorization);
     if (!token) throw new HttpError(401, 'missing bearer token (Authorization: Bearer <token from /api/v1/auth/login>)');
@@ -29,11 +32,7 @@ export const authPlugin = fp(async (app: FastifyInstance) => {
     // The token says who; the users table says what they may do now: a removed or disabled user
     // is refused, and a role change applies on the next request.
     // A token issued before the password was last changed or reset (or the account disabled) is revoked.
-    const r = await app.deps.readPool.query<{ uid: string; role: string; active: boolean | null; tokens_valid_after: Date | null }>(
-      'SELECT id::text AS uid, role, active, tokens_valid_after FROM users WHERE username = $1',
-      [claims.sub],
-    );
-    const u = r.rows[0];
+    const u = await users.load(claims.sub);
     if (!u || u.active === false) throw new HttpError(401, 'this account no longer exists or is disabled');
     if (tokenRevoked((claims as unknown as { iat?: unknown }).iat, u.tokens_valid_after))
       throw new HttpError(401, 'this token was revoked (password changed or reset): sign in again');

@@ -3,7 +3,8 @@
  * own password, admin reset, role change and disable effective on the next request, delete (the
  * user's running session is stopped first), v1 bcrypt hashes still accepted and never re-hashed,
  * login throttled per username and per client address (429 + retry-after), and an unknown user
- * costs what a known one does.
+ * costs what a known one does. The users-table check behind every request is batched (issue 14),
+ * never cached.
  */
 import bcrypt from 'bcryptjs';
 import { Stack, waitFor } from '../harness/stack';
@@ -110,6 +111,44 @@ describe('accounts', () => {
     expect(lastAdmin.body.message).toMatch(/last active admin/);
     expect((await stack.call('PATCH', '/api/v1/users/admin', { active: false }, admin)).status).toBe(409);
     expect((await stack.call('GET', '/api/v1/auth/me', undefined, admin)).body).toMatchObject({ role: 'admin' });
+  });
+
+  test('concurrent requests share one users-table check; each gets its own answer, and a user disabled meanwhile is refused', async () => {
+    const names = Array.from({ length: 12 }, (_, i) => `batch${i}`);
+    const tokens: string[] = [];
+    for (const n of names) tokens.push(await createUser(n));
+    // The table locked: the gateway's first check waits in PostgreSQL, and the requests that come
+    // meanwhile must wait for the next query together, not send one each.
+    const lock = await stack.pool.connect();
+    const waiting = async () =>
+      (
+        await stack.pool.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+            WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM users WHERE username%'`,
+        )
+      ).rows[0].n;
+    let answers: Array<Promise<{ status: number; body: any }>> = [];
+    try {
+      await lock.query('BEGIN');
+      await lock.query('LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
+      answers = tokens.map((t) => stack.call('GET', '/api/v1/auth/me', undefined, t));
+      await waitFor('a users-table check waiting on the lock', async () => (await waiting()) > 0, 10_000);
+      await new Promise((r) => setTimeout(r, 500)); // every request has reached the gateway
+      expect(await waiting()).toBe(1);
+      // Committed before the waiting requests' next query is sent: that query sees it.
+      await lock.query(`UPDATE users SET active = false WHERE username = 'batch3'`);
+      await lock.query('COMMIT');
+    } catch (err) {
+      await lock.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      lock.release();
+    }
+    const results = await Promise.all(answers);
+    results.forEach((r, i) => {
+      if (names[i] === 'batch3') expect(r.status).toBe(401);
+      else expect([r.status, r.body.username]).toEqual([200, names[i]]);
+    });
   });
 
   test('delete: the user’s running session is stopped through its workflow, then the user is gone', async () => {
