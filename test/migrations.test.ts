@@ -98,6 +98,7 @@ describe('migration files', () => {
       '010_v2.0.8-audit-quotas.sql',
       '011_v2.0.9-session-lifetime.sql',
       '012_v2.0.10-session-list-index.sql',
+      '013_v2.0.11-users-id-text-index.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -113,6 +114,7 @@ describe('migration files', () => {
       'v2.0.8-audit-quotas',
       'v2.0.9-session-lifetime',
       'v2.0.10-session-list-index',
+      'v2.0.11-users-id-text-index',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });

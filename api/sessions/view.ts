@@ -178,8 +178,13 @@ interface Cursor {
 
 const likeEscape = (v: string) => v.replace(/[\\%_]/g, (c) => `\\${c}`);
 
-/** One page of the list, sorted and filtered in the database, plus the total and the next cursor. */
-export async function listSessions(pool: Pool, p: ListParams): Promise<{ rows: SessionRow[]; total: number; next: string | null }> {
+interface Statement {
+  text: string;
+  values: unknown[];
+}
+
+/** The statements listSessions sends: the page (one row more than the limit) and the count. */
+export function listSessionsQueries(p: ListParams): { page: Statement; count: Statement; limit: number; sort: SessionSort; order: 'asc' | 'desc' } {
   const sort = p.sort ?? 'created_at';
   const order = p.order ?? 'desc';
   const limit = Math.min(Math.max(p.limit ?? MAX_PAGE, 1), MAX_PAGE);
@@ -215,17 +220,30 @@ export async function listSessions(pool: Pool, p: ListParams): Promise<{ rows: S
   const dir = order === 'desc' ? 'DESC' : 'ASC';
   // The page first (an index scan for the default order), then the open command of its rows
   // only, not of every session.
-  const [page, count] = await Promise.all([
-    pool.query<SessionRow & { sort_key: string }>(
-      `WITH page AS (
+  return {
+    page: {
+      text: `WITH page AS (
          SELECT ${SESSION_COLUMNS}, (${expr})::text AS sort_key, ${expr} AS sort_value ${FROM_SESSIONS}
           WHERE ${where.join(' AND ')} ORDER BY ${expr} ${dir}, s.id ${dir} LIMIT $${args.length})
        SELECT page.*, ${OPEN_COLUMNS} FROM page ${openCommand('page')}
         ORDER BY page.sort_value ${dir}, page.id ${dir}`,
-      args,
-    ),
+      values: args,
+    },
     // Joins only when a filter needs them.
-    pool.query<{ n: number }>(`SELECT count(*)::int AS n ${/\b[au]\./.test(filter) ? FROM_SESSIONS : 'FROM sessions s'} WHERE ${filter}`, countArgs),
+    count: { text: `SELECT count(*)::int AS n ${/\b[au]\./.test(filter) ? FROM_SESSIONS : 'FROM sessions s'} WHERE ${filter}`, values: countArgs },
+    limit,
+    sort,
+    order,
+  };
+}
+
+/** One page of the list, sorted and filtered in the database, plus the total and the next cursor. */
+export async function listSessions(pool: Pool, p: ListParams): Promise<{ rows: SessionRow[]; total: number; next: string | null }> {
+  const q = listSessionsQueries(p);
+  const { limit, sort, order } = q;
+  const [page, count] = await Promise.all([
+    pool.query<SessionRow & { sort_key: string }>(q.page.text, q.page.values),
+    pool.query<{ n: number }>(q.count.text, q.count.values),
   ]);
   const rows = page.rows.slice(0, limit);
   const last = rows[rows.length - 1];

@@ -1,0 +1,92 @@
+/**
+ * The reads behind GET /sessions and GET /sessions/:id name each session's owner by joining
+ * users on users.id::text (sessions.user_id is text, as in v1; users.id a uuid). Without an index
+ * on that expression, PostgreSQL reads the whole users table per session of a page: 297 ms for a
+ * page of 100 with 10,000 users (issue 14; migration 013 adds the index).
+ *
+ * Checked on the plans PostgreSQL makes for the exact statements the API sends
+ * (listSessionsQueries, SELECT_SESSION), on a database migrated as the product migrates it, with
+ * 10,000 users: no plan reads the users table in full.
+ *
+ * Checked red: without migration 013, the list's plan reads users in a Seq Scan.
+ */
+import { Client } from 'pg';
+import { migrate } from '../db/migrate';
+import { listSessionsQueries, SELECT_SESSION } from '../api/sessions/view';
+import { dbUrl, TEST_ENV } from './harness/env';
+
+const DB = `plans_${process.pid}`;
+
+async function admin<T>(fn: (c: Client) => Promise<T>): Promise<T> {
+  const c = new Client({ connectionString: TEST_ENV.pgAdminUrl });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+interface PlanNode {
+  'Node Type': string;
+  'Relation Name'?: string;
+  Plans?: PlanNode[];
+}
+
+function nodes(n: PlanNode): PlanNode[] {
+  return [n, ...(n.Plans ?? []).flatMap(nodes)];
+}
+
+describe('session reads with many users', () => {
+  const db = new Client({ connectionString: dbUrl(DB) });
+  let owner: string;
+  let someSession: string;
+
+  beforeAll(async () => {
+    await admin((c) => c.query(`CREATE DATABASE ${DB}`));
+    await migrate(dbUrl(DB), { log: () => undefined });
+    await db.connect();
+    await db.query(`INSERT INTO users (username, role) SELECT 'user-' || g, 'user' FROM generate_series(1, 10000) g`);
+    // 3 sessions each for 100 of them.
+    await db.query(
+      `INSERT INTO sessions (id, user_id, template_name, state, platform, created_at)
+       SELECT 'plan-' || u.username || '-' || k, u.id::text, 'terminal', 'running', 'docker', NOW() - (k || ' minutes')::interval
+         FROM (SELECT id, username FROM users ORDER BY username LIMIT 100) u, generate_series(1, 3) k`,
+    );
+    await db.query('ANALYZE users');
+    await db.query('ANALYZE sessions');
+    owner = (await db.query<{ user_id: string }>(`SELECT user_id FROM sessions LIMIT 1`)).rows[0].user_id;
+    someSession = (await db.query<{ id: string }>(`SELECT id FROM sessions LIMIT 1`)).rows[0].id;
+  }, 120_000);
+  afterAll(async () => {
+    await db.end();
+    await admin((c) => c.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`));
+  });
+
+  async function usersScans(text: string, values: unknown[]): Promise<string[]> {
+    const r = await db.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(`EXPLAIN (FORMAT JSON) ${text}`, values);
+    return nodes(r.rows[0]['QUERY PLAN'][0].Plan)
+      .filter((n) => n['Relation Name'] === 'users')
+      .map((n) => n['Node Type']);
+  }
+
+  test('an admin’s first page reads the users table by index', async () => {
+    const q = listSessionsQueries({ limit: 100 });
+    const scans = await usersScans(q.page.text, q.page.values);
+    expect(scans.length).toBeGreaterThan(0);
+    expect(scans).not.toContain('Seq Scan');
+  });
+
+  test('a user’s own page reads the users table by index', async () => {
+    const q = listSessionsQueries({ limit: 100, ownerId: owner });
+    const scans = await usersScans(q.page.text, q.page.values);
+    expect(scans.length).toBeGreaterThan(0);
+    expect(scans).not.toContain('Seq Scan');
+  });
+
+  test('one session reads its owner by index', async () => {
+    const scans = await usersScans(`${SELECT_SESSION} WHERE s.id = $1`, [someSession]);
+    expect(scans.length).toBeGreaterThan(0);
+    expect(scans).not.toContain('Seq Scan');
+  });
+});
