@@ -6,7 +6,9 @@
  * so a user disabled, demoted or signed out everywhere (tokens_valid_after) is refused by the next
  * request exactly as with a query per request.
  *
- * One batch at a time: while a query is out, new requests wait and go together in the next one.
+ * One batch at a time: while a query is out, new requests wait and go together in the next one
+ * (for at most WAIT_FOR_PREVIOUS_MS: a query that hangs on its connection does not hold up every
+ * sign-in check; the next batch then goes on another connection).
  * When 100 clients call at once (issue 14's scale bench, the start of a phase) that was 100 queries
  * queued for the read pool's 5 connections, with every other read (the list, a get) behind them
  * for up to 350 ms; now it is two or three queries. When calls are few, the one query is sent at
@@ -29,6 +31,8 @@ export interface UserLookup {
 
 /** More names than this in one query go in more than one (a bound on the statement's parameter). */
 const MAX_BATCH = 1000;
+/** How long the next batch waits for the one being answered before it is sent anyway. */
+export const WAIT_FOR_PREVIOUS_MS = 1000;
 
 export function createUserLookup(pool: Pick<Pool, 'query'>): UserLookup {
   // The batch being queried now, if any: the next one is sent when it is answered.
@@ -59,8 +63,16 @@ export function createUserLookup(pool: Pick<Pool, 'query'>): UserLookup {
       // The batch stays open (takes more names) until this calls `send`.
       batchScheduleFn: (send) => {
         const previous = inFlight;
-        if (previous) void previous.then(() => setImmediate(send));
-        else setImmediate(send);
+        if (!previous) return void setImmediate(send);
+        let sent = false;
+        const go = () => {
+          if (sent) return;
+          sent = true;
+          clearTimeout(timer);
+          setImmediate(send);
+        };
+        const timer = setTimeout(go, WAIT_FOR_PREVIOUS_MS);
+        void previous.then(go);
       },
     },
   );

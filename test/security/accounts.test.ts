@@ -113,7 +113,7 @@ describe('accounts', () => {
     expect((await stack.call('GET', '/api/v1/auth/me', undefined, admin)).body).toMatchObject({ role: 'admin' });
   });
 
-  test('concurrent requests share one users-table check; each gets its own answer, and a user disabled meanwhile is refused', async () => {
+  test('concurrent requests share one users-table check, held up a second at most by a hung one; each gets its own answer', async () => {
     const names = Array.from({ length: 12 }, (_, i) => `batch${i}`);
     const tokens: string[] = [];
     for (const n of names) tokens.push(await createUser(n));
@@ -133,8 +133,10 @@ describe('accounts', () => {
       await lock.query('LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
       answers = tokens.map((t) => stack.call('GET', '/api/v1/auth/me', undefined, t));
       await waitFor('a users-table check waiting on the lock', async () => (await waiting()) > 0, 10_000);
-      await new Promise((r) => setTimeout(r, 500)); // every request has reached the gateway
+      await new Promise((r) => setTimeout(r, 300)); // every request has reached the gateway
       expect(await waiting()).toBe(1);
+      // A check that hangs holds the others up for a second at most: then they go in a query of their own.
+      await waitFor('the waiting requests sent after a second', async () => (await waiting()) === 2, 10_000);
       // Committed before the waiting requests' next query is sent: that query sees it.
       await lock.query(`UPDATE users SET active = false WHERE username = 'batch3'`);
       await lock.query('COMMIT');
