@@ -7,21 +7,12 @@
  * fallback, a SELECT * whose table gained a column fails with "cached plan must not change
  * result type" instead of answering.
  */
-import { Client, type Pool, type PoolClient } from 'pg';
+import type { Pool, PoolClient } from 'pg';
 import { createPool } from '../db/pool';
-import { dbUrl, TEST_ENV } from './harness/env';
+import { dbUrl } from './harness/env';
+import { asPgAdmin } from './harness/pg-admin';
 
 const DB = `prepared_${process.pid}`;
-
-async function admin<T>(fn: (c: Client) => Promise<T>): Promise<T> {
-  const c = new Client({ connectionString: TEST_ENV.pgAdminUrl });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
 
 interface Prepared {
   statement: string;
@@ -30,10 +21,10 @@ interface Prepared {
 
 describe('prepared statements', () => {
   beforeAll(async () => {
-    await admin((c) => c.query(`CREATE DATABASE ${DB}`));
+    await asPgAdmin((c) => c.query(`CREATE DATABASE ${DB}`));
   });
   afterAll(async () => {
-    await admin((c) => c.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`));
+    await asPgAdmin((c) => c.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`));
   });
 
   /**

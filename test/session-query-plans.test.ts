@@ -13,19 +13,10 @@
 import { Client } from 'pg';
 import { migrate } from '../db/migrate';
 import { listSessionsQueries, SELECT_SESSION } from '../api/sessions/view';
-import { dbUrl, TEST_ENV } from './harness/env';
+import { dbUrl } from './harness/env';
+import { asPgAdmin } from './harness/pg-admin';
 
 const DB = `plans_${process.pid}`;
-
-async function admin<T>(fn: (c: Client) => Promise<T>): Promise<T> {
-  const c = new Client({ connectionString: TEST_ENV.pgAdminUrl });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
 
 interface PlanNode {
   'Node Type': string;
@@ -43,7 +34,7 @@ describe('session reads with many users', () => {
   let someSession: string;
 
   beforeAll(async () => {
-    await admin((c) => c.query(`CREATE DATABASE ${DB}`));
+    await asPgAdmin((c) => c.query(`CREATE DATABASE ${DB}`));
     await migrate(dbUrl(DB), { log: () => undefined });
     await db.connect();
     await db.query(`INSERT INTO users (username, role) SELECT 'user-' || g, 'user' FROM generate_series(1, 10000) g`);
@@ -60,7 +51,7 @@ describe('session reads with many users', () => {
   }, 120_000);
   afterAll(async () => {
     await db.end();
-    await admin((c) => c.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`));
+    await asPgAdmin((c) => c.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`));
   });
 
   async function usersScans(text: string, values: unknown[]): Promise<string[]> {
