@@ -5,14 +5,15 @@
  * page of 100 with 10,000 users (issue 14; migration 013 adds the index).
  *
  * Checked on the plans PostgreSQL makes for the exact statements the API sends
- * (listSessionsQueries, SELECT_SESSION), on a database migrated as the product migrates it, with
- * 10,000 users: no plan reads the users table in full.
+ * (listSessionsQueries, SELECT_SESSION, and the sign-in check's USERS_BY_NAME), on a database
+ * migrated as the product migrates it, with 10,000 users: no plan reads the users table in full.
  *
  * Checked red: without migration 013, the list's plan reads users in a Seq Scan.
  */
 import { Client } from 'pg';
 import { migrate } from '../db/migrate';
 import { listSessionsQueries, SELECT_SESSION } from '../api/sessions/view';
+import { USERS_BY_NAME } from '../api/auth/user-lookup';
 import { dbUrl } from './harness/env';
 import { asPgAdmin } from './harness/pg-admin';
 
@@ -71,6 +72,12 @@ describe('session reads with many users', () => {
   test('a user’s own page reads the users table by index', async () => {
     const q = listSessionsQueries({ limit: 100, ownerId: owner });
     const scans = await usersScans(q.page.text, q.page.values);
+    expect(scans.length).toBeGreaterThan(0);
+    expect(scans).not.toContain('Seq Scan');
+  });
+
+  test('the sign-in check of a batch of requests reads its users by index', async () => {
+    const scans = await usersScans(USERS_BY_NAME, [['user-17', 'user-4242', 'nobody']]);
     expect(scans.length).toBeGreaterThan(0);
     expect(scans).not.toContain('Seq Scan');
   });

@@ -34,15 +34,15 @@ const MAX_BATCH = 1000;
 /** How long the next batch waits for the one being answered before it is sent anyway. */
 export const WAIT_FOR_PREVIOUS_MS = 1000;
 
+/** The batch's statement: $1 is the names (text[]). */
+export const USERS_BY_NAME = 'SELECT username, id::text AS uid, role, active, tokens_valid_after FROM users WHERE username = ANY($1::text[])';
+
 export function createUserLookup(pool: Pick<Pool, 'query'>): UserLookup {
   // The batch being queried now, if any: the next one is sent when it is answered.
   let inFlight: Promise<unknown> | null = null;
   const loader = new DataLoader<string, UserAuthRow | undefined>(
     async (names) => {
-      const query = pool.query<UserAuthRow & { username: string }>(
-        'SELECT username, id::text AS uid, role, active, tokens_valid_after FROM users WHERE username = ANY($1::text[])',
-        [[...new Set(names)]],
-      );
+      const query = pool.query<UserAuthRow & { username: string }>(USERS_BY_NAME, [[...new Set(names)]]);
       const done = query.then(
         () => undefined,
         () => undefined,
