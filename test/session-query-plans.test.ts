@@ -8,7 +8,8 @@
  * (listSessionsQueries, SELECT_SESSION, and the sign-in check's USERS_BY_NAME), on a database
  * migrated as the product migrates it, with 10,000 users: no plan reads the users table in full.
  *
- * Checked red: without migration 013, the list's plan reads users in a Seq Scan.
+ * Checked red: without migration 013, the list's and the single read's plans read users in a Seq
+ * Scan; with the sign-in statement written so it cannot use the username index, its plan does.
  */
 import { Client } from 'pg';
 import { migrate } from '../db/migrate';

@@ -43,19 +43,13 @@ export function createUserLookup(pool: Pick<Pool, 'query'>): UserLookup {
   const loader = new DataLoader<string, UserAuthRow | undefined>(
     async (names) => {
       const query = pool.query<UserAuthRow & { username: string }>(USERS_BY_NAME, [[...new Set(names)]]);
-      const done = query.then(
-        () => undefined,
-        () => undefined,
-      );
-      inFlight = done;
-      void done.then(() => {
+      const settled = () => {
         if (inFlight === done) inFlight = null;
-      });
+      };
+      const done: Promise<void> = query.then(settled, settled);
+      inFlight = done;
       const byName = new Map((await query).rows.map((r) => [r.username, r] as const));
-      return names.map((n) => {
-        const r = byName.get(n);
-        return r && { uid: r.uid, role: r.role, active: r.active, tokens_valid_after: r.tokens_valid_after };
-      });
+      return names.map((n) => byName.get(n));
     },
     {
       cache: false,
