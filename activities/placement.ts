@@ -25,6 +25,12 @@ export interface PlacementDeps {
   unplaced?: boolean;
   /** The session's CPU and memory when the caller knows them (a new session: its template's): not read again. */
   need?: Resources;
+  /**
+   * The caller records the agent on the session itself, in the statement that issues its command
+   * (issueCommand's assignSession): the agent's lock is held one round trip less. Only for a new
+   * session (unplaced, no interim state).
+   */
+  deferAssign?: boolean;
 }
 
 /** Agents locked and counted per placement in a large fleet (see placeSessionIn). */
@@ -93,6 +99,7 @@ export async function placeSessionIn(
   interim?: SessionState,
 ): Promise<Placement> {
   const whenFull = deps.whenFull ?? placementWhenFull();
+  if (deps.deferAssign && (!deps.unplaced || interim !== undefined)) throw new Error('placeSessionIn: deferAssign is for a new session only');
   const fresh = `a.status = 'online' AND a.last_heartbeat > NOW() - ($2::int * INTERVAL '1 millisecond')`;
   // Written as recordSessionState(interim) writes it (its quota reservation ends unless hibernated).
   const assign = (agentDbId: string) =>
@@ -206,7 +213,7 @@ export async function placeSessionIn(
     const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
     const chosen = withUse.filter((c) => c.use.n < c.max && fits(c, c.use)).sort((a, b) => a.use.n / a.max - b.use.n / b.max)[0];
     if (!chosen) return { placed: null, count: candidates.rowCount ?? 0, withUse };
-    await assign(chosen.id);
+    if (!deps.deferAssign) await assign(chosen.id);
     return { placed: { agentDbId: chosen.id, agentId: chosen.agent_id } as Placement, count: candidates.rowCount ?? 0, withUse };
   }
 }

@@ -29,8 +29,8 @@ export function createQuotaActivities(deps: { pool: Pool }) {
           );
           const row = s.rows[0];
           if (!row) return { reserved: false };
-          await lockUserQuota(tx, row.user_id);
-          await checkUserQuota(tx, row.user_id, sessionResources(row), sessionId);
+          const { limits } = await lockUserQuota(tx, row.user_id);
+          await checkUserQuota(tx, row.user_id, limits, sessionResources(row), sessionId);
           await reserve(tx, sessionId, row.user_id);
           return { reserved: true };
         });

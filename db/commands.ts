@@ -60,15 +60,18 @@ export interface NewCommand {
  * again). If that send does not happen, the caller puts it back to pending (requeueCommand); if
  * the socket dies after it, the agent's next registration delivers it again (sent commands are
  * redelivered then), as with any claimed command.
+ * `assignSession`: the same statement records the command's agent as the session's (placeSessionIn
+ * with deferAssign), so a placement holds its agent's lock one round trip less.
  */
 export async function issueCommand(
   db: QueryableTx,
   cmd: NewCommand,
-  opts: { sendNow?: boolean } = {},
+  opts: { sendNow?: boolean; assignSession?: boolean } = {},
 ): Promise<{ row: CommandRow; created: boolean; sent?: ClaimedCommand }> {
   const sendNow = opts.sendNow === true;
+  const assign = opts.assignSession === true ? `assigned AS (UPDATE sessions SET agent_id = $1, updated_at = NOW() WHERE id = $2),` : '';
   const inserted = await db.query<ClaimedCommand>(
-    `WITH ins AS (
+    `WITH ${assign} ins AS (
        INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, status, sent_at, idempotency_key, generation, expires_at)
        VALUES ($1, $2, $3, $4, CASE WHEN $10::boolean THEN 'sent' ELSE 'pending' END, CASE WHEN $10::boolean THEN clock_timestamp() END,
                $5, $6, to_timestamp($7::double precision / 1000))

@@ -92,23 +92,40 @@ export async function templateResources(db: Queryable, template: string): Promis
 // Per-user quotas
 // ---------------------------------------------------------------------------------------------
 
-/** Serialises quota checks of one user (until the transaction ends). */
-export async function lockUserQuota(tx: Queryable, userId: string): Promise<void> {
-  await tx.query(`SELECT pg_advisory_xact_lock(hashtext('streamspace.quota'), hashtext($1))`, [userId]);
+/** What the statement that takes a user's quota lock reads with it. */
+export interface QuotaLock {
+  /** The user's user_quotas row; null when they have none (no per-user limit). */
+  limits: UserLimits | null;
+  /** Whether v1's licenses table exists (a database v2 created has none): checkLicense need not look again. */
+  licensesTable: boolean;
+}
+
+/**
+ * Serialises quota checks of one user (until the transaction ends). The same statement reads the
+ * user's limits and whether a licenses table exists, so an admission costs one round trip where it
+ * took three. The limits are read as of the statement's start, which may be before the lock was
+ * granted: an admin's change of the quota that commits meanwhile applies from the next admission,
+ * as it would had it committed a moment later. What other admissions change (the sessions and
+ * reservations counted against the limits) is read after the lock, by checkUserQuota.
+ * Lock order: this lock before the licence's (checkLicense), in every transaction that takes both.
+ */
+export async function lockUserQuota(tx: Queryable, userId: string): Promise<QuotaLock> {
+  const r = await tx.query<{ licenses_table: boolean; limited: boolean; max_sessions: number | null; max_cpu: string | null; max_memory: string | null }>(
+    `SELECT to_regclass('licenses') IS NOT NULL AS licenses_table, q.user_id IS NOT NULL AS limited, q.max_sessions, q.max_cpu, q.max_memory
+       FROM pg_advisory_xact_lock(hashtext('streamspace.quota'), hashtext($1)) LEFT JOIN user_quotas q ON q.user_id = $1`,
+    [userId],
+  );
+  const row = r.rows[0];
+  return {
+    licensesTable: row.licenses_table,
+    limits: row.limited ? { max_sessions: row.max_sessions, max_cpu: row.max_cpu, max_memory: row.max_memory } : null,
+  };
 }
 
 export interface UserLimits {
   max_sessions: number | null;
   max_cpu: string | null;
   max_memory: string | null;
-}
-
-export async function userLimits(db: Queryable, userId: string): Promise<UserLimits | null> {
-  const r = await db.query<{ max_sessions: number | null; max_cpu: string | null; max_memory: string | null }>(
-    'SELECT max_sessions, max_cpu, max_memory FROM user_quotas WHERE user_id = $1',
-    [userId],
-  );
-  return r.rows[0] ?? null;
 }
 
 /** Sessions of the user that hold (or are about to hold) resources, other than `except`. */
@@ -137,10 +154,10 @@ export async function userUsage(db: Queryable, userId: string, except: string | 
 
 /**
  * Throws a LimitError if one more session with `need` would exceed the user's quota. Call inside a
- * transaction after lockUserQuota; `except` is the session being admitted (a wake) if it exists.
+ * transaction after lockUserQuota, with the limits it read; `except` is the session being admitted
+ * (a wake) if it exists.
  */
-export async function checkUserQuota(tx: Queryable, userId: string, need: Resources, except: string | null): Promise<void> {
-  const limits = await userLimits(tx, userId);
+export async function checkUserQuota(tx: Queryable, userId: string, limits: UserLimits | null, need: Resources, except: string | null): Promise<void> {
   if (!limits) return;
   const used = await userUsage(tx, userId, except);
   if (limits.max_sessions !== null && used.sessions + 1 > limits.max_sessions)
@@ -194,10 +211,13 @@ export type License = {
 
 const ts = (col: string) => `to_char(${col}, 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
 
-/** The active licence (v1's rule), or null when there is no licenses table or no active row. */
-export async function activeLicense(db: Queryable): Promise<License | null> {
-  const t = await db.query<{ present: boolean }>(`SELECT to_regclass('licenses') IS NOT NULL AS present`);
-  if (!t.rows[0]?.present) return null;
+/**
+ * The active licence (v1's rule), or null when there is no licenses table or no active row.
+ * `licensesTable`: whether the table exists, when the caller knows (lockUserQuota read it).
+ */
+export async function activeLicense(db: Queryable, licensesTable?: boolean): Promise<License | null> {
+  const present = licensesTable ?? (await db.query<{ present: boolean }>(`SELECT to_regclass('licenses') IS NOT NULL AS present`)).rows[0]?.present;
+  if (!present) return null;
   const r = await db.query<License>(
     `SELECT id, license_key, tier, max_users, max_sessions, max_nodes, ${ts('issued_at')} AS issued_at, ${ts('expires_at')} AS expires_at,
             ${ts('activated_at')} AS activated_at, status, (expires_at IS NOT NULL AND expires_at <= LOCALTIMESTAMP) AS expired
@@ -218,18 +238,20 @@ export async function licensedUsers(db: Queryable): Promise<number> {
 
 /**
  * Throws a LimitError if one more session (or user) would exceed the active licence. Inside a
- * transaction: takes the licence's lock for that resource first (only when a limit applies).
+ * transaction: takes the licence's lock for that resource first, only when a limit applies, and
+ * then returns true (the caller holds that lock, which every create waits for, until it commits).
+ * `licensesTable` as for activeLicense.
  */
-export async function checkLicense(tx: Queryable, what: 'sessions' | 'users'): Promise<void> {
-  const lic = await activeLicense(tx);
-  if (!lic) return;
+export async function checkLicense(tx: Queryable, what: 'sessions' | 'users', licensesTable?: boolean): Promise<boolean> {
+  const lic = await activeLicense(tx, licensesTable);
+  if (!lic) return false;
   if (lic.expired)
     throw new LimitError(
       `license expired on ${(lic.expires_at ?? '').slice(0, 10)} (${lic.tier} tier): no new ${what} until it is renewed or another license is activated`,
       'license',
     );
   const max = what === 'sessions' ? lic.max_sessions : lic.max_users;
-  if (max === null || max === undefined) return;
+  if (max === null || max === undefined) return false;
   await tx.query(`SELECT pg_advisory_xact_lock(hashtext('streamspace.license'), hashtext($1))`, [what]);
   const used = what === 'sessions' ? await licensedSessions(tx) : await licensedUsers(tx);
   if (used + 1 > max)
@@ -237,6 +259,7 @@ export async function checkLicense(tx: Queryable, what: 'sessions' | 'users'): P
       `license limit: ${max} ${what} (${lic.tier} tier); ${used} in use — ${what === 'sessions' ? 'stop or remove a session' : 'disable or remove a user'}, or activate a license with more`,
       'license',
     );
+  return true;
 }
 
 /** Runs fn in a transaction on a pooled client. */

@@ -453,3 +453,39 @@ describe('a 503 says why', () => {
     expect(((await res.json()) as { message: string }).message).toMatch(/did not accept the hibernate request within 10s \(is a worker running\?\)/);
   });
 });
+
+describe('a start the gateway cannot issue with its session', () => {
+  const stack = new Stack('start-not-issued');
+  const AGENT = 'fake-issue-1';
+  let admin: string;
+  beforeAll(async () => {
+    await stack.start();
+    await stack.startFakeAgent(AGENT);
+    admin = await stack.login();
+  });
+  afterAll(() => stack.stop());
+
+  test('the database fails the first start insert: the create still answers 201 and the workflow starts it, once', async () => {
+    // The create's transaction fails where it issues the start: it is written again without it.
+    // A sequence is not rolled back, so only the first insert fails.
+    const sql = `
+      CREATE SEQUENCE test_fail_once;
+      CREATE FUNCTION test_fail_first_start() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.command_type = 'start_session' AND nextval('test_fail_once') = 1 THEN RAISE EXCEPTION 'injected: the first start insert fails'; END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER test_fail_first_start BEFORE INSERT ON agent_commands FOR EACH ROW EXECUTE FUNCTION test_fail_first_start();`;
+    await stack.pool.query(sql);
+    try {
+      const created = await create(stack, admin);
+      expect(created.status).toBe(201);
+      await stack.waitForState(admin, created.body.id, 'running');
+      expect((await commands(stack, created.body.id)).map((c) => `${c.command_type}:${c.status}`)).toEqual(['start_session:completed']);
+      expect(events(stack, AGENT, created.body.id).filter((e) => e.event === 'created')).toHaveLength(1);
+      expect(stack.api.output).toMatch(/start not issued with the session; its workflow places it/);
+    } finally {
+      await stack.pool.query('DROP TRIGGER test_fail_first_start ON agent_commands; DROP FUNCTION test_fail_first_start(); DROP SEQUENCE test_fail_once');
+    }
+  });
+});

@@ -132,4 +132,26 @@ describe("a v1.0.0 install's community licence", () => {
     expect((await createSession(stack, admin)).status).toBe(201);
     expect((await createUser(stack, admin)).status).toBe(201);
   });
+
+  test("while a session limit applies, the agent still gets a new session's start with it, before any worker runs", async () => {
+    // The licence's lock is held by every create's admission, so the start is issued right after
+    // the row commits rather than in its transaction (api/sessions/start-command.ts).
+    await stack.pool.query(`UPDATE licenses SET max_sessions = 1000 WHERE status = 'active'`);
+    await stack.worker.kill('SIGKILL');
+    let id = '';
+    try {
+      const created = await createSession(stack, admin);
+      expect(created.status).toBe(201);
+      id = created.body.id;
+      const r = await stack.pool.query(
+        `SELECT c.command_type, c.status, c.agent_id = s.agent_id AS on_its_agent
+           FROM agent_commands c JOIN sessions s ON s.id = c.session_id WHERE c.session_id = $1`,
+        [id],
+      );
+      expect(r.rows).toEqual([{ command_type: 'start_session', status: expect.stringMatching(/^(sent|ack|completed)$/), on_its_agent: true }]);
+    } finally {
+      await stack.startWorker();
+    }
+    await stack.waitForState(admin, id, 'running');
+  });
 });

@@ -19,7 +19,15 @@ import { HttpError } from '../errors';
 import { ListParams, listSessions, MAX_PAGE, presentSession as present, SELECT_SESSION, SESSION_SORTS, SessionRow } from '../sessions/view';
 import { ErrorSchema, SessionSchema, USERNAME_PATTERN } from '../schemas';
 import { nextGeneration } from '../../db/commands';
-import { issueStartWithSession, startDataOrUndefined, withdrawFirstStart } from '../sessions/start-command';
+import {
+  issueStartIn,
+  issueStartWithSession,
+  sendIssuedStart,
+  startDataOrUndefined,
+  StartNotIssued,
+  withdrawFirstStart,
+  type IssuedStart,
+} from '../sessions/start-command';
 import {
   checkLicense,
   checkUserQuota,
@@ -146,16 +154,22 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   /**
    * Admits one more running session of `userId` (a create, or a retry of `sessionId`): under the
    * licence's and the user's advisory locks, counts what runs, refuses with 403 naming the limit
-   * (db/quota.ts: licenses, user_quotas), else runs `write` in the same transaction. Wakes are
-   * admitted by the session workflow (activities/quota.ts), with the same rules.
+   * (db/quota.ts: licenses, user_quotas), else runs `write` in the same transaction. `write` is
+   * told whether the licence's lock is held (every create then waits for this transaction). Wakes
+   * are admitted by the session workflow (activities/quota.ts), with the same rules.
    */
-  async function admit(userId: string, need: Resources, sessionId: string | null, write: (tx: Queryable) => Promise<unknown>): Promise<void> {
+  async function admit(
+    userId: string,
+    need: Resources,
+    sessionId: string | null,
+    write: (tx: Queryable, held: { licence: boolean }) => Promise<unknown>,
+  ): Promise<void> {
     try {
       await inTransaction(app.deps.pool, async (tx) => {
-        await checkLicense(tx, 'sessions');
-        await lockUserQuota(tx, userId);
-        await checkUserQuota(tx, userId, need, sessionId);
-        await write(tx);
+        const { limits, licensesTable } = await lockUserQuota(tx, userId);
+        const licence = await checkLicense(tx, 'sessions', licensesTable);
+        await checkUserQuota(tx, userId, limits, need, sessionId);
+        await write(tx, { licence });
       });
     } catch (err) {
       if (err instanceof LimitError) throw new HttpError(403, err.message);
@@ -209,7 +223,7 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     const startDeadline = Date.now() + config.sessionStartTimeoutMs;
     // The template's resources from the manifest read above (db/quota.ts templateResources reads the same).
     const need = sessionResources({ manifest: tpl.rows[0].manifest });
-    await admit(ownerId, need, null, (tx) =>
+    const insertRow = (tx: Queryable) =>
       tx.query(
         `INSERT INTO sessions (id, user_id, template_name, state, platform, tags, persistent_home, workflow_id, namespace, workflow_confirmed,
                              idle_timeout, max_session_duration)
@@ -225,32 +239,45 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
           idleTimeout,
           maxDuration,
         ],
-      ),
-    );
-    // The agent gets the start command now, when one can take it (api/sessions/start-command.ts).
-    // Its payload and resources come from what this request read already (the template, the owner).
-    const placedOn = !config.issueStartOnCreate
-      ? null
-      : await issueStartWithSession(
-          pool,
-          { heartbeatTimeoutMs: config.heartbeatTimeoutMs },
-          {
-            sessionId: id,
-            platform: req.body.platform,
-            deadline: startDeadline,
-            need,
-            start: startDataOrUndefined({
-              username: owner,
-              user_id: ownerId,
-              template_name: req.body.template,
-              persistent_home: req.body.persistent_home ?? true,
-              home_volume: null,
-              manifest: tpl.rows[0].manifest,
-            }),
-          },
-          req.log,
-          app.deps.agentGateway,
-        );
+      );
+    // The agent gets the start command when the row commits, if one can take it
+    // (api/sessions/start-command.ts). Its payload and resources come from what this request read
+    // already (the template, the owner).
+    const placement = { heartbeatTimeoutMs: config.heartbeatTimeoutMs };
+    const start = {
+      sessionId: id,
+      platform: req.body.platform,
+      deadline: startDeadline,
+      need,
+      start: startDataOrUndefined({
+        username: owner,
+        user_id: ownerId,
+        template_name: req.body.template,
+        persistent_home: req.body.persistent_home ?? true,
+        home_volume: null,
+        manifest: tpl.rows[0].manifest,
+      }),
+    };
+    // undefined: not tried with the row (a licence's lock was held); null: no agent took it now.
+    const issued: { start?: IssuedStart | null } = {};
+    try {
+      await admit(ownerId, need, null, async (tx, held) => {
+        await insertRow(tx);
+        if (config.issueStartOnCreate && !held.licence) issued.start = await issueStartIn(tx, placement, start, app.deps.agentGateway);
+      });
+    } catch (err) {
+      if (!(err instanceof StartNotIssued)) throw err;
+      // Rolled back: the session is written without it, and its workflow places it.
+      app.deps.log.warn('start not issued with the session; its workflow places it', { session: id, err: err.reason.message });
+      issued.start = null;
+      await admit(ownerId, need, null, insertRow);
+    }
+    const placedOn =
+      issued.start !== undefined
+        ? sendIssuedStart(issued.start, app.deps.agentGateway)
+        : config.issueStartOnCreate
+          ? await issueStartWithSession(pool, placement, start, app.deps.log, app.deps.agentGateway)
+          : null;
     try {
       await startSessionWorkflow(sessionWorkflowSettings(config, temporal), {
         sessionId: id,
@@ -266,10 +293,10 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
       ]);
       if (placedOn)
         await withdrawFirstStart(pool, id, 'the session workflow could not be started').catch((e: Error) =>
-          req.log.warn(
-            { session: id, err: e.message },
-            'cannot withdraw the start issued with a session whose workflow did not start; its deadline expires it',
-          ),
+          app.deps.log.warn('cannot withdraw the start issued with a session whose workflow did not start; its deadline expires it', {
+            session: id,
+            err: e.message,
+          }),
         );
       throw new HttpError(503, `cannot start the session workflow (Temporal unreachable?): ${(err as Error).message}`);
     }

@@ -1,8 +1,11 @@
 /**
- * A new session's start_session command, issued by the gateway as soon as the session's row is
- * committed (SESSION_ISSUE_START_ON_CREATE, default on). The agent gets it when its transaction commits,
- * without waiting for the workflow to be started, picked up by a worker and placed: that wait was
- * most of a create's dispatch time, and all of it under load (issue 14).
+ * A new session's start_session command, issued by the gateway in the transaction that writes the
+ * session's row (SESSION_ISSUE_START_ON_CREATE, default on). The agent gets it when that
+ * transaction commits, without waiting for the workflow to be started, picked up by a worker and
+ * placed: that wait was most of a create's dispatch time, and all of it under load (issue 14).
+ * While a licence limit applies, the admission holds the licence's lock, which every create
+ * waits for; the start is then issued in a transaction of its own, after the row's has committed,
+ * so that creates do not queue behind each other's placement.
  *
  * Nothing is given up: the command is placed exactly as the workflow places it (same function,
  * same locks) and carries the key and generation of the workflow's first command, so the
@@ -16,10 +19,10 @@
  * the reason.
  */
 import type { Pool } from 'pg';
-import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from '../../config/log';
 import { ApplicationFailure } from '@temporalio/common';
 import { issueCommand, withdrawAndLocate, type ClaimedCommand } from '../../db/commands';
-import { inTransaction, type Resources } from '../../db/quota';
+import { inTransaction, type Queryable, type Resources } from '../../db/quota';
 import { loadStartData, placeSessionIn, startData, type PlacementDeps, type StartSource } from '../../activities/placement';
 import { commandKey, FailureType } from '../../workflows/session-api';
 import type { Platform, StartSessionData } from '../../protocol/messages';
@@ -53,54 +56,85 @@ export interface LocalDelivery {
   sendIssued(row: ClaimedCommand): void;
 }
 
+/** A start issued with its session: the agent it went to, and the frame this pod sends once that commits. */
+export interface IssuedStart {
+  agentId: string;
+  direct?: ClaimedCommand;
+}
+
+/** Issuing the start failed in a way that is not the workflow's to handle (the database): roll back, then go without. */
+export class StartNotIssued extends Error {
+  constructor(readonly reason: Error) {
+    super(`start not issued with the session: ${reason.message}`);
+  }
+}
+
 /**
- * Right after the session's row is committed (its own transaction, so the owner's quota lock is
- * not held meanwhile): places the session and issues its start command. Returns the agent it
- * placed it on (its agent_id), or null when it did not.
+ * In the transaction that writes the new session's row (after it): places the session and issues
+ * its start command. Returns the agent and, when this pod holds the agent's socket (`local`), the
+ * command as written (sent): the caller hands it to sendIssuedStart once the transaction has
+ * committed, so no NOTIFY comes back and no claim reads it again. Returns null when no agent can
+ * take the session now (the workflow places it, retrying or failing with the reason); throws
+ * StartNotIssued on anything else (the transaction may be aborted).
  * `start` and `need`: the command's payload and the session's resources, when the caller holds
- * them already (a new session: from its template), so they are not read again. When this pod
- * holds the agent's socket (`local`), the command is written as sent and this pod sends the row
- * it inserted as soon as the transaction commits: no NOTIFY to come back, no claim to read it again.
+ * them already (a new session: from its template), so they are not read again.
+ * The agent is recorded on the session by the statement that inserts the command (deferAssign).
+ */
+export async function issueStartIn(
+  tx: Queryable,
+  deps: PlacementDeps,
+  s: { sessionId: string; platform: Platform; deadline: number; start?: StartSessionData; need?: Resources },
+  local?: LocalDelivery,
+): Promise<IssuedStart | null> {
+  try {
+    const data = s.start ?? (await loadStartData(tx, s.sessionId));
+    const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true, need: s.need, deferAssign: true }, s.sessionId, s.platform);
+    const issued = await issueCommand(
+      tx,
+      {
+        agentDbId: placed.agentDbId,
+        sessionId: s.sessionId,
+        type: 'start_session',
+        data: data as unknown as Record<string, unknown>,
+        idempotencyKey: firstStartKey(s.sessionId),
+        generation: FIRST,
+        expiresAt: s.deadline,
+      },
+      { sendNow: local?.holds(placed.agentDbId) === true, assignSession: true },
+    );
+    return { agentId: placed.agentId, direct: issued.sent };
+  } catch (err) {
+    // No agent, no room, a bad template: thrown before any statement failed; the workflow says why.
+    const type = err instanceof ApplicationFailure ? err.type : undefined;
+    if (type && EXPECTED.has(type)) return null;
+    throw new StartNotIssued(err as Error);
+  }
+}
+
+/** After the commit: this pod sends the frame it wrote as sent. Returns the agent's id, or null. */
+export function sendIssuedStart(issued: IssuedStart | null, local?: LocalDelivery): string | null {
+  if (issued?.direct) local!.sendIssued(issued.direct);
+  return issued?.agentId ?? null;
+}
+
+/**
+ * issueStartIn in a transaction of its own, for a session whose row is committed already. A
+ * failure other than the expected ones is worth a line: the workflow still places the session,
+ * but the fast path is failing.
  */
 export async function issueStartWithSession(
   pool: Pool,
   deps: PlacementDeps,
-  s: { sessionId: string; platform: Platform; deadline: number; start?: StartSessionData; need?: Resources },
-  log?: Pick<FastifyBaseLogger, 'warn'>,
+  s: Parameters<typeof issueStartIn>[2],
+  log?: Pick<Logger, 'warn'>,
   local?: LocalDelivery,
 ): Promise<string | null> {
-  let direct: ClaimedCommand | undefined;
-  let agentId: string;
   try {
-    agentId = await inTransaction(pool, async (tx) => {
-      const data = s.start ?? (await loadStartData(tx, s.sessionId));
-      const placed = await placeSessionIn(tx, { ...deps, whenFull: 'queue', unplaced: true, need: s.need }, s.sessionId, s.platform, 'pending');
-      const issued = await issueCommand(
-        tx,
-        {
-          agentDbId: placed.agentDbId,
-          sessionId: s.sessionId,
-          type: 'start_session',
-          data: data as unknown as Record<string, unknown>,
-          idempotencyKey: firstStartKey(s.sessionId),
-          generation: FIRST,
-          expiresAt: s.deadline,
-        },
-        { sendNow: local?.holds(placed.agentDbId) === true },
-      );
-      direct = issued.sent;
-      return placed.agentId;
-    });
+    return sendIssuedStart(await inTransaction(pool, (tx) => issueStartIn(tx, deps, s, local)), local);
   } catch (err) {
-    // No agent, no room, a bad template: the workflow places it and says why. Anything else (the
-    // database) is worth a line: the workflow still places it, but the fast path is failing.
-    const type = err instanceof ApplicationFailure ? err.type : undefined;
-    if (!type || !EXPECTED.has(type))
-      log?.warn({ session: s.sessionId, err: (err as Error).message }, 'start not issued with the session; its workflow places it');
+    log?.warn('start not issued with the session; its workflow places it', { session: s.sessionId, err: (err as Error).message });
     return null;
   }
-  if (direct) local!.sendIssued(direct);
-  return agentId;
 }
 
 /**
