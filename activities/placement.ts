@@ -174,43 +174,42 @@ export async function placeSessionIn(
    * with `skipLocked`, among those of them no other placement holds.
    */
   async function placeAmong(ids: string[] | null, skipLocked = false) {
-    // Lock the candidate agents first, then count in a new statement: in READ COMMITTED that
-    // statement sees every placement committed while this one waited for the locks, so
-    // concurrent placements cannot overfill an agent.
-    const candidates = await client.query<{ id: string; agent_id: string; max: number; max_cpu: number | null; max_memory: number | null }>(
-      `SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
-              (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
-         FROM agents a
-        WHERE a.platform = $1 AND ${fresh} AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
-        ORDER BY a.id
-          FOR NO KEY UPDATE OF a${skipLocked ? ' SKIP LOCKED' : ''}`,
-      [platform, deps.heartbeatTimeoutMs, ids],
-    );
+    // Each candidate agent is locked, then what runs on it is counted by
+    // streamspace_agent_usage (migration 014), called on the row as it leaves the locking
+    // subquery: a VOLATILE function's query takes a fresh snapshot, so in READ COMMITTED it sees
+    // every placement committed while this one waited for the lock (the statement's own snapshot,
+    // taken before the wait, would not), and concurrent placements cannot overfill an agent. One
+    // round trip: the agent's lock is held for the choice, the assignment and the commit only.
     // Sessions, CPU and memory in use on each candidate (MAX_SESSIONS, MAX_CPU cores and
     // MAX_MEMORY GiB as the agent reported them): a session's resources are its own cpu/memory,
-    // else its template's defaultResources.
-    // Counted in the database, one row per agent and kind of session (its cpu, memory and
-    // template), not one per session: an agent with hundreds of sessions costs what one with ten
-    // does, and each template's manifest is read once, not once per session.
-    const used = await client.query<{ agent_id: string; n: number; cpu: string | null; memory: string | null; manifest: unknown }>(
-      `SELECT g.agent_id, g.n, g.cpu, g.memory, t.manifest
-         FROM (SELECT s.agent_id::text AS agent_id, s.cpu, s.memory, s.template_name, count(*)::int AS n
-                 FROM sessions s
-                WHERE s.agent_id = ANY($1::uuid[]) AND s.state IN ('pending', 'running', 'terminating') AND s.id <> $2
-                GROUP BY s.agent_id, s.cpu, s.memory, s.template_name) g
-         LEFT JOIN template_catalog t ON t.name = g.template_name`,
-      [candidates.rows.map((c) => c.id), sessionId],
+    // else its template's defaultResources. Counted in the database, one row per kind of session
+    // (its cpu, memory and template), not one per session: an agent with hundreds of sessions
+    // costs what one with ten does, and each template's manifest is read once.
+    type Used = { n: number; cpu: string | null; memory: string | null; manifest: unknown };
+    const candidates = await client.query<{ id: string; agent_id: string; max: number; max_cpu: number | null; max_memory: number | null; used: Used[] }>(
+      `SELECT l.*, streamspace_agent_usage(l.id, $4) AS used
+         FROM (SELECT a.id, a.agent_id, COALESCE((a.capacity->>'max_sessions')::int, 0) AS max,
+                      (a.capacity->>'max_cpu')::float8 AS max_cpu, (a.capacity->>'max_memory')::float8 AS max_memory
+                 FROM agents a
+                WHERE a.platform = $1 AND ${fresh} AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
+                ORDER BY a.id
+                  FOR NO KEY UPDATE OF a${skipLocked ? ' SKIP LOCKED' : ''}) l`,
+      [platform, deps.heartbeatTimeoutMs, ids, sessionId],
     );
-    const usedBy = new Map<string, { n: number; cpu: number; memory: number }>();
-    for (const u of used.rows) {
-      const acc = usedBy.get(u.agent_id) ?? { n: 0, cpu: 0, memory: 0 };
-      const res = sessionResources(u);
-      usedBy.set(u.agent_id, { n: acc.n + u.n, cpu: acc.cpu + res.cpu * u.n, memory: acc.memory + res.memory * u.n });
-    }
+    const total = (used: Used[]) => {
+      const acc = { n: 0, cpu: 0, memory: 0 };
+      for (const u of used) {
+        const res = sessionResources(u);
+        acc.n += u.n;
+        acc.cpu += res.cpu * u.n;
+        acc.memory += res.memory * u.n;
+      }
+      return acc;
+    };
     const fits = (c: { id: string; max_cpu: number | null; max_memory: number | null }, u: { cpu: number; memory: number }) =>
       (c.max_cpu === null || u.cpu + need.cpu <= Math.round(c.max_cpu * 1000)) &&
       (c.max_memory === null || u.memory + need.memory <= Math.round(c.max_memory * 2 ** 30));
-    const withUse = candidates.rows.map((c) => ({ ...c, use: usedBy.get(c.id) ?? { n: 0, cpu: 0, memory: 0 } }));
+    const withUse = candidates.rows.map(({ used, ...c }) => ({ ...c, use: total(used) }));
     const chosen = withUse.filter((c) => c.use.n < c.max && fits(c, c.use)).sort((a, b) => a.use.n / a.max - b.use.n / b.max)[0];
     if (!chosen) return { placed: null, count: candidates.rowCount ?? 0, withUse };
     if (!deps.deferAssign) await assign(chosen.id);

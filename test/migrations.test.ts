@@ -99,6 +99,7 @@ describe('migration files', () => {
       '011_v2.0.9-session-lifetime.sql',
       '012_v2.0.10-session-list-index.sql',
       '013_v2.0.11-users-id-text-index.sql',
+      '014_v2.0.12-agent-usage.sql',
     ]);
     expect(list.map((m) => m.version)).toEqual([
       'v1.0.0-baseline',
@@ -115,6 +116,7 @@ describe('migration files', () => {
       'v2.0.9-session-lifetime',
       'v2.0.10-session-list-index',
       'v2.0.11-users-id-text-index',
+      'v2.0.12-agent-usage',
     ]);
     expect(path.basename(migrationsDir())).toBe('migrations');
   });

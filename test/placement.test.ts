@@ -11,6 +11,12 @@
  * And a placement skips sampled agents that another placement holds, instead of waiting for
  * them (a hundred creators at once on 100 agents spent most of placement waiting on each other).
  * Checked red: without SKIP LOCKED the creates wait on the held agents and the test times out.
+ *
+ * And on a single agent, where every placement waits for the one before it: creates at once fill
+ * it exactly, the rest fail as full. The count of what runs on the agent is read in the statement
+ * that locks it (streamspace_agent_usage, migration 014), so it must see what committed during
+ * the wait. Checked red: with the function STABLE (the statement's snapshot, taken before the
+ * wait) the agent is overfilled.
  */
 import { FakeAgent } from '../bench/fake-agent';
 import { Stack, waitFor } from './harness/stack';
@@ -66,7 +72,9 @@ describe('placement on a large fleet', () => {
         60_000,
         200,
       );
-      const on = await stack.pool.query<{ agent_id: string }>(`SELECT a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = ANY($1)`, [ids]);
+      const on = await stack.pool.query<{ agent_id: string }>(`SELECT a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = ANY($1)`, [
+        ids,
+      ]);
       for (const r of on.rows) expect(held).not.toContain(r.agent_id);
     } finally {
       await holder.query('ROLLBACK').catch(() => undefined);
@@ -101,5 +109,52 @@ describe('placement on a large fleet', () => {
     expect(extra.status).toBe(201);
     const failed = await stack.waitForState(admin, extra.body.id, 'failed', 60_000);
     expect(failed.error).toMatch(new RegExp(`all ${AGENTS} online docker agent\\(s\\) are full`));
+  });
+});
+
+describe('placement on one agent, every create at once', () => {
+  const CAPACITY = 3;
+  const CREATES = 10;
+  const stack = new Stack('placement-one', { PLACEMENT_WHEN_FULL: 'fail' });
+  let fake: FakeAgent;
+  let admin: string;
+
+  beforeAll(async () => {
+    await stack.start();
+    admin = await stack.login();
+    const [token] = await stack.agentTokensBulk(['place-one']);
+    fake = new FakeAgent('place-one', `ws://127.0.0.1:${stack.agentPort}`, token, CAPACITY);
+    await fake.connect(30_000);
+  });
+
+  afterAll(async () => {
+    fake.close();
+    await stack.stop();
+  });
+
+  test(`${CREATES} concurrent creates on an agent of ${CAPACITY}: exactly ${CAPACITY} run, the others fail as full`, async () => {
+    const created = await Promise.all(
+      // Each for a user of its own: one user's creates queue on their quota lock before they place.
+      Array.from({ length: CREATES }, (_, i) =>
+        stack.call<{ id: string }>('POST', '/api/v1/sessions', { user: `one-${i}`, template: 'terminal', platform: 'docker' }, admin),
+      ),
+    );
+    expect(created.map((r) => r.status)).toEqual(created.map(() => 201));
+    const ids = created.map((r) => r.body.id);
+    await waitFor(
+      'every session running or failed',
+      async () => {
+        const r = await stack.pool.query<{ n: string }>(`SELECT count(*) AS n FROM sessions WHERE id = ANY($1) AND state IN ('running', 'failed')`, [ids]);
+        return Number(r.rows[0].n) === CREATES;
+      },
+      120_000,
+      200,
+    );
+    const r = await stack.pool.query<{ state: string; error_message: string | null }>(`SELECT state, error_message FROM sessions WHERE id = ANY($1)`, [ids]);
+    expect(r.rows.filter((x) => x.state === 'running')).toHaveLength(CAPACITY);
+    const failed = r.rows.filter((x) => x.state === 'failed');
+    expect(failed).toHaveLength(CREATES - CAPACITY);
+    for (const f of failed) expect(f.error_message).toMatch(/all 1 online docker agent\(s\) are full/);
+    expect(fake.duplicates()).toEqual([]);
   });
 });
