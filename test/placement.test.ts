@@ -72,9 +72,7 @@ describe('placement on a large fleet', () => {
         60_000,
         200,
       );
-      const on = await stack.pool.query<{ agent_id: string }>(`SELECT a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = ANY($1)`, [
-        ids,
-      ]);
+      const on = await stack.pool.query<{ agent_id: string }>(`SELECT a.agent_id FROM sessions s JOIN agents a ON a.id = s.agent_id WHERE s.id = ANY($1)`, [ids]);
       for (const r of on.rows) expect(held).not.toContain(r.agent_id);
     } finally {
       await holder.query('ROLLBACK').catch(() => undefined);
