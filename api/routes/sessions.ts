@@ -154,22 +154,23 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
   /**
    * Admits one more running session of `userId` (a create, or a retry of `sessionId`): under the
    * licence's and the user's advisory locks, counts what runs, refuses with 403 naming the limit
-   * (db/quota.ts: licenses, user_quotas), else runs `write` in the same transaction. `write` is
-   * told whether the licence's lock is held (every create then waits for this transaction). Wakes
-   * are admitted by the session workflow (activities/quota.ts), with the same rules.
+   * (db/quota.ts: licenses, user_quotas), else runs `write` in the same transaction and returns
+   * what it returns. `write` is told whether the licence's lock is held (every create then waits
+   * for this transaction). Wakes are admitted by the session workflow (activities/quota.ts), with
+   * the same rules.
    */
-  async function admit(
+  async function admit<T>(
     userId: string,
     need: Resources,
     sessionId: string | null,
-    write: (tx: Queryable, held: { licence: boolean }) => Promise<unknown>,
-  ): Promise<void> {
+    write: (tx: Queryable, held: { licence: boolean }) => Promise<T>,
+  ): Promise<T> {
     try {
-      await inTransaction(app.deps.pool, async (tx) => {
+      return await inTransaction(app.deps.pool, async (tx) => {
         const { limits, licensesTable } = await lockUserQuota(tx, userId);
         const licence = await checkLicense(tx, 'sessions', licensesTable);
         await checkUserQuota(tx, userId, limits, need, sessionId);
-        await write(tx, { licence });
+        return write(tx, { licence });
       });
     } catch (err) {
       if (err instanceof LimitError) throw new HttpError(403, err.message);
@@ -258,23 +259,24 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
         manifest: tpl.rows[0].manifest,
       }),
     };
-    // undefined: not tried with the row (a licence's lock was held); null: no agent took it now.
-    const issued: { start?: IssuedStart | null } = {};
+    // undefined: not tried with the row (a licence's lock was held, or the fast path is off);
+    // null: no agent took it now.
+    let issued: IssuedStart | null | undefined;
     try {
-      await admit(ownerId, need, null, async (tx, held) => {
+      issued = await admit(ownerId, need, null, async (tx, held) => {
         await insertRow(tx);
-        if (config.issueStartOnCreate && !held.licence) issued.start = await issueStartIn(tx, placement, start, app.deps.agentGateway);
+        return config.issueStartOnCreate && !held.licence ? issueStartIn(tx, placement, start, app.deps.agentGateway) : undefined;
       });
     } catch (err) {
       if (!(err instanceof StartNotIssued)) throw err;
       // Rolled back: the session is written without it, and its workflow places it.
       app.deps.log.warn('start not issued with the session; its workflow places it', { session: id, err: err.reason.message });
-      issued.start = null;
+      issued = null;
       await admit(ownerId, need, null, insertRow);
     }
     const placedOn =
-      issued.start !== undefined
-        ? sendIssuedStart(issued.start, app.deps.agentGateway)
+      issued !== undefined
+        ? sendIssuedStart(issued, app.deps.agentGateway)
         : config.issueStartOnCreate
           ? await issueStartWithSession(pool, placement, start, app.deps.log, app.deps.agentGateway)
           : null;
@@ -417,14 +419,13 @@ export async function sessionRoutes(app: FastifyInstance): Promise<void> {
     if (row.state !== 'failed') throw new HttpError(409, `cannot retry a session that is ${row.state} (only failed sessions are retried)`);
     if (!row.platform || (row.platform !== 'docker' && row.platform !== 'kubernetes'))
       throw new HttpError(409, `cannot retry: the session has no platform v2 manages (${row.platform ?? 'none'})`);
-    let claimed = { rowCount: 0 as number | null };
-    await admit(row.user_id, sessionResources(await templateResources(pool, row.template_name)), id, async (tx) => {
-      claimed = await tx.query(
+    const claimed = await admit(row.user_id, sessionResources(await templateResources(pool, row.template_name)), id, (tx) =>
+      tx.query(
         `UPDATE sessions SET state = 'pending', error_message = NULL, agent_id = NULL, workflow_confirmed = false, updated_at = NOW()
           WHERE id = $1 AND state = 'failed'`,
         [id],
-      );
-    });
+      ),
+    );
     if (!claimed.rowCount) throw new HttpError(409, 'cannot retry: the session changed meanwhile');
     try {
       const started = await startSessionWorkflow(sessionWorkflowSettings(config, temporal), {
