@@ -2,7 +2,7 @@
  * CPU and memory of local processes from /proc (Linux): what a bench reports as a process's cost.
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 const TICKS = 100; // USER_HZ on Linux
 
@@ -15,6 +15,59 @@ export function cpuSeconds(pid: number): number {
   } catch {
     return NaN;
   }
+}
+
+/**
+ * A process's CPU seconds (user + system) so far by thread: `main` (the thread whose id is the pid),
+ * the other threads summed by name (/proc/<pid>/task/<tid>/comm), and each thread called "node" also
+ * as `#<pid>:<tid>` (Node names all its other threads so: a worker_threads thread, V8's helpers, libuv's
+ * pool; threadSplit tells each process's busiest apart). Empty once the process is gone.
+ */
+export function threadCpuSeconds(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const cpu = (Number(f[11]) + Number(f[12])) / TICKS;
+      const name = Number(tid) === pid ? 'main' : readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      out.set(name, (out.get(name) ?? 0) + cpu);
+      if (name === 'node') out.set(`#${pid}:${tid}`, cpu);
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return out;
+}
+
+/**
+ * CPU seconds by thread between two threadCpuSeconds readings (of one process or summed over
+ * several), largest first: each process's busiest "node" thread (in a worker: the Temporal SDK's
+ * workflow thread), summed, apart from the other "node" threads.
+ */
+export function threadSplit(before: Map<string, number>, after: Map<string, number>): [string, number][] {
+  const delta = new Map<string, number>();
+  for (const [k, v] of after) delta.set(k, v - (before.get(k) ?? 0));
+  const busiest = new Map<string, number>();
+  for (const [k, v] of delta) {
+    if (!k.startsWith('#')) continue;
+    const pid = k.slice(1, k.indexOf(':'));
+    busiest.set(pid, Math.max(busiest.get(pid) ?? 0, v));
+  }
+  const top = [...busiest.values()].reduce((a, b) => a + b, 0);
+  const out: [string, number][] = [];
+  for (const [k, v] of delta) {
+    if (k.startsWith('#')) continue;
+    if (k === 'node') out.push(['busiest node thread', top], ['other node threads', v - top]);
+    else out.push([k, v]);
+  }
+  return out.sort((a, b) => b[1] - a[1]);
 }
 
 /** Resident memory in MB; NaN once the process is gone. */

@@ -2,7 +2,7 @@
  * Scale: SCALE_SESSIONS sessions (default 10,000) on SCALE_AGENTS protocol-faithful fake agents
  * (default 1,000) plus the real Docker agent running a sample of real desktops, on one gateway and
  * one worker of the dev stack. Every session is created (→ running), then hibernated, woken and
- * stopped, SCALE_CONCURRENCY clients at a time, spread over SCALE_USERS users.
+ * stopped, SCALE_CONCURRENCY clients at a time, spread over SCALE_USERS users, on SCALE_WORKERS workers (1).
  *
  * Reported per phase: operations per second (first call → the database shows all of them in the
  * target state), call latency p50/p99, and meanwhile an independent prober's (its own process: bench/prober.ts) `GET /sessions`
@@ -21,7 +21,7 @@ import path from 'node:path';
 import { ApiResponse } from '../test/harness/stack';
 import { fmtMs, log, mapLimit, Metric, ms, now, sleep, Stack, summarize, withStack } from './common';
 import { FakeAgent } from './fake-agent';
-import { pids, ProcGroup } from './procstat';
+import { pids, ProcGroup, threadCpuSeconds, threadSplit } from './procstat';
 
 const NAME = 'scale';
 const env = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
@@ -30,6 +30,8 @@ const AGENTS = env('SCALE_AGENTS', 1_000);
 const USERS = env('SCALE_USERS', 100);
 const CONCURRENCY = env('SCALE_CONCURRENCY', 100);
 const DOCKER_SAMPLE = env('SCALE_DOCKER_SAMPLE', 4);
+/** Worker processes on the task queue (each has its own sticky cache); the first is the stack's. */
+const WORKERS = env('SCALE_WORKERS', 1);
 const PHASE_TIMEOUT_MS = env('SCALE_PHASE_TIMEOUT_S', 1200) * 1000;
 
 /** The previous release, measured as the issue reports it (2 cores). */
@@ -71,6 +73,42 @@ async function gatewayLoop(stack: Stack): Promise<{ p50: number; p99: number; ma
   return { p50: lagMs('p50'), p99: lagMs('p99'), max: lagMs('max'), gc: 1000 * sum(/^streamspace_gateway_nodejs_gc_duration_seconds_sum\{[^}]*\} (\S+)$/gm) };
 }
 
+/**
+ * The worker's counters from its /metrics (WORKER_METRICS_PORT; ours and the Temporal SDK's), summed
+ * over labels: counters by name, histograms by their `_count`. Per operation, what a phase cost in
+ * workflow tasks, activities, requests to Temporal and sticky-cache misses.
+ */
+async function workerCounters(ports: number[]): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const port of ports) {
+    let text: string;
+    try {
+      text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    } catch {
+      continue;
+    }
+    countInto(out, text);
+  }
+  return out;
+}
+
+function countInto(out: Map<string, number>, text: string): void {
+  const types = new Map<string, string>();
+  for (const m of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) types.set(m[1], m[2]);
+  for (const m of text.matchAll(/^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})? (\S+)$/gm)) {
+    const [name, value] = [m[1], Number(m[2])];
+    const counted = types.get(name) === 'counter' || (name.endsWith('_count') && types.get(name.slice(0, -6)) === 'histogram');
+    if (counted && !name.startsWith('streamspace_worker_nodejs') && !name.startsWith('streamspace_worker_process')) out.set(name, (out.get(name) ?? 0) + value);
+  }
+}
+
+/** threadCpuSeconds of several processes, summed by key (thread ids are unique across processes). */
+function threadCpuOf(pidList: number[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const pid of pidList) for (const [k, v] of threadCpuSeconds(pid)) out.set(k, (out.get(k) ?? 0) + v);
+  return out;
+}
+
 async function countInState(stack: Stack, state: string): Promise<number> {
   return Number((await stack.pool.query<{ n: string }>('SELECT count(*) AS n FROM sessions WHERE state = $1', [state])).rows[0].n);
 }
@@ -100,10 +138,11 @@ const statements = {
     );
     const calls = r.rows.reduce((a, x) => a + Number(x.calls), 0);
     const total = r.rows.reduce((a, x) => a + x.ms, 0);
-    const lines = r.rows
-      .slice(0, k)
-      .map((x) => `    ${(Number(x.calls) / n).toFixed(2)} calls/op, ${(x.ms / n).toFixed(3)} ms/op: ${x.query.slice(0, 140)}`);
-    return [`  statements: ${(calls / n).toFixed(1)} per op, ${(total / n).toFixed(2)} ms execution per op (${r.rows.length} distinct); heaviest:`, ...lines].join('\n');
+    const lines = r.rows.slice(0, k).map((x) => `    ${(Number(x.calls) / n).toFixed(2)} calls/op, ${(x.ms / n).toFixed(3)} ms/op: ${x.query.slice(0, 140)}`);
+    return [
+      `  statements: ${(calls / n).toFixed(1)} per op, ${(total / n).toFixed(2)} ms execution per op (${r.rows.length} distinct); heaviest:`,
+      ...lines,
+    ].join('\n');
   },
 };
 
@@ -164,9 +203,19 @@ export async function scaleBench(): Promise<Metric[]> {
     await mapLimit(fakes, 50, (a) => a.connect(60_000));
     log(NAME, `${AGENTS} fake agents registered in ${(ms(tc) / 1000).toFixed(1)} s (capacity ${perAgent} each)`);
 
+    // More workers: metrics on the ports after the first's (WORKER_METRICS_PORT, 9464 by default).
+    const metricsPorts = [Number(process.env.WORKER_METRICS_PORT ?? 9464)];
+    const extraWorkers: { child?: { pid?: number } | null }[] = [];
+    for (let i = 2; i <= WORKERS; i++) {
+      metricsPorts.push(metricsPorts[0] + 10 + i);
+      extraWorkers.push(await stack.startExtraWorker(`worker-${i}`, { WORKER_METRICS_PORT: String(metricsPorts[i - 1]) }));
+    }
+    if (WORKERS > 1) log(NAME, `${WORKERS} workers on the task queue`);
+    const workerPids = () => [stack.worker.child!.pid!, ...extraWorkers.map((w) => w.child!.pid!)];
+
     const groups = {
       gateway: new ProcGroup('gateway', () => [stack.api.child!.pid!]),
-      worker: new ProcGroup('worker', () => [stack.worker.child!.pid!]),
+      worker: new ProcGroup('worker', workerPids),
       temporal: new ProcGroup('temporal', () => pids({ pattern: 'temporal server start-dev' })),
       postgres: new ProcGroup('postgres', () => pids({ user: 'postgres' })),
       redis: new ProcGroup('redis', () => pids({ pattern: 'redis-server' })),
@@ -180,6 +229,8 @@ export async function scaleBench(): Promise<Metric[]> {
       const loopBefore = await gatewayLoop(stack);
       const probe = prober(stack, admin);
       for (const g of Object.values(groups)) g.start();
+      const workerThreads = threadCpuOf(workerPids());
+      const countersBefore = await workerCounters(metricsPorts);
       const calls: number[] = [];
       const failures: string[] = [];
       const t0 = now();
@@ -210,6 +261,8 @@ export async function scaleBench(): Promise<Metric[]> {
       const seconds = ms(t0) / 1000;
       const probed = await probe.done();
       const loop = await gatewayLoop(stack);
+      const threads = threadSplit(workerThreads, threadCpuOf(workerPids()));
+      const countersAfter = await workerCounters(metricsPorts);
       const cpu: Record<string, number> = {};
       const rss: Record<string, number> = {};
       for (const [k, g] of Object.entries(groups)) {
@@ -233,6 +286,15 @@ export async function scaleBench(): Promise<Metric[]> {
         NAME,
         `  gateway event loop: delay p50 ${loop.p50.toFixed(1)} ms, p99 ${loop.p99.toFixed(1)} ms, max ${loop.max.toFixed(0)} ms; garbage collection ${(loop.gc - loopBefore.gc).toFixed(0)} ms in ${seconds.toFixed(1)} s`,
       );
+      // Where the worker's CPU goes: its main thread (activities, the SDK's bridge), the workflow
+      // thread (workflow code), the Temporal Core SDK's threads (workflow-processing: its state
+      // machines; tokio-runtime-w: its gRPC), V8's helpers (garbage collection).
+      log(NAME, `  worker CPU by thread, ms/op: ${threads.map(([k, v]) => `${k} ${((1000 * v) / r.n).toFixed(1)}`).join(', ')}`);
+      const counted = [...countersAfter]
+        .map(([k, v]) => [k, (v - (countersBefore.get(k) ?? 0)) / r.n] as const)
+        .filter(([, v]) => v >= 0.01)
+        .sort((a, b) => b[1] - a[1]);
+      log(NAME, `  worker counters per op: ${counted.map(([k, v]) => `${k.replace(/^temporal_/, '')} ${v.toFixed(2)}`).join(', ') || 'none (no /metrics)'}`);
       log(NAME, counting ? await statements.top(stack, r.n) : '  statements: pg_stat_statements is not loaded in this PostgreSQL');
       return r;
     };
