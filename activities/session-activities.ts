@@ -86,6 +86,18 @@ export interface DispatchInput {
    */
   then?: { state: SessionState; platform: Platform; lifetime?: boolean };
 }
+/**
+ * quickCommand's input: a command, and what to write before it is issued, in the same local
+ * activity (workflows/session.ts: one-step commands, ALL_PATCHES). Each is idempotent, so a retry writes it again.
+ */
+export interface QuickInput extends DispatchInput {
+  first?: {
+    /** The session's state while the command runs (a stop's "terminating"), as recordSessionState writes it. */
+    record?: RecordStateInput;
+    /** A wake's quota reservation (reserveForWake): fails with FailureType.QuotaExceeded, and then nothing is issued. */
+    reserveForWake?: boolean;
+  };
+}
 /** quickCommand's answer: the outcome, or (not yet there, or not a success) that dispatchCommand takes over the issued command. */
 export type QuickOutcome = { command: CommandType } & ({ done: true; result: DispatchResult } | { done: false; issued: boolean });
 /** dispatchCommand's answer: the agent's result, and what `then` recorded. */
@@ -124,7 +136,6 @@ export interface RecordStateInput {
 }
 
 export type SessionActivities = ReturnType<typeof createSessionActivities>;
-
 
 export function createSessionActivities(deps: SessionActivityDeps) {
   const { pool, waiter } = deps;
@@ -218,7 +229,6 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     };
   }
 
-
   const inTransaction = <T>(fn: (client: PoolClient) => Promise<T>) => inTx(pool, fn as (tx: Queryable) => Promise<T>);
 
   async function placeSession({ sessionId, platform }: PlaceInput): Promise<Placement> {
@@ -226,8 +236,10 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     return inTransaction((client) => placeIn(client, sessionId, platform));
   }
 
+  const quota = createQuotaActivities({ pool });
+
   return {
-    ...createQuotaActivities({ pool }),
+    ...quota,
 
     /**
      * Chooses an online agent of the platform with free capacity and records it on the session,
@@ -350,8 +362,10 @@ export function createSessionActivities(deps: SessionActivityDeps) {
      * command issued and only waits for it, with all of its failure handling and heartbeats.
      * Idempotent: a retry, or a replay after a worker died, finds the command and waits again.
      */
-    async quickCommand(input: DispatchInput): Promise<QuickOutcome> {
+    async quickCommand(input: QuickInput): Promise<QuickOutcome> {
       const command = input.commandType;
+      if (input.first?.record) await recordSessionState(input.first.record);
+      if (input.first?.reserveForWake) await quota.reserveForWake({ sessionId: input.sessionId });
       if (deps.legacyDispatch || Date.now() > input.deadline) return { command, done: false, issued: !!input.preIssued };
       let mark = waiter.mark();
       let row: CommandRow | undefined;
@@ -428,7 +442,6 @@ const WITHDRAWN = 'withdrawn: the workflow no longer waits for this command (sta
 
 /** How long dispatchCommand first waits for the agent's outcome before its first heartbeat. */
 const FIRST_WAIT_MS = 200;
-
 
 function commandWithdrawn(input: DispatchInput, reason: string | null): ApplicationFailure {
   return ApplicationFailure.create({

@@ -233,6 +233,8 @@ describe('the console API', () => {
     // And the live feed continues on the new stream.
     expect((await stack.call('DELETE', `/api/v1/sessions/${id}`, undefined, alice)).status).toBe(200);
     await waitFor('the terminated event', async () => resumed.sessions(id).find((s) => s.state === 'terminated'), 15_000);
+    // The row says "terminating" while the agent stops it (written by the stop command's own local activity).
+    expect(resumed.sessions(id).map((s) => s.state)).toEqual(expect.arrayContaining(['terminating', 'terminated']));
     await stack.pool.query(`DELETE FROM sessions WHERE id = $1`, [whileDown]);
 
     // Bad Last-Event-ID: refused, not replayed from zero.

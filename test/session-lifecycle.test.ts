@@ -8,7 +8,7 @@
  */
 import { rfbGreeting } from '../agents/docker/driver';
 import { sessionWorkflowId } from '../workflows/session-api';
-import { commandsInHistory, patchesInHistory } from './harness/history';
+import { commandsInHistory, localActivitiesPerUpdate, patchesInHistory } from './harness/history';
 import { replayOnBuiltCode } from './harness/replay';
 import { Stack } from './harness/stack';
 
@@ -113,12 +113,12 @@ describe('session lifecycle on a real Docker agent', () => {
     expect(commandsInHistory(history.events).map((c) => c.type)).toEqual(['start_session', 'hibernate_session', 'wake_session', 'stop_session']);
     // (No other activity: none is needed between commands; on a quick agent there may be none at all.)
     expect(activities.filter((a) => a !== 'dispatchCommand')).toEqual([]);
-    const localActivities = (history.events ?? []).filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity');
-    // placeAndIssue (placement, state and the start command in one), the wake's quota reservation, the stop's
-    // 'terminating'; each command's outcome state is written by its dispatchCommand (issue 14).
-    expect(localActivities.length).toBeGreaterThanOrEqual(3);
     const updates = (history.events ?? []).map((e) => e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name).filter(Boolean);
     expect(updates).toEqual(['hibernate', 'wake', 'stop']);
+    // One local activity per operation (issue 14): the command's quickCommand also writes what came before it
+    // (the wake's quota reservation, the stop's 'terminating'; workflows/session.ts ALL_PATCHES), and the
+    // outcome's state is written with the outcome.
+    expect(localActivitiesPerUpdate(history.events)).toEqual({ hibernate: 1, wake: 1, stop: 1 });
     expect(desc.memo).toMatchObject({ sessionId: id, user: 'alice', platform: 'docker' });
     // Fewer events and visibility writes per operation (issue 14): one patch marker for all of the
     // workflow's patches, and the state and agent only as search attributes, not again in the memo.

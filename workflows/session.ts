@@ -31,7 +31,7 @@ import {
   workflowInfo,
   allHandlersFinished,
 } from '@temporalio/workflow';
-import type { DispatchResult, SessionActivities } from '../activities/session-activities';
+import type { DispatchResult, QuickInput, SessionActivities } from '../activities/session-activities';
 import type { LifetimeActivities, SessionLifetime } from '../activities/session-lifetime';
 import type { AuditActivities } from '../activities/audit';
 import type { CommandType } from '../protocol/messages';
@@ -113,15 +113,25 @@ const COMMAND_TIMEOUT_MS = 5 * 60_000;
  * TemporalChangeVersion search attribute (two events and a visibility write). A session started by
  * this code has all of them, so it records this one instead of one per patch it meets (five in a
  * plain create → hibernate → wake → stop); a history without it (started by earlier code) still
- * asks for each patch by its own id (has()). A patch added after this one must call patched(id)
- * itself, not has(): histories recorded with ALL_PATCHES were made without it.
+ * asks for each patch by its own id (has()).
+ *
+ * Each generation adds to the one before: a session started by this code records ALL_PATCHES only,
+ * one started by the code before records ALL_PATCHES_2026_11 (and replays without what came after
+ * it), one started before that neither. What ALL_PATCHES adds to ALL_PATCHES_2026_11:
+ *   - one-step commands: a wake's quota reservation and a stop's "terminating" are written by the
+ *     local activity that issues the command (quickCommand's `first`), so hibernate, wake and stop
+ *     are one local activity each (issue 14).
+ * A change after this must add a generation (or call patched(id) itself), never widen one.
  */
-const ALL_PATCHES = 'session-patches-2026-11';
+const ALL_PATCHES = 'session-patches-2026-12';
+const ALL_PATCHES_2026_11 = 'session-patches-2026-11';
 
 export async function sessionWorkflow(input: SessionWorkflowInput): Promise<SessionStatus> {
-  // First, before any other command (a replay of an earlier history sees it missing here).
-  const current = patched(ALL_PATCHES);
+  // First, before any other command (a replay of an earlier history sees them missing here).
+  const latest = patched(ALL_PATCHES);
+  const current = latest || patched(ALL_PATCHES_2026_11);
   const has = (patch: string): boolean => current || patched(patch);
+  const oneStepCommands = latest;
   const carried: CarriedState = input.carried ?? { state: 'pending', agentDbId: null, agentId: null, commandSeq: input.firstCommandSeq ?? 0, runs: 0 };
   let state: SessionState = carried.state;
   let agentDbId = carried.agentDbId;
@@ -244,6 +254,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     deadline: number,
     pre?: { seq: number; issued: boolean },
     then?: { state: SessionState; lifetime?: boolean },
+    first?: QuickInput['first'],
   ): Promise<DispatchResult> {
     if (!agentDbId) throw ApplicationFailure.nonRetryable('session has no agent', FailureType.CommandFailed);
     // `pre`: the sequence number was taken (and the command maybe issued) by placeAndIssue.
@@ -267,8 +278,9 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     const quickly = has('quick-command');
     try {
       return await CancellationScope.withTimeout(Math.max(1, deadline - Date.now()), async () => {
+        // `first` (one-step commands, ALL_PATCHES): what quickCommand writes before issuing; only there.
         if (quickly) {
-          const q = await quick.quickCommand(args);
+          const q = await quick.quickCommand(first ? { ...args, first } : args);
           if (q.done) return q.result;
           if (q.issued) args.preIssued = true;
         }
@@ -358,11 +370,17 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     if (state === 'terminated') return status();
     const previous = state;
     let recorded = false;
-    await setState('terminating');
+    // One-step commands (ALL_PATCHES): the stop command's local activity records "terminating" before it issues.
+    const command = !!agentDbId && onAgent;
+    const oneStep = command && oneStepCommands;
+    await setState('terminating', { recorded: oneStep });
     try {
-      if (agentDbId && onAgent) {
+      if (command) {
         const then = has('command-records-state') && !lastError ? { state: 'terminated' as const } : undefined;
-        recorded = !!(await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS, undefined, then)).recorded;
+        const first = oneStep
+          ? { record: { sessionId: input.sessionId, state: 'terminating' as const, agentDbId, error: null, platform: input.platform } }
+          : undefined;
+        recorded = !!(await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS, undefined, then, first)).recorded;
       }
     } catch (err) {
       // The session stays visible as terminating-with-error rather than silently "terminated".
@@ -505,8 +523,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         if (state === 'running') return status();
         if (state !== 'hibernated') throw invalid('wake', state);
         // Quota (activities/quota.ts): refused if waking would exceed the owner's user_quotas;
-        // otherwise the session's share is reserved until the wake's outcome is recorded.
-        if (has('quota-on-wake')) {
+        // otherwise the session's share is reserved until the wake's outcome is recorded. With
+        // one-step commands (ALL_PATCHES), a placed session's wake command reserves it in its own local activity.
+        const reserveWithCommand = oneStepCommands && agentDbId !== null;
+        if (has('quota-on-wake') && !reserveWithCommand) {
           try {
             await db.reserveForWake({ sessionId: input.sessionId });
           } catch (err) {
@@ -537,10 +557,14 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
         try {
           // Since 'command-records-state' the dispatch activity writes running and reads the limits for the timers.
           const then = has('command-records-state') ? { state: 'running' as const, lifetime: true } : undefined;
-          const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS, undefined, then));
+          const first = reserveWithCommand ? { reserveForWake: true } : undefined;
+          const result = await stoppable(() => runCommand('wake_session', 'waking', Date.now() + COMMAND_TIMEOUT_MS, undefined, then, first));
           if (result.recorded) lifetimeRead = result.recorded.lifetime;
           await setState('running', { platformMetadata: { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null }, recorded: !!result.recorded });
         } catch (err) {
+          // Refused by the quota before anything was issued: the session stays hibernated, as when the reservation ran alone.
+          if (reserveWithCommand && hasFailureType(err, FailureType.QuotaExceeded))
+            throw ApplicationFailure.create({ message: errorMessage(err), type: FailureType.QuotaExceeded, nonRetryable: true });
           lastError = `wake failed: ${stopRequested && abandoned(err) ? 'cancelled by a stop request' : errorMessage(err)}`;
           throw ApplicationFailure.create({ message: lastError, type: FailureType.CommandFailed, nonRetryable: true });
         }

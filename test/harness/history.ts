@@ -41,3 +41,16 @@ export function patchesInHistory(events: HistoryEvent[] | null | undefined): str
     .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
     .map((e) => json(e.markerRecordedEventAttributes!.details!['patch-data'].payloads![0]).id);
 }
+
+/** Local-activity markers recorded while each Update ran (between its acceptance and its completion), by Update name. */
+export function localActivitiesPerUpdate(events: HistoryEvent[] | null | undefined): Record<string, number> {
+  const out: Record<string, number> = {};
+  let running: string | null = null;
+  for (const e of events ?? []) {
+    const accepted = e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name;
+    if (accepted) out[(running = accepted)] = 0;
+    else if (e.workflowExecutionUpdateCompletedEventAttributes) running = null;
+    else if (running && e.markerRecordedEventAttributes?.markerName === 'core_local_activity') out[running]++;
+  }
+  return out;
+}
