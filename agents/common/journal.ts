@@ -8,6 +8,7 @@
  * An append-only JSON-lines file, replayed on start and compacted when it grows: every change is
  * one appendFileSync (written before the command acts or the result is sent).
  */
+import { randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -132,7 +133,10 @@ export class CommandJournal {
       else out.push(JSON.stringify({ k: 'abandon', c, at }));
     }
     for (const e of this.outbox.values()) out.push(JSON.stringify({ k: 'out', e }));
-    const tmp = `${this.file}.tmp`;
+    // A name of this process's own: replicas of one agent on one host share the file (AGENT_STATE_DIR
+    // or the default), and two of them starting at once both compact it. With one shared temporary
+    // name, the second rename found it gone and that replica died at start (ENOENT).
+    const tmp = `${this.file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
     writeFileSync(tmp, out.length ? out.join('\n') + '\n' : '');
     renameSync(tmp, this.file);
     this.lines = out.length;
