@@ -403,12 +403,13 @@ export class Stack {
         `agent-${agentId}`,
         'agents/fake/main.js',
         {
+          // A default the stack's own environment may set (console.test: slow enough to see "pending").
+          FAKE_START_DELAY: '20ms',
           ...this.dockerAgentEnv(agentId, env),
           AGENT_STREAM_HOSTS: '127.0.0.1',
           HEALTH_PORT: '0',
           HEALTH_HOST: '127.0.0.1',
           MAX_SESSIONS: '50',
-          FAKE_START_DELAY: '20ms',
           AGENT_STATE_DIR: stateDir,
           FAKE_STATE_FILE: this.fakeStateFile(agentId),
           FAKE_EVENTS_FILE: this.fakeEventsFile(agentId),
