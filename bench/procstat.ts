@@ -6,12 +6,17 @@ import { readdirSync, readFileSync } from 'node:fs';
 
 const TICKS = 100; // USER_HZ on Linux
 
+/** User + system CPU seconds from a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file. */
+function statCpuSeconds(file: string): number {
+  const stat = readFileSync(file, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICKS;
+}
+
 /** CPU seconds (user + system) a process has used so far; NaN once it is gone. */
 export function cpuSeconds(pid: number): number {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / TICKS;
+    return statCpuSeconds(`/proc/${pid}/stat`);
   } catch {
     return NaN;
   }
@@ -33,9 +38,7 @@ export function threadCpuSeconds(pid: number): Map<string, number> {
   }
   for (const tid of tids) {
     try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const cpu = (Number(f[11]) + Number(f[12])) / TICKS;
+      const cpu = statCpuSeconds(`/proc/${pid}/task/${tid}/stat`);
       const name = Number(tid) === pid ? 'main' : readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
       out.set(name, (out.get(name) ?? 0) + cpu);
       if (name === 'node') out.set(`#${pid}:${tid}`, cpu);

@@ -18,7 +18,7 @@
  */
 import { fork } from 'node:child_process';
 import path from 'node:path';
-import { ApiResponse } from '../test/harness/stack';
+import { ApiResponse, Proc } from '../test/harness/stack';
 import { fmtMs, log, mapLimit, Metric, ms, now, sleep, Stack, summarize, withStack } from './common';
 import { FakeAgent } from './fake-agent';
 import { pids, ProcGroup, threadCpuSeconds, threadSplit } from './procstat';
@@ -205,7 +205,7 @@ export async function scaleBench(): Promise<Metric[]> {
 
     // More workers: metrics on the ports after the first's (WORKER_METRICS_PORT, 9464 by default).
     const metricsPorts = [Number(process.env.WORKER_METRICS_PORT ?? 9464)];
-    const extraWorkers: { child?: { pid?: number } | null }[] = [];
+    const extraWorkers: Proc[] = [];
     for (let i = 2; i <= WORKERS; i++) {
       metricsPorts.push(metricsPorts[0] + 10 + i);
       extraWorkers.push(await stack.startExtraWorker(`worker-${i}`, { WORKER_METRICS_PORT: String(metricsPorts[i - 1]) }));
