@@ -120,7 +120,9 @@ describe('v1 → v2 blue-green migration rehearsal', () => {
     );
   const routedTo = async (token: string) => {
     const r = await fetch(`${stack.url}/api/v1/sessions`, { headers: { authorization: `Bearer ${token}` } });
-    return r.headers.get('x-streamspace-route') === 'v1' ? 'v1' : 'v2';
+    if (r.headers.get('x-streamspace-route') === 'v1') return 'v1';
+    // Served by v2: say how, so a failure shows whether the proxy failed or the routing was not applied.
+    return r.status === 200 ? 'v2' : `v2 (${r.status}: ${await r.text()})`;
   };
   const replicas = () => v1k8s.deploymentReplicas();
   const startAgent = async () => {

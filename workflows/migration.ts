@@ -17,9 +17,10 @@
  *   7. decommission  after a durable timer: v1 to 0, v1 CRDs deleted, backup archived
  *
  * Rollback (newest first):
- *   route everyone to v1 → scale v2 down (never the worker running this) → export what v2 created
- *   → undo v2's database changes (v1's writes since the backup stay; restore-from-dump into a new
- *   database as the last resort) → restore v1 CRDs → v1 replicas as the backup manifest recorded
+ *   route everyone to v1 (and let every gateway see it) → scale v2 down (never the worker running
+ *   this) → export what v2 created → undo v2's database changes (v1's writes since the backup
+ *   stay; restore-from-dump into a new database as the last resort) → restore v1 CRDs → v1
+ *   replicas as the backup manifest recorded
  */
 import type { MigrationOptions, MigrationProgress, PhaseName } from './migration-api';
 import * as phase from './migration/phases';

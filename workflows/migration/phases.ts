@@ -6,10 +6,7 @@ import type { V1Columns } from '../../activities/migration/activities';
 import { MigrationOptions, PhaseName, STRATEGY_PHASES } from '../migration-api';
 import { heavy, importer, quick, waiting } from './activities';
 import { runImportChild } from './import';
-import { msOf, Run } from './run';
-
-/** After a routing change: the gateways' routing cache (1 s) expires and in-flight v1 requests end. */
-const ROUTING_SETTLE = '3s';
+import { msOf, ROUTING_SETTLE, Run } from './run';
 
 const V1_NOBODY: RouteSet = { mode: 'v1', users: [], percent: 0 };
 const EVERYONE: RouteSet = { mode: 'v2', users: [], percent: 100 };

@@ -1,10 +1,18 @@
 /** The compensation steps of a rollback (their order is in ../migration.ts). */
+import { patched, sleep } from '@temporalio/workflow';
 import { compensation } from './activities';
-import { innermost, Run } from './run';
+import { innermost, ROUTING_SETTLE, Run } from './run';
 
+/**
+ * Everyone back on v1, and the gateways' routing caches expired before anything else is undone:
+ * until then a gateway may still serve a user on v2, and what v2 writes must be in the export.
+ * (Runs recorded before the wait existed replay without it.)
+ */
 export async function routeEveryoneToV1(run: Run): Promise<string> {
   await compensation.setRouting({ mode: 'v1', users: [], percent: 0, v1ApiUrl: run.o.v1.apiUrl, runId: run.o.runId, cohort: null });
-  return 'all users → v1';
+  if (!patched('rollback-routing-settles')) return 'all users → v1';
+  await sleep(ROUTING_SETTLE);
+  return `all users → v1 (every gateway after ${ROUTING_SETTLE})`;
 }
 
 export async function stopV2(run: Run): Promise<string> {

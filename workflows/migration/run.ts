@@ -37,6 +37,9 @@ import { quick } from './activities';
 
 const MAX_FAILURES = 1000;
 
+/** After a routing change: the gateways' routing cache (1 s) expires and in-flight requests end. */
+export const ROUTING_SETTLE = '3s';
+
 // Phase changes go to v1's audit_log (user 'system'); a failed write never holds up a phase.
 const audit = proxyLocalActivities<AuditActivities>({ startToCloseTimeout: '10s', retry: { maximumAttempts: 3 } });
 
