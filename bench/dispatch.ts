@@ -19,8 +19,8 @@
 import { temporal } from '@temporalio/proto';
 import { sessionWorkflowId } from '../workflows/session-api';
 import { createSession, fmtMs, fmtSummary, log, mapLimit, Metric, ms, now, pollState, sleep, Stack, summarize, withStack } from './common';
-import { readFileSync } from 'node:fs';
 import { FakeAgent } from './fake-agent';
+import { cpuSeconds, machineBusySeconds } from './procstat';
 
 const NAME = 'dispatch';
 const WARMUP = 5;
@@ -239,26 +239,15 @@ async function variant(name: Variant['name'], stack: Stack): Promise<Variant> {
   };
 }
 
-/** CPU seconds (user + system) a process has used so far (/proc; USER_HZ 100); 0 once it is gone. */
-function cpuSeconds(pid: number | undefined): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
-
-/** The machine's busy CPU seconds (all cores) so far, from /proc/stat. */
-function machineBusySeconds(): number {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  return (f.reduce((a, b) => a + b, 0) - f[3] - (f[4] ?? 0)) / 100;
+/** CPU seconds a process has used so far; 0 once it is gone (or never started). */
+function cpuSecondsOr0(pid: number | undefined): number {
+  const c = pid === undefined ? NaN : cpuSeconds(pid);
+  return Number.isNaN(c) ? 0 : c;
 }
 
 /** CPU of the variant's gateway and worker from now on: cpu() says how much since. */
 function stackProcs(v: Variant): { cpu(): number; stop(): void } {
-  const read = () => cpuSeconds(v.stack.api.child?.pid) + cpuSeconds(v.stack.worker.child?.pid);
+  const read = () => cpuSecondsOr0(v.stack.api.child?.pid) + cpuSecondsOr0(v.stack.worker.child?.pid);
   const base = read();
   return { cpu: () => read() - base, stop: () => undefined };
 }

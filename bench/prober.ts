@@ -4,7 +4,8 @@
  * cursor) and `GET /sessions/:id` (an id from the list just read), at a steady pace, without the
  * load generator's own event loop (1,000 fake agents, 100 clients) in the figures.
  *
- * Parent → child: { url, token } to start, 'stop' to end; child → parent: { list, deep, get } (ms).
+ * Parent → child: { url, token } to start, 'stop' to end; child → parent: { list, deep, get } (ms)
+ * and cpuSeconds (its own CPU while it probed).
  */
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -48,8 +49,10 @@ if (require.main === module) {
     if (m === 'stop') stop = true;
     else if (m && typeof m === 'object' && 'url' in m) {
       const { url, token } = m as { url: string; token: string };
+      const cpu0 = process.cpuUsage();
       void probe(url, token, () => stop).then((r) => {
-        process.send!(r, () => process.exit(0));
+        const cpu = process.cpuUsage(cpu0);
+        process.send!({ ...r, cpuSeconds: (cpu.user + cpu.system) / 1e6 }, () => process.exit(0));
       });
     }
   });

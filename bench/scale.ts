@@ -17,11 +17,12 @@
  * themselves ran at 80/s), about 40 hibernate/wake/stop per second, list p99 62 ms, worker 607 MB.
  */
 import { fork } from 'node:child_process';
+import { cpus } from 'node:os';
 import path from 'node:path';
 import { ApiResponse, Proc } from '../test/harness/stack';
 import { fmtMs, log, mapLimit, Metric, ms, now, sleep, Stack, summarize, withStack } from './common';
 import { FakeAgent } from './fake-agent';
-import { pids, ProcGroup, threadCpuSeconds, threadSplit } from './procstat';
+import { machineBusySeconds, pids, ProcGroup, threadCpuSeconds, threadSplit } from './procstat';
 
 const NAME = 'scale';
 const env = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
@@ -149,8 +150,9 @@ const statements = {
 /** Reads the list and single sessions at a steady pace while a phase runs, from its own process (bench/prober.ts). */
 function prober(stack: Stack, admin: string) {
   const child = fork(path.join(__dirname, 'prober.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const result = new Promise<{ list: number[]; deep: number[]; get: number[] }>((resolve, reject) => {
-    child.once('message', (m) => resolve(m as { list: number[]; deep: number[]; get: number[] }));
+  type Probed = { list: number[]; deep: number[]; get: number[]; cpuSeconds: number };
+  const result = new Promise<Probed>((resolve, reject) => {
+    child.once('message', (m) => resolve(m as Probed));
     child.once('exit', (code) => reject(new Error(`prober exited with ${code} before reporting`)));
   });
   child.send({ url: stack.url, token: admin });
@@ -229,6 +231,8 @@ export async function scaleBench(): Promise<Metric[]> {
       const loopBefore = await gatewayLoop(stack);
       const probe = prober(stack, admin);
       for (const g of Object.values(groups)) g.start();
+      const machine0 = machineBusySeconds();
+      const load0 = process.cpuUsage();
       const workerThreads = threadCpuOf(workerPids());
       const countersBefore = await workerCounters(metricsPorts);
       const calls: number[] = [];
@@ -260,6 +264,8 @@ export async function scaleBench(): Promise<Metric[]> {
       while ((have = await countInState(stack, TARGET[op])) < want && Date.now() < deadline) await sleep(100);
       const seconds = ms(t0) / 1000;
       const probed = await probe.done();
+      const machine = machineBusySeconds() - machine0;
+      const load = process.cpuUsage(load0);
       const loop = await gatewayLoop(stack);
       const threads = threadSplit(workerThreads, threadCpuOf(workerPids()));
       const countersAfter = await workerCounters(metricsPorts);
@@ -285,6 +291,12 @@ export async function scaleBench(): Promise<Metric[]> {
       log(
         NAME,
         `  gateway event loop: delay p50 ${loop.p50.toFixed(1)} ms, p99 ${loop.p99.toFixed(1)} ms, max ${loop.max.toFixed(0)} ms; garbage collection ${(loop.gc - loopBefore.gc).toFixed(0)} ms in ${seconds.toFixed(1)} s`,
+      );
+      // The machine is shared with the load: this process (the clients and the fake agents) and the prober.
+      const loadSeconds = (load.user + load.system) / 1e6;
+      log(
+        NAME,
+        `  machine: ${(machine / seconds).toFixed(2)} of ${cpus().length} cores busy; load generator (${CONCURRENCY} clients, ${AGENTS} fake agents) ${loadSeconds.toFixed(1)} CPU-s = ${((1000 * loadSeconds) / r.n).toFixed(1)} ms/op, prober ${probed.cpuSeconds.toFixed(1)} CPU-s`,
       );
       // Where the worker's CPU goes: its main thread (activities, the SDK's bridge), the workflow
       // thread (workflow code), the Temporal Core SDK's threads (workflow-processing: its state

@@ -183,25 +183,27 @@ export async function markProgress(db: Queryable, id: string, agentDbId: string,
 export type FinishResult =
   { kind: 'recorded'; commandType: CommandType; createdAt: Date; sessionId: string } | { kind: 'duplicate' | 'withdrawn' | 'unknown'; sessionId?: string };
 
-/** Records the outcome once; a repeated report of an already finished command changes nothing. */
+/**
+ * Records the outcome once; a repeated report of an already finished command changes nothing.
+ * The waiting workflow is notified by the same statement, so the record and its notice commit
+ * together (no crash between them leaves a workflow waiting for a notice that never comes).
+ */
 export async function markFinished(
   db: Queryable,
   id: string,
   agentDbId: string,
   outcome: { ok: true; result: CommandResult } | { ok: false; error: string; retryable: boolean },
 ): Promise<FinishResult> {
+  const set = outcome.ok ? `status = 'completed', result = $3, error_message = NULL` : `status = 'failed', result = $3, error_message = $5`;
   const r = await db.query<{ command_type: CommandType; created_at: Date; session_id: string }>(
-    outcome.ok
-      ? `UPDATE agent_commands SET status = 'completed', result = $3, error_message = NULL, completed_at = NOW(), updated_at = NOW()
-          WHERE id = $1 AND agent_id = $2 AND status NOT IN ('completed', 'failed')
-          RETURNING command_type, created_at, session_id`
-      : `UPDATE agent_commands SET status = 'failed', result = $3, error_message = $4, completed_at = NOW(), updated_at = NOW()
-          WHERE id = $1 AND agent_id = $2 AND status NOT IN ('completed', 'failed')
-          RETURNING command_type, created_at, session_id`,
-    outcome.ok ? [id, agentDbId, outcome.result] : [id, agentDbId, { retryable: outcome.retryable }, outcome.error],
+    `WITH done AS (
+       UPDATE agent_commands SET ${set}, completed_at = NOW(), updated_at = NOW()
+        WHERE id = $1 AND agent_id = $2 AND status NOT IN ('completed', 'failed')
+        RETURNING id, command_type, created_at, session_id)
+     SELECT command_type, created_at, session_id FROM done, LATERAL (SELECT pg_notify($4, done.id::text)) AS notified`,
+    outcome.ok ? [id, agentDbId, outcome.result, CHANNEL_COMMAND_DONE] : [id, agentDbId, { retryable: outcome.retryable }, CHANNEL_COMMAND_DONE, outcome.error],
   );
   if (r.rowCount) {
-    await db.query('SELECT pg_notify($1, $2)', [CHANNEL_COMMAND_DONE, id]);
     return { kind: 'recorded', commandType: r.rows[0].command_type, createdAt: r.rows[0].created_at, sessionId: r.rows[0].session_id };
   }
   const cur = await db.query<{ withdrawn_at: Date | null; session_id: string }>(

@@ -359,6 +359,29 @@ describe("the pod holding the agent socket sends a new session's start itself", 
       listener.release();
     }
   });
+
+  test('every finished command is announced once on streamspace_command_done, with its id', async () => {
+    const listener = await stack.pool.connect();
+    const notified: string[] = [];
+    listener.on('notification', (n) => notified.push(n.payload ?? ''));
+    await listener.query('LISTEN streamspace_command_done');
+    try {
+      const c = await create(stack, admin);
+      expect(c.status).toBe(201);
+      const id = c.body.id as string;
+      await stack.waitForState(admin, id, 'running');
+      expect((await stack.call('POST', `/api/v1/sessions/${id}/hibernate`, undefined, admin)).body.state).toBe('hibernated');
+      const done = await stack.pool.query<{ id: string; status: string }>(`SELECT id, status FROM agent_commands WHERE session_id = $1 ORDER BY created_at`, [
+        id,
+      ]);
+      expect(done.rows.map((r) => r.status)).toEqual(['completed', 'completed']);
+      await waitFor('both notices', async () => done.rows.every((r) => notified.includes(r.id)), 10_000);
+      for (const r of done.rows) expect(notified.filter((p) => p === r.id)).toHaveLength(1);
+    } finally {
+      await listener.query('UNLISTEN *');
+      listener.release();
+    }
+  });
 });
 
 describe('HTTP never hangs on an agent; create is orphan-proof', () => {
