@@ -135,6 +135,10 @@ export interface RecordStateInput {
   platform?: Platform;
 }
 
+/** A row when that command is superseded: withdrawn, or a newer one issued for its session (placeholders given). */
+const supersededSql = (session: string, generation: string, key: string) =>
+  `SELECT 1 FROM agent_commands WHERE session_id = ${session} AND (generation > ${generation} OR (idempotency_key = ${key} AND withdrawn_at IS NOT NULL))`;
+
 export type SessionActivities = ReturnType<typeof createSessionActivities>;
 
 export function createSessionActivities(deps: SessionActivityDeps) {
@@ -154,14 +158,26 @@ export function createSessionActivities(deps: SessionActivityDeps) {
   const placeIn = (client: PoolClient, sessionId: string, platform: Platform, interim?: SessionState) =>
     placeSessionIn(client, { heartbeatTimeoutMs: deps.heartbeatTimeoutMs, whenFull }, sessionId, platform, interim);
 
-  async function recordSessionState(input: RecordStateInput): Promise<void> {
+  /**
+   * Writes the session's state. With `unless` (a command's outcome), nothing is written when that
+   * command was withdrawn or a newer one was issued since, checked in the same statement; returns
+   * whether the state was written.
+   */
+  async function recordSessionState(input: RecordStateInput, unless?: { generation: number; idempotencyKey: string }): Promise<boolean> {
+    if (unless && deps.legacyDispatch && (await superseded(input.sessionId, unless))) return false;
     // A wake's quota reservation ends with its outcome: running (counted as such from now on),
     // or the failed wake's hibernated-with-error; any other state also ends it.
     const release = input.state !== 'hibernated' || input.error !== null;
+    const check = unless && !deps.legacyDispatch;
     const r = await pool.query<{ was: string | null; created_at: Date }>(
-      // (In the same statement: one round trip. Legacy, for the bench's "before": a second one.)
-      `WITH ${deps.legacyDispatch ? '' : 'released AS (DELETE FROM quota_reservations WHERE session_id = $1 AND $7::boolean),'}
-            old AS (SELECT id, state FROM sessions WHERE id = $1 FOR UPDATE)
+      // (In the same statement: one round trip. Legacy, for the bench's "before": more.)
+      `WITH ${
+        deps.legacyDispatch
+          ? ''
+          : `superseded AS (SELECT $8::int IS NOT NULL AND EXISTS (${supersededSql('$1', '$8', '$9')}) AS yes),
+             released AS (DELETE FROM quota_reservations WHERE session_id = $1 AND $7::boolean AND NOT (SELECT yes FROM superseded)),`
+      }
+            old AS (SELECT id, state FROM sessions WHERE id = $1 ${deps.legacyDispatch ? '' : 'AND NOT (SELECT yes FROM superseded)'} FOR UPDATE)
        UPDATE sessions s
           SET state = $2::varchar,
               agent_id = CASE WHEN $6::boolean THEN NULL ELSE COALESCE($3, s.agent_id) END,
@@ -181,13 +197,19 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         input.platformMetadata ?? null,
         input.error,
         input.clearAgent === true,
-        ...(deps.legacyDispatch ? [] : [release]),
+        ...(deps.legacyDispatch ? [] : [release, check ? unless.generation : null, check ? unless.idempotencyKey : null]),
       ],
     );
     if (release && deps.legacyDispatch) await releaseReservation(pool, input.sessionId);
     const row = r.rows[0];
     if (row && input.state === 'running' && row.was === 'pending' && input.platform)
       deps.metrics?.sessionStart.observe({ platform: input.platform }, Math.max(0, (Date.now() - row.created_at.getTime()) / 1000));
+    return !unless || r.rowCount === 1;
+  }
+
+  /** A command of this generation was withdrawn, or a newer command was issued for its session. */
+  async function superseded(sessionId: string, c: { generation: number; idempotencyKey: string }): Promise<boolean> {
+    return ((await pool.query(`${supersededSql('$1', '$2', '$3')} LIMIT 1`, [sessionId, c.generation, c.idempotencyKey])).rowCount ?? 0) > 0;
   }
 
   /** dispatchCommand's `then`: the session's state after the completed command (see DispatchInput). */
@@ -198,19 +220,18 @@ export function createSessionActivities(deps: SessionActivityDeps) {
     // A late outcome (the workflow gave up on this command: withdrawn, or a newer command such as a
     // stop was issued since) must not overwrite what the workflow decided: it is left to the
     // workflow, which writes its own state when the result is not `recorded`.
-    const superseded = await pool.query(
-      `SELECT 1 FROM agent_commands WHERE session_id = $1 AND (generation > $2 OR (idempotency_key = $3 AND withdrawn_at IS NOT NULL)) LIMIT 1`,
-      [input.sessionId, input.generation, input.idempotencyKey],
+    const written = await recordSessionState(
+      {
+        sessionId: input.sessionId,
+        state: then.state,
+        agentDbId: input.agentDbId,
+        platformMetadata: then.state === 'running' ? { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } : undefined,
+        error: null,
+        platform: then.platform,
+      },
+      { generation: input.generation, idempotencyKey: input.idempotencyKey },
     );
-    if (superseded.rowCount) return result;
-    await recordSessionState({
-      sessionId: input.sessionId,
-      state: then.state,
-      agentDbId: input.agentDbId,
-      platformMetadata: then.state === 'running' ? { ...(result.platform_metadata ?? {}), vnc: result.vnc ?? null } : undefined,
-      error: null,
-      platform: then.platform,
-    });
+    if (!written) return result;
     return { ...result, recorded: { lifetime: then.lifetime ? await lifetimeOf(input.sessionId) : null } };
   }
   const lifetimeOf = createLifetimeActivities({ pool }).sessionLifetime;
