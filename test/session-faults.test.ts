@@ -58,7 +58,11 @@ describe('faults on a running control plane', () => {
       expect((await commandRows(stack, id)).map((c) => `${c.command_type}:${c.status}`)).toEqual(['start_session:completed']);
       expect(await stack.containers(id)).toHaveLength(1);
       const stopped = await stack.call('DELETE', `/api/v1/sessions/${id}?wait=30`, undefined, admin);
-      expect({ status: stopped.status, state: stopped.body.state, message: stopped.body.message }).toEqual({ status: 200, state: 'terminated', message: undefined });
+      expect({ status: stopped.status, state: stopped.body.state, message: stopped.body.message }).toEqual({
+        status: 200,
+        state: 'terminated',
+        message: undefined,
+      });
       expect(await stack.containers(id)).toHaveLength(0);
     } finally {
       if (!workerBack) await stack.startWorker();
@@ -78,7 +82,9 @@ describe('faults on a running control plane', () => {
     const body = (await res.json()) as { message: string };
     expect(res.status).toBe(503);
     expect(body.message).toMatch(/cannot start the session workflow/);
-    const r = await stack.pool.query<{ id: string; state: string }>(`SELECT s.id, s.state FROM sessions s JOIN users u ON u.id::text = s.user_id WHERE u.username = 'frank'`);
+    const r = await stack.pool.query<{ id: string; state: string }>(
+      `SELECT s.id, s.state FROM sessions s JOIN users u ON u.id::text = s.user_id WHERE u.username = 'frank'`,
+    );
     expect(r.rows).toEqual([expect.objectContaining({ state: 'failed' })]);
     const id = r.rows[0].id;
     // The start was withdrawn (the agent abandoned it) or, if the agent had run it, stopped.
@@ -172,8 +178,16 @@ describe('stuck starts have a way out', () => {
     expect(failed.error).toMatch(/start timed out after 4s/);
     expect(failed.error).toMatch(/no docker agent is online|placing session/);
     // The Temporal UI shows the failure too: the state as a search attribute, the reason in the memo.
-    const desc = await stack.temporal.workflow.getHandle(sessionWorkflowId(created.body.id)).describe();
-    expect(desc.searchAttributes).toMatchObject({ StreamSpaceState: ['failed'] });
+    // (The row is written in the workflow task whose completion records the upsert: wait for that.)
+    const handle = stack.temporal.workflow.getHandle(sessionWorkflowId(created.body.id));
+    const desc = await waitFor(
+      'the failed state in the search attributes',
+      async () => {
+        const d = await handle.describe();
+        return (d.searchAttributes.StreamSpaceState as string[] | undefined)?.[0] === 'failed' ? d : undefined;
+      },
+      10_000,
+    );
     expect(desc.memo).toMatchObject({ sessionId: created.body.id, error: expect.stringMatching(/start timed out after 4s/) });
   });
 
