@@ -187,6 +187,27 @@ export async function reserve(tx: Queryable, sessionId: string, userId: string, 
   );
 }
 
+/**
+ * A wake's reservation for an owner without quota (no user_quotas row), in one statement: there
+ * is nothing to count, so neither the owner's lock nor a transaction is needed. The row is still
+ * written, so the waking session counts should a limit be set while it wakes. `limited`: the
+ * owner has a quota row; reserve under the lock, after counting (lockUserQuota, checkUserQuota).
+ */
+export async function reserveUnlessLimited(db: Queryable, sessionId: string, ttlMs = RESERVATION_TTL_MS): Promise<'reserved' | 'limited' | 'no-session'> {
+  const r = await db.query<{ found: boolean; reserved: boolean }>(
+    `WITH s AS (SELECT user_id FROM sessions WHERE id = $1),
+          ins AS (INSERT INTO quota_reservations (session_id, user_id, expires_at)
+                  SELECT $1, s.user_id, NOW() + ($2::int * INTERVAL '1 millisecond') FROM s
+                   WHERE NOT EXISTS (SELECT 1 FROM user_quotas q WHERE q.user_id = s.user_id)
+                  ON CONFLICT (session_id) DO UPDATE SET user_id = EXCLUDED.user_id, created_at = NOW(), expires_at = EXCLUDED.expires_at
+                  RETURNING 1)
+     SELECT EXISTS (SELECT 1 FROM s) AS found, EXISTS (SELECT 1 FROM ins) AS reserved`,
+    [sessionId, ttlMs],
+  );
+  const row = r.rows[0];
+  return !row.found ? 'no-session' : row.reserved ? 'reserved' : 'limited';
+}
+
 export async function releaseReservation(db: Queryable, sessionId: string): Promise<void> {
   await db.query('DELETE FROM quota_reservations WHERE session_id = $1', [sessionId]);
 }

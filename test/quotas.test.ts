@@ -45,7 +45,7 @@ describe('per-user quotas (user_quotas)', () => {
     expect(many.map((r) => r.status)).toEqual(Array(6).fill(201));
   });
 
-  test('cpu and memory: the sum of the templates\' resources is capped', async () => {
+  test("cpu and memory: the sum of the templates' resources is capped", async () => {
     await addUser(stack, admin, 'bob', { max_sessions: 10, max_cpu: '2500m', max_memory: '1Ti' });
     expect((await create(stack, admin, 'bob')).status).toBe(201);
     expect((await create(stack, admin, 'bob')).status).toBe(201);
@@ -94,6 +94,33 @@ describe('per-user quotas (user_quotas)', () => {
       `SELECT count(*)::int AS n FROM sessions s JOIN users u ON u.id::text = s.user_id WHERE u.username = 'dave' AND s.state IN ('pending', 'running')`,
     );
     expect(running.rows[0].n).toBe(2);
+  });
+});
+
+describe('an owner without a quota', () => {
+  // Wakes take 3 s on this agent, so a limit can be set while one is under way.
+  const stack = new Stack('quotas-unlimited');
+  let admin: string;
+  beforeAll(async () => {
+    await stack.start();
+    await stack.startFakeAgent('fake-quota-slow', { MAX_SESSIONS: '100', FAKE_OP_DELAY: '3s' });
+    admin = await stack.login();
+  });
+  afterAll(() => stack.stop());
+
+  test('a waking session is reserved (one statement, no lock): a limit set during the wake counts it', async () => {
+    await addUser(stack, admin, 'dora');
+    const a = (await create(stack, admin, 'dora')).body.id;
+    await stack.waitForState(admin, a, 'running');
+    expect((await stack.call('POST', `/api/v1/sessions/${a}/hibernate?wait=30`, undefined, admin)).body.state).toBe('hibernated');
+    expect((await stack.call('POST', `/api/v1/sessions/${a}/wake?wait=0`, undefined, admin)).status).toBe(202);
+    await waitFor('the wake reserved', async () => (await stack.pool.query('SELECT 1 FROM quota_reservations WHERE session_id = $1', [a])).rowCount, 10_000);
+    expect((await stack.call('PUT', '/api/v1/users/dora/quota', { max_sessions: 1, max_cpu: '100000m', max_memory: '1Ti' }, admin)).status).toBe(200);
+    const refused = await create(stack, admin, 'dora');
+    expect(refused.status).toBe(403);
+    expect(refused.body.message).toBe('quota exceeded: 1 of 1 sessions in use (user_quotas.max_sessions)');
+    await stack.waitForState(admin, a, 'running');
+    expect((await stack.pool.query('SELECT 1 FROM quota_reservations WHERE session_id = $1', [a])).rowCount).toBe(0);
   });
 });
 
