@@ -164,20 +164,21 @@ export function createSessionActivities(deps: SessionActivityDeps) {
    * whether the state was written.
    */
   async function recordSessionState(input: RecordStateInput, unless?: { generation: number; idempotencyKey: string }): Promise<boolean> {
-    if (unless && deps.legacyDispatch && (await superseded(input.sessionId, unless))) return false;
+    // The check and the release go in the same statement: one round trip. (Legacy, for the bench's
+    // "before": each in a statement of its own.)
+    const oneStatement = !deps.legacyDispatch;
+    if (unless && !oneStatement && (await superseded(input.sessionId, unless))) return false;
     // A wake's quota reservation ends with its outcome: running (counted as such from now on),
     // or the failed wake's hibernated-with-error; any other state also ends it.
     const release = input.state !== 'hibernated' || input.error !== null;
-    const check = unless && !deps.legacyDispatch;
     const r = await pool.query<{ was: string | null; created_at: Date }>(
-      // (In the same statement: one round trip. Legacy, for the bench's "before": more.)
       `WITH ${
-        deps.legacyDispatch
-          ? ''
-          : `superseded AS (SELECT $8::int IS NOT NULL AND EXISTS (${supersededSql('$1', '$8', '$9')}) AS yes),
+        oneStatement
+          ? `superseded AS (SELECT $8::int IS NOT NULL AND EXISTS (${supersededSql('$1', '$8', '$9')}) AS yes),
              released AS (DELETE FROM quota_reservations WHERE session_id = $1 AND $7::boolean AND NOT (SELECT yes FROM superseded)),`
+          : ''
       }
-            old AS (SELECT id, state FROM sessions WHERE id = $1 ${deps.legacyDispatch ? '' : 'AND NOT (SELECT yes FROM superseded)'} FOR UPDATE)
+            old AS (SELECT id, state FROM sessions WHERE id = $1 ${oneStatement ? 'AND NOT (SELECT yes FROM superseded)' : ''} FOR UPDATE)
        UPDATE sessions s
           SET state = $2::varchar,
               agent_id = CASE WHEN $6::boolean THEN NULL ELSE COALESCE($3, s.agent_id) END,
@@ -197,10 +198,10 @@ export function createSessionActivities(deps: SessionActivityDeps) {
         input.platformMetadata ?? null,
         input.error,
         input.clearAgent === true,
-        ...(deps.legacyDispatch ? [] : [release, check ? unless.generation : null, check ? unless.idempotencyKey : null]),
+        ...(oneStatement ? [release, unless?.generation ?? null, unless?.idempotencyKey ?? null] : []),
       ],
     );
-    if (release && deps.legacyDispatch) await releaseReservation(pool, input.sessionId);
+    if (release && !oneStatement) await releaseReservation(pool, input.sessionId);
     const row = r.rows[0];
     if (row && input.state === 'running' && row.was === 'pending' && input.platform)
       deps.metrics?.sessionStart.observe({ platform: input.platform }, Math.max(0, (Date.now() - row.created_at.getTime()) / 1000));

@@ -179,10 +179,13 @@ export async function checkUserQuota(tx: Queryable, userId: string, limits: User
 /** How long a wake's reservation holds at most (a dead worker's is forgotten after it). */
 export const RESERVATION_TTL_MS = 15 * 60_000;
 
+/** A session holds at most one reservation: reserving again renews it. */
+const RESERVATION_RENEWED = `ON CONFLICT (session_id) DO UPDATE SET user_id = EXCLUDED.user_id, created_at = NOW(), expires_at = EXCLUDED.expires_at`;
+
 export async function reserve(tx: Queryable, sessionId: string, userId: string, ttlMs = RESERVATION_TTL_MS): Promise<void> {
   await tx.query(
     `INSERT INTO quota_reservations (session_id, user_id, expires_at) VALUES ($1, $2, NOW() + ($3::int * INTERVAL '1 millisecond'))
-     ON CONFLICT (session_id) DO UPDATE SET user_id = EXCLUDED.user_id, created_at = NOW(), expires_at = EXCLUDED.expires_at`,
+     ${RESERVATION_RENEWED}`,
     [sessionId, userId, ttlMs],
   );
 }
@@ -199,7 +202,7 @@ export async function reserveUnlessLimited(db: Queryable, sessionId: string, ttl
           ins AS (INSERT INTO quota_reservations (session_id, user_id, expires_at)
                   SELECT $1, s.user_id, NOW() + ($2::int * INTERVAL '1 millisecond') FROM s
                    WHERE NOT EXISTS (SELECT 1 FROM user_quotas q WHERE q.user_id = s.user_id)
-                  ON CONFLICT (session_id) DO UPDATE SET user_id = EXCLUDED.user_id, created_at = NOW(), expires_at = EXCLUDED.expires_at
+                  ${RESERVATION_RENEWED}
                   RETURNING 1)
      SELECT EXISTS (SELECT 1 FROM s) AS found, EXISTS (SELECT 1 FROM ins) AS reserved`,
     [sessionId, ttlMs],

@@ -1,7 +1,7 @@
 /**
  * The agent's command journal (agents/common/journal.ts) when replicas of one agent share its file
  * (one host, the same AGENT_STATE_DIR or the default under the temp dir): each replica compacts the
- * file as it starts. Two processes doing that again and again, at once, must all live. With one
+ * file as it starts. Three processes doing that again and again, at once, must all live. With one
  * shared temporary name, a rename found the other's already moved and the replica died at start
  * (ENOENT: seen in CI, two Kubernetes agent replicas of monitoring.test).
  */

@@ -43,6 +43,21 @@ async function workerMetrics(stack: Stack): Promise<string> {
   return (await fetch(url)).text();
 }
 
+/** The payloads of a PostgreSQL channel's notifications from now on, until close(). */
+async function listen(stack: Stack, channel: string): Promise<{ notified: string[]; close: () => Promise<void> }> {
+  const listener = await stack.pool.connect();
+  const notified: string[] = [];
+  listener.on('notification', (n) => notified.push(n.payload ?? ''));
+  await listener.query(`LISTEN ${channel}`);
+  return {
+    notified,
+    close: async () => {
+      await listener.query('UNLISTEN *');
+      listener.release();
+    },
+  };
+}
+
 const create = (stack: Stack, admin: string, extra: Record<string, unknown> = {}) =>
   stack.call('POST', '/api/v1/sessions', { user: 'alice', template: 'terminal', platform: 'docker', ...extra }, admin);
 
@@ -341,10 +356,7 @@ describe("the pod holding the agent socket sends a new session's start itself", 
 
   test('create → running with no NOTIFY for the agent and no sweep', async () => {
     const agentDbId = (await stack.pool.query<{ id: string }>('SELECT id FROM agents WHERE agent_id = $1', [AGENT])).rows[0].id;
-    const listener = await stack.pool.connect();
-    const notified: string[] = [];
-    listener.on('notification', (n) => notified.push(n.payload ?? ''));
-    await listener.query('LISTEN streamspace_command_pending');
+    const { notified, close } = await listen(stack, 'streamspace_command_pending');
     try {
       const c = await create(stack, admin);
       expect(c.status).toBe(201);
@@ -356,16 +368,12 @@ describe("the pod holding the agent socket sends a new session's start itself", 
       expect(notified.filter((p) => p === agentDbId)).toEqual([]);
       expect(events(stack, AGENT, c.body.id as string).map((e) => e.event)).toEqual(['created']);
     } finally {
-      await listener.query('UNLISTEN *');
-      listener.release();
+      await close();
     }
   });
 
   test('every finished command is announced once on streamspace_command_done, with its id', async () => {
-    const listener = await stack.pool.connect();
-    const notified: string[] = [];
-    listener.on('notification', (n) => notified.push(n.payload ?? ''));
-    await listener.query('LISTEN streamspace_command_done');
+    const { notified, close } = await listen(stack, 'streamspace_command_done');
     try {
       const c = await create(stack, admin);
       expect(c.status).toBe(201);
@@ -379,8 +387,7 @@ describe("the pod holding the agent socket sends a new session's start itself", 
       await waitFor('both notices', async () => done.rows.every((r) => notified.includes(r.id)), 10_000);
       for (const r of done.rows) expect(notified.filter((p) => p === r.id)).toHaveLength(1);
     } finally {
-      await listener.query('UNLISTEN *');
-      listener.release();
+      await close();
     }
   });
 });

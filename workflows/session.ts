@@ -128,10 +128,9 @@ const ALL_PATCHES_2026_11 = 'session-patches-2026-11';
 
 export async function sessionWorkflow(input: SessionWorkflowInput): Promise<SessionStatus> {
   // First, before any other command (a replay of an earlier history sees them missing here).
-  const latest = patched(ALL_PATCHES);
-  const current = latest || patched(ALL_PATCHES_2026_11);
+  const oneStepCommands = patched(ALL_PATCHES);
+  const current = oneStepCommands || patched(ALL_PATCHES_2026_11);
   const has = (patch: string): boolean => current || patched(patch);
-  const oneStepCommands = latest;
   const carried: CarriedState = input.carried ?? { state: 'pending', agentDbId: null, agentId: null, commandSeq: input.firstCommandSeq ?? 0, runs: 0 };
   let state: SessionState = carried.state;
   let agentDbId = carried.agentDbId;
@@ -231,7 +230,12 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     else if (error !== memoError) upsertMemo({ error });
     memoError = error;
     if (extra.recorded) return;
-    await db.recordSessionState({
+    await db.recordSessionState(stateRecord(next, extra));
+  }
+
+  /** The session's row as setState(next, extra) writes it. */
+  function stateRecord(next: SessionState, extra: { platformMetadata?: Record<string, unknown>; error?: string; clearAgent?: boolean } = {}) {
+    return {
       sessionId: input.sessionId,
       state: next,
       agentDbId,
@@ -239,7 +243,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       error: extra.error ?? null,
       clearAgent: extra.clearAgent,
       platform: input.platform,
-    });
+    };
   }
 
   /**
@@ -377,9 +381,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     try {
       if (command) {
         const then = has('command-records-state') && !lastError ? { state: 'terminated' as const } : undefined;
-        const first = oneStep
-          ? { record: { sessionId: input.sessionId, state: 'terminating' as const, agentDbId, error: null, platform: input.platform } }
-          : undefined;
+        const first = oneStep ? { record: stateRecord('terminating') } : undefined;
         recorded = !!(await runCommand('stop_session', 'stopping', Date.now() + COMMAND_TIMEOUT_MS, undefined, then, first)).recorded;
       }
     } catch (err) {
